@@ -1,0 +1,95 @@
+"""argen-train: train one stage (tokenizer) with Lightning, configured by Hydra.
+
+    argen-train experiment=shapes_vq trainer=cpu
+    argen-train experiment=shapes_vq resume=auto          # continue the last checkpoint
+    argen-train experiment=shapes_vq trainer=ddp_cpu      # 2 CPU processes (gloo)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from argen.cli.common import CONFIG_DIR, ConfigError, build, to_plain
+from argen.training.checkpoint_io import AtomicCheckpointIO
+
+log = logging.getLogger("argen")
+
+STAGES = ("tokenizer",)
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> str | None:
+    """auto -> last.ckpt of this run if any; None -> fresh start (refused over existing checkpoints)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume in (None, "null", "none", "None"):
+        if last.exists():
+            raise ConfigError(f"{run_dir} already has checkpoints ({last}); pass resume=auto to continue that run, "
+                              f"or choose another name=... (or delete the folder) to start fresh")
+        return None
+    if resume == "auto":
+        return str(last) if last.exists() else None
+    path = Path(str(resume)).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"resume checkpoint '{path}' does not exist; use resume=auto to continue the last "
+                                f"checkpoint of this run (name={run_dir.name}) or resume=null to start fresh")
+    return str(path)
+
+
+def _callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [build(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items() if node]
+
+
+def _loggers(cfg: DictConfig) -> list[Any] | bool:
+    loggers = [build(node, f"logger.{key}") for key, node in (cfg.get("logger") or {}).items() if node]
+    return loggers or False
+
+
+def build_stage(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """Instantiate the Lightning module and data module of ``cfg.stage``."""
+    if cfg.stage not in STAGES:
+        raise ConfigError(f"unknown stage {cfg.stage!r}; expected one of {STAGES}")
+    tokenizer = build(cfg.tokenizer, "tokenizer")
+    objective = build(cfg.objective, "objective")
+    module = build(cfg.module, "module", tokenizer=tokenizer, loss=objective)
+    datamodule = build(cfg.data, "data")
+    return module, datamodule
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train as configured; returns the run folder, the export folder (if any) and final metrics."""
+    run_dir = Path(cfg.paths.run_dir)
+    ckpt_path = resolve_resume(cfg.get("resume"), run_dir)
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+    L.seed_everything(cfg.seed, workers=True)
+    module, datamodule = build_stage(cfg)
+    trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=_callbacks(cfg), logger=_loggers(cfg),
+                               plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
+                               default_root_dir=str(run_dir))
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "resolved_config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False))
+        log.info("run %s: seed %d, %s, resume from %s", run_dir, cfg.seed, cfg.stage, ckpt_path or "scratch")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    result: dict[str, Any] = {"run_dir": str(run_dir), "metrics": metrics, "export_dir": None}
+    if cfg.get("export_after_training") and trainer.is_global_zero:
+        from argen.io.export import export_run
+        result["export_dir"] = str(export_run(run_dir, overwrite=True))
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    OmegaConf.resolve(cfg)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Datasets (embedded and local) and the LightningDataModule."""

@@ -1,0 +1,99 @@
+"""Export a training run to a self-describing folder, and load any export back.
+
+A run folder holds ``resolved_config.yaml`` and Lightning ``checkpoints/*.ckpt`` (resume
+only). ``export_run`` turns one checkpoint into ``model.safetensors`` + ``config.yaml`` +
+``meta.json`` (see ``tokenizers_vq.io``); ``load`` rebuilds the module with strict loading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from hydra.utils import instantiate
+from torch import nn
+
+from tokenizers_vq.io import load_pretrained, read_meta, save_pretrained
+
+log = logging.getLogger(__name__)
+
+# stage -> (config node of the exported module, state-dict prefix inside the Lightning module)
+_STAGE_MODULE = {"tokenizer": ("tokenizer", "tokenizer.")}
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _pick_checkpoint(run_dir: Path, ckpt: str) -> Path:
+    if ckpt == "last":
+        path = run_dir / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(ckpt).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{path}' not found; train first (argen-train ... name={run_dir.name}) "
+                                f"or pass ckpt=<path to a .ckpt>")
+    return path
+
+
+def export_run(run_dir: str | Path, *, ckpt: str = "last", out: str | Path | None = None,
+               weights: Literal["ema", "raw"] = "ema", overwrite: bool = False) -> Path:
+    """Write ``<out or run_dir/export>`` from a run's checkpoint; returns the export folder."""
+    from argen import __version__
+
+    run_dir = Path(run_dir)
+    config_file = run_dir / "resolved_config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: '{run_dir}' is not an argen-train run folder")
+    cfg = yaml.safe_load(config_file.read_text())
+    stage = cfg.get("stage", "tokenizer")
+    node_key, prefix = _STAGE_MODULE[stage]
+    node = cfg[node_key]
+    ckpt_path = _pick_checkpoint(run_dir, ckpt)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if weights == "ema" and checkpoint.get("ema"):
+        state = checkpoint["ema"]["weights"]
+    elif weights == "ema":
+        log.warning("checkpoint %s has no EMA weights; exporting the raw weights", ckpt_path)
+        state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    else:
+        state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    module: nn.Module = instantiate(node, _convert_="all")
+    module.load_state_dict(state, strict=True)
+    layout = getattr(module, "layout", None)
+    meta: dict[str, Any] = {
+        "argen_version": __version__, "git_sha": _git_sha(), "kind": stage, "name": cfg.get("name"),
+        "weights": weights if checkpoint.get("ema") or weights == "raw" else "raw",
+        "global_step": int(checkpoint.get("global_step", 0)), "epoch": int(checkpoint.get("epoch", 0)),
+        "source_checkpoint": str(ckpt_path), "layout": layout.to_dict() if layout is not None else None,
+        "image_size": getattr(module, "image_size", None), "data": cfg.get("data"), "seed": cfg.get("seed"),
+    }
+    out_dir = Path(out) if out else run_dir / "export"
+    save_pretrained(module, out_dir, config=node, meta=meta, overwrite=overwrite)
+    log.info("exported %s (%s weights, step %d) to %s", stage, meta["weights"], meta["global_step"], out_dir)
+    return out_dir
+
+
+def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild any exported argen module (tokenizer or generator) from its folder, strictly."""
+    return load_pretrained(path, map_location=map_location)
+
+
+def tokenizer_hash(path: str | Path) -> str:
+    """sha256 of an exported tokenizer's weights (identifies it in code caches)."""
+    return str(read_meta(path)["sha256"])
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True))

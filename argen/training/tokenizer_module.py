@@ -1,0 +1,188 @@
+"""Lightning module that trains a tokenizer (the model itself stays a plain nn.Module).
+
+Manual optimisation: the generator (encoder/decoder/codebook) and, when the GAN is on,
+the discriminator have separate optimisers stepped in one ``training_step``; with the GAN
+off this is ordinary single-optimiser training. EMA weights are kept separately from the raw
+weights and both go into the checkpoint (``ema`` key next to ``state_dict``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from argen.training.ema import EMA
+from argen.training.metrics import psnr
+from tokenizers_vq.losses.vq_loss import VQLoss
+
+log = logging.getLogger(__name__)
+
+OptimizerFactory = Callable[..., Optimizer]
+
+
+class TokenizerTrainingModule(L.LightningModule):
+    """Trains a tokenizer exposing ``reconstruct(images)`` (and ``quantize`` for VQ stats).
+
+    tokenizer: the model; loss: the objective (owns the discriminator); optimizer /
+    disc_optimizer: partial optimiser constructors (Hydra ``_partial_: true``);
+    lr_schedule: partial ``LambdaLR`` factory; ema_decay: None disables EMA;
+    dead_code_restart_every / dead_code_threshold: restart codes used less than
+    ``threshold / V`` of the time, every that many steps (0 disables);
+    usage_decay: EMA factor of the per-code usage statistics;
+    seed: seeds the generator that draws dead-code replacements (with the step), so a
+    resumed run draws the same replacements.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer: nn.Module,
+        loss: VQLoss,
+        optimizer: OptimizerFactory,
+        disc_optimizer: OptimizerFactory | None = None,
+        lr_schedule: Callable[..., Any] | None = None,
+        ema_decay: float | None = 0.999,
+        gradient_clip: float | None = 1.0,
+        dead_code_restart_every: int = 0,
+        dead_code_threshold: float = 0.03,
+        usage_decay: float = 0.99,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.tokenizer = tokenizer
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.disc_optimizer_factory = disc_optimizer
+        self.lr_schedule_factory = lr_schedule
+        self.gradient_clip = gradient_clip
+        self.dead_code_restart_every = dead_code_restart_every
+        self.dead_code_threshold = dead_code_threshold
+        self.usage_decay = usage_decay
+        self.seed = seed
+        self.ema = EMA(tokenizer, decay=ema_decay) if ema_decay is not None else None
+        self.skipped_samples = 0
+        self.batches_done = 0  # optimisation steps of the tokenizer (global_step counts both optimisers)
+        if loss.uses_discriminator and disc_optimizer is None:
+            raise ValueError("the loss has a discriminator (disc_weight > 0) but no disc_optimizer is configured")
+
+    # ---- optimisers -----------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        opt = self.optimizer_factory(self.tokenizer.parameters())
+        optimizers: list[Optimizer] = [opt]
+        if self.loss.discriminator is not None:
+            assert self.disc_optimizer_factory is not None
+            optimizers.append(self.disc_optimizer_factory(self.loss.discriminator.parameters()))
+        if self.lr_schedule_factory is None:
+            return optimizers
+        schedulers = [{"scheduler": self.lr_schedule_factory(o), "interval": "step"} for o in optimizers]
+        return optimizers, schedulers
+
+    # ---- hooks ----------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.ema is not None:
+            self.ema.to(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ema"] = self.ema.state_dict() if self.ema is not None else None
+        checkpoint["tokenizer_batches_done"] = self.batches_done
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None and checkpoint.get("ema") is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
+        self.batches_done = int(checkpoint.get("tokenizer_batches_done", 0))
+
+    # ---- training -------------------------------------------------------------------------
+    def _check_batch(self, images: Tensor) -> None:
+        expected = getattr(self.tokenizer, "image_size", None)
+        if expected is not None and tuple(images.shape[-2:]) != (expected, expected):
+            raise ValueError(f"data yields {tuple(images.shape[-2:])} images but the tokenizer was built for "
+                             f"{expected}x{expected}; set data image_size to ${{tokenizer.image_size}}")
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.skipped_samples += int(batch.get("num_skipped", 0))
+        if "image" not in batch:  # every item of this batch was unreadable
+            return
+        images = batch["image"]
+        self._check_batch(images)
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        schedulers = self.lr_schedulers()
+        schedulers = schedulers if isinstance(schedulers, list) else ([schedulers] if schedulers else [])
+        step = self.batches_done
+
+        rec = self.tokenizer.reconstruct(images)
+        terms = self.loss.generator_loss(images, rec, step=step, last_layer=self.tokenizer.last_layer())
+        self._optimise(optimizers[0], terms.loss, self.tokenizer)
+        if self.loss.disc_active(step):
+            d_terms = self.loss.discriminator_loss(images, rec.images)
+            self._optimise(optimizers[1], d_terms.loss, self.loss.discriminator)
+            terms.logs.update(d_terms.logs)
+        for sch in schedulers:
+            sch.step()
+        self.batches_done += 1
+        if self.ema is not None:
+            self.ema.update(self.tokenizer)
+        terms.logs.update(self._codebook_stats(rec.indices, rec.latents))
+        terms.logs["lr"] = torch.tensor(optimizers[0].param_groups[0]["lr"])
+        self.log_dict({f"train/{k}": v for k, v in terms.logs.items()}, prog_bar=False, batch_size=images.shape[0])
+        self.log("loss", terms.logs["loss"], prog_bar=True, logger=False, batch_size=images.shape[0])
+        self.log("psnr", psnr(rec.images.detach(), images).mean(), prog_bar=True, logger=False,
+                 batch_size=images.shape[0])
+
+    def _optimise(self, opt: Any, loss: Tensor, module: nn.Module) -> None:
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.gradient_clip:
+            self.clip_gradients(opt, gradient_clip_val=self.gradient_clip, gradient_clip_algorithm="norm")
+        opt.step()
+
+    @torch.no_grad()
+    def _codebook_stats(self, indices: Tensor, latents: Tensor) -> dict[str, Tensor]:
+        quantizer = getattr(self.tokenizer, "quantize", None)
+        if quantizer is None:
+            return {}
+        counts = torch.bincount(indices.flatten(), minlength=quantizer.codebook_size).float()
+        # Sum the histogram over processes so every replica sees the same usage (and restarts alike).
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        quantizer.update_usage(counts, self.usage_decay)
+        probs = counts / counts.sum().clamp_min(1)
+        stats = {"codebook_usage": (counts > 0).float().mean(),
+                 "perplexity": torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())}
+        every = self.dead_code_restart_every
+        if every and self.batches_done % every == 0:
+            candidates = latents.detach().permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).float()
+            candidates = self.all_gather(candidates).reshape(-1, latents.shape[1])  # same pool on every rank
+            rng = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + self.batches_done)
+            stats["restarted_codes"] = torch.tensor(float(quantizer.restart_dead_codes(
+                candidates.cpu(), self.dead_code_threshold, rng)))
+        return stats
+
+    def on_train_epoch_end(self) -> None:
+        skipped = int(self.trainer.strategy.reduce(torch.tensor(float(self.skipped_samples), device=self.device),
+                                                   reduce_op="sum").item())
+        if skipped:
+            log.warning("epoch %d: skipped %d unreadable samples (see the warnings above for the files)",
+                        self.current_epoch, skipped)
+        self.log("train/skipped_samples", float(skipped), sync_dist=False, rank_zero_only=True)
+        self.skipped_samples = 0
+
+    # ---- validation -----------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if "image" not in batch:
+            return
+        images = batch["image"]
+        model = self.ema.module if self.ema is not None else self.tokenizer
+        rec = model.reconstruct(images)
+        self.log("val/psnr", psnr(rec.images, images).mean(), sync_dist=True, batch_size=images.shape[0],
+                 prog_bar=True)
+        self.log("val/rec", (rec.images - images).pow(2).mean(), sync_dist=True, batch_size=images.shape[0])
+
+    def forward(self, images: Tensor) -> Any:  # alias of the training path, for DDP wrappers
+        return self.tokenizer.reconstruct(images)

@@ -1,0 +1,62 @@
+"""TokenLayout: how a tokenizer's tokens are arranged, the vocabulary both packages share.
+
+Tokens are always flattened in layout order: raster order inside a grid, coarse to fine
+across the scales of a scale-residual tokenizer, left to right in a 1-D sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+LayoutKind = Literal["grid", "scales", "sequence"]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Arrangement of the tokens of one image.
+
+    kind:       "grid" (one (h, w) grid), "scales" (a coarse-to-fine list of grids) or
+                "sequence" (one (1, L) row of 1-D tokens).
+    shapes:     the (h, w) of each grid; a sequence is ((1, L),).
+    vocab_size: number of codes of a discrete tokenizer; None for continuous latents.
+    channels:   width of a continuous token; None for discrete tokens.
+    """
+
+    kind: LayoutKind
+    shapes: tuple[tuple[int, int], ...]
+    vocab_size: int | None
+    channels: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("grid", "scales", "sequence"):
+            raise ValueError(f"unknown layout kind {self.kind!r}")
+        if not self.shapes or any(h < 1 or w < 1 for h, w in self.shapes):
+            raise ValueError(f"layout shapes must be non-empty positive (h, w) pairs, got {self.shapes}")
+        if self.kind in ("grid", "sequence") and len(self.shapes) != 1:
+            raise ValueError(f"a {self.kind} layout has exactly one shape, got {self.shapes}")
+        if (self.vocab_size is None) == (self.channels is None):
+            raise ValueError("exactly one of vocab_size (discrete) and channels (continuous) must be set")
+
+    @property
+    def length(self) -> int:
+        """Total number of tokens L of one image."""
+        return sum(h * w for h, w in self.shapes)
+
+    @property
+    def discrete(self) -> bool:
+        return self.vocab_size is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shapes"] = [list(s) for s in self.shapes]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenLayout:
+        return cls(
+            kind=d["kind"],
+            shapes=tuple(tuple(int(v) for v in s) for s in d["shapes"]),  # type: ignore[misc]
+            vocab_size=d.get("vocab_size"),
+            channels=d.get("channels"),
+        )
