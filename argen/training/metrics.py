@@ -22,11 +22,11 @@ def _gaussian_window(size: int, sigma: float, device: torch.device) -> Tensor:
     return (g[:, None] * g[None, :]).float()
 
 
-def ssim(x: Tensor, y: Tensor, *, window: int = 7, sigma: float = 1.5) -> Tensor:
+def ssim(x: Tensor, y: Tensor, *, window: int = 11, sigma: float = 1.5) -> Tensor:
     """Per-image SSIM of (B, 3, H, W) images in [-1, 1] on the [0, 1] scale, averaged over channels.
 
-    Gaussian window (sigma 1.5) as in Wang et al.; the window shrinks to 7 (default) so that
-    32-px images keep a meaningful valid region; K1 = 0.01, K2 = 0.03, data range 1.
+    11x11 Gaussian window (sigma 1.5) as in Wang et al. (and skimage with gaussian_weights),
+    statistics over the valid region; K1 = 0.01, K2 = 0.03, data range 1.
     """
     a = (x.float().clamp(-1, 1) + 1) / 2
     b = (y.float().clamp(-1, 1) + 1) / 2

@@ -1,0 +1,118 @@
+"""argen-tokenize: encode a dataset once into code shards for generator training.
+
+    argen-tokenize tokenizer_path=outputs/runs/shapes_vq/export data=shapes output_dir=outputs/codes/shapes
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, open_dict
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from argen.cli.common import CONFIG_DIR, ConfigError, build, to_plain
+from argen.data.base import collate_samples
+from argen.data.codes import CACHE_VERSION, MANIFEST
+from argen.io.export import load
+from tokenizers_vq.io import read_meta
+
+log = logging.getLogger("argen")
+
+
+def _write_shard(out: Path, name: str, rows: dict[str, list[Any]]) -> None:
+    tensors = {"tokens": torch.cat(rows["tokens"]).to(torch.int32).contiguous(),
+               "label": torch.cat(rows["label"]).long(), "index": torch.cat(rows["index"]).long()}
+    save_file(tensors, str(out / f"{name}.safetensors"))
+    with open(out / f"{name}.jsonl", "w") as f:
+        for caption, metadata in zip(rows["caption"], rows["metadata"]):
+            f.write(json.dumps({"caption": caption, "metadata": metadata}) + "\n")
+
+
+@torch.no_grad()
+def encode_split(tokenizer: Any, dataset: Dataset, out: Path, *, batch_size: int, shard_size: int,
+                 device: torch.device, desc: str) -> dict[str, Any]:
+    """Encode ``dataset`` into ``out/shard_*.{safetensors,jsonl}``; returns the split's manifest entry."""
+    out.mkdir(parents=True, exist_ok=True)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
+    rows: dict[str, list[Any]] = {k: [] for k in ("tokens", "label", "index", "caption", "metadata")}
+    shards, count, pending, skipped = [], 0, 0, 0
+    for batch in tqdm(loader, desc=desc):
+        skipped += int(batch.get("num_skipped", 0))
+        if "image" not in batch:
+            continue
+        tokens = tokenizer.encode(batch["image"].to(device)).cpu()  # (B, L)
+        rows["tokens"].append(tokens)
+        rows["label"].append(batch["label"])
+        rows["index"].append(batch["index"])
+        rows["caption"].extend(batch["caption"])
+        rows["metadata"].extend(batch["metadata"])
+        pending += tokens.shape[0]
+        if pending >= shard_size:
+            shards.append(f"shard_{len(shards):05d}")
+            _write_shard(out, shards[-1], rows)
+            count += pending
+            rows, pending = {k: [] for k in rows}, 0
+    if pending:
+        shards.append(f"shard_{len(shards):05d}")
+        _write_shard(out, shards[-1], rows)
+        count += pending
+    if skipped:
+        log.warning("%s: skipped %d unreadable images", desc, skipped)
+    return {"shards": shards, "count": count, "skipped": skipped}
+
+
+def run(cfg: DictConfig) -> Path:
+    out = Path(cfg.output_dir)
+    if (out / MANIFEST).exists() and not cfg.overwrite:
+        raise FileExistsError(f"code cache '{out}' already exists; pass overwrite=true to rebuild it")
+    tokenizer_path = Path(cfg.tokenizer_path)
+    meta = read_meta(tokenizer_path)
+    device = torch.device(cfg.device)
+    tokenizer = load(tokenizer_path, map_location=device)
+    with open_dict(cfg):
+        cfg.tokenizer.image_size = meta.get("image_size") or cfg.tokenizer.image_size
+    data_cfg = to_plain(cfg.data)
+    datamodule = build(cfg.data, "data")
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    splits: dict[str, Any] = {}
+    for split in cfg.splits:
+        dataset = getattr(datamodule, f"{split}_set", None)
+        if dataset is None:
+            raise ConfigError(f"data config has no `{split}` dataset; choose splits among train/val/test that it defines")
+        size = getattr(tokenizer, "image_size", None)
+        first = dataset[0]
+        if first is not None and size is not None and tuple(first["image"].shape[-2:]) != (size, size):
+            raise ConfigError(f"data yields {tuple(first['image'].shape[-2:])} images but the tokenizer expects "
+                              f"{size}x{size}; set the data image_size to {size}")
+        splits[split] = encode_split(tokenizer, dataset, tmp / split, batch_size=cfg.batch_size,
+                                     shard_size=cfg.shard_size, device=device, desc=f"tokenize {split}")
+    manifest = {
+        "version": CACHE_VERSION,
+        "tokenizer": {"sha256": meta["sha256"], "path": str(tokenizer_path.resolve()), "name": meta.get("name")},
+        "layout": tokenizer.layout.to_dict(),
+        "preprocessing": {"datasets": {s: data_cfg.get(s) for s in cfg.splits}, "augmentation": None},
+        "splits": splits,
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log.info("wrote code cache %s: %s", out, {s: v["count"] for s, v in splits.items()})
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="tokenize")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

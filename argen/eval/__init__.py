@@ -1,0 +1,1 @@
+"""Evaluation: reconstruction quality now; distribution metrics and GenEval-style judges later."""

@@ -1,0 +1,21 @@
+"""Test-only Lightning callbacks, injected through Hydra (``+callbacks.x={_target_: tests.helpers...}``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import lightning as L
+
+
+class KillAtStep(L.Callback):
+    """SIGKILL this process right after optimisation step ``step`` (no cleanup, like a crash or OOM kill)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if getattr(pl_module, "batches_done", trainer.global_step) == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
