@@ -19,3 +19,18 @@ class KillAtStep(L.Callback):
                            batch_idx: int) -> None:
         if getattr(pl_module, "batches_done", trainer.global_step) == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordBatches(L.Callback):
+    """Append ``step: [sample indices]`` of every training batch to ``path`` (one JSON line each)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        import json
+
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": getattr(pl_module, "batches_done", trainer.global_step),
+                                "epoch": trainer.current_epoch, "index": batch["index"].tolist()}) + "\n")

@@ -96,7 +96,8 @@ class DataModule(L.LightningDataModule):
         world, rank = self._world()
         sampler = EpochShardSampler(size=len(self.train_set), global_batch_size=self.global_batch_size,
                                     world_size=world, rank=rank, seed=self.seed)
-        sampler.skip_batches = self._batches_done_this_epoch()
+        done = self._batches_done_this_epoch()
+        sampler.skip_batches = done if done < sampler.num_batches else 0
         if sampler.skip_batches:
             log.info("resuming mid-epoch: skipping the %d batches already trained on", sampler.skip_batches)
         return self._loader(self.train_set, sampler, self.global_batch_size // world)
@@ -105,8 +106,10 @@ class DataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return 0
+        # Checkpoints are written in on_train_batch_end, after ``processed`` is incremented and
+        # before ``completed`` is: ``processed`` counts the batches the checkpoint has trained on.
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return int(progress.completed)
+        return int(progress.processed)
 
     def _eval_loader(self, dataset: Dataset | None) -> DataLoader | list[Any]:
         if dataset is None:

@@ -28,6 +28,7 @@ def image_root(tmp_path: Path) -> Path:
     return tmp_path / "images"
 
 
+@pytest.mark.filterwarnings("ignore:.*meta parameter")
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(experiment: str, tmp_path: Path, image_root: Path) -> None:
     weights = tmp_path / "weights"
@@ -51,6 +52,10 @@ def test_trainer_presets_instantiate(trainer: str, tmp_path: Path) -> None:
     # GPU presets are built on the CPU here: the test checks the config, not the hardware.
     cfg = compose_config("train", [f"trainer={trainer}", f"paths.output_root={tmp_path}", "trainer.accelerator=cpu",
                                    "trainer.devices=1", "trainer.precision=32-true"])
+    if trainer == "fsdp":  # Lightning's FSDP refuses a CPU accelerator: build the strategy alone
+        strategy = build(cfg.trainer.strategy, "trainer.strategy")
+        assert type(strategy).__name__ == "FSDPStrategy"
+        return
     trainer_obj = build(cfg.trainer, "trainer", logger=False, use_distributed_sampler=False, callbacks=[])
     assert trainer_obj.max_steps == cfg.trainer.max_steps
 

@@ -27,11 +27,11 @@ def train(root: Path, *extra: str, expect_rc: int = 0) -> subprocess.CompletedPr
     return proc
 
 
-def weights(root: Path, name: str = "default") -> dict[str, torch.Tensor]:
+def weights(root: Path, name: str = "shapes_vq") -> dict[str, torch.Tensor]:
     return load_file(str(root / "runs" / name / "export" / "model.safetensors"))
 
 
-def raw_weights(root: Path, name: str = "default") -> dict[str, torch.Tensor]:
+def raw_weights(root: Path, name: str = "shapes_vq") -> dict[str, torch.Tensor]:
     ckpt = torch.load(root / "runs" / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     return {k: v for k, v in ckpt["state_dict"].items() if k.startswith("tokenizer.")}
 
@@ -63,8 +63,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
                            "+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.step=14"],
                           capture_output=True, text=True, env=cli_env(), timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert not (killed / "runs" / "default" / "export").exists()
-    ckpt = torch.load(killed / "runs" / "default" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert not (killed / "runs" / "shapes_vq" / "export").exists()
+    ckpt = torch.load(killed / "runs" / "shapes_vq" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 12
     train(killed, "resume=auto")
     for name, reference in ((("raw"), raw_weights(straight)), ("ema", weights(straight))):
