@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ def build_stage(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModu
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train as configured; returns the run folder, the export folder (if any) and final metrics."""
+    # Manual optimisation checkpoints after the step by design (resume continues from there);
+    # Lightning's notice about it would repeat at every checkpoint.
+    warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps.*")
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = resolve_resume(cfg.get("resume"), run_dir)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
@@ -76,6 +80,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "resolved_config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False))
         log.info("run %s: seed %d, %s, resume from %s", run_dir, cfg.seed, cfg.stage, ckpt_path or "scratch")
+    for logger in trainer.loggers:  # the seed and every setting, next to the curves
+        logger.log_hyperparams(to_plain(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     result: dict[str, Any] = {"run_dir": str(run_dir), "metrics": metrics, "export_dir": None}
