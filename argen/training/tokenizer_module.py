@@ -87,6 +87,10 @@ class TokenizerTrainingModule(L.LightningModule):
     # ---- hooks ----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         if self.ema is not None:
+            if type(self.trainer.strategy).__name__ == "FSDPStrategy":
+                # The EMA copy mirrors unsharded parameters; FSDP flattens and shards them.
+                raise NotImplementedError("EMA is not supported with FSDP yet: use trainer=ddp (a tokenizer fits "
+                                          "on one GPU) or set module.ema_decay=null")
             self.ema.to(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
