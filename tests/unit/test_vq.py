@@ -106,3 +106,25 @@ def test_layout_validation_and_roundtrip() -> None:
         TokenLayout(kind="grid", shapes=((2, 2),), vocab_size=None)
     with pytest.raises(ValueError):
         TokenLayout(kind="grid", shapes=((2, 2), (4, 4)), vocab_size=3)
+
+
+def test_vq16_preset_has_llamagen_names_and_shapes() -> None:
+    """VQ-16 (research/algorithms.md sec. 2.2): 72M parameters, LlamaGen's state-dict names and shapes."""
+    with torch.device("meta"):
+        model = VQTokenizer(image_size=256, codebook_size=16384, embed_dim=8, base_channels=128,
+                            channel_multipliers=[1, 1, 2, 2, 4], num_res_blocks=2, z_channels=256, norm_groups=32)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert 71.5e6 < sum(p.numel() for p in model.parameters()) < 72.5e6
+    assert shapes["quantize.embedding.weight"] == (16384, 8)
+    assert shapes["quant_conv.weight"] == (8, 256, 1, 1) and shapes["post_quant_conv.weight"] == (256, 8, 1, 1)
+    assert shapes["encoder.conv_blocks.4.attn.1.q.weight"] == (512, 512, 1, 1)  # attention in the last level
+    assert shapes["encoder.conv_blocks.0.downsample.conv.weight"] == (128, 128, 3, 3)
+    assert "encoder.conv_blocks.4.downsample.conv.weight" not in shapes
+    # decoder level 0 is the lowest resolution: widest, with attention, 3 res blocks, an upsampler
+    assert shapes["decoder.conv_blocks.0.res.2.conv2.weight"] == (512, 512, 3, 3)
+    assert shapes["decoder.conv_blocks.0.attn.2.proj_out.weight"] == (512, 512, 1, 1)
+    assert shapes["decoder.conv_blocks.3.res.0.nin_shortcut.weight"] == (128, 256, 1, 1)
+    assert "decoder.conv_blocks.4.upsample.conv.weight" not in shapes
+    for k in ("encoder.mid.1.k.weight", "decoder.mid.2.nin_shortcut.weight"):
+        assert (k in shapes) == k.startswith("encoder")
+    assert model.layout.shapes == ((16, 16),)
