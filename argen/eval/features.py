@@ -27,3 +27,57 @@ class ClassifierFeatures(FeatureExtractor, Protocol):
     num_classes: int
 
     def class_logits(self, images: Tensor) -> Tensor: ...
+
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+
+
+class InceptionFeatures:
+    """The standard FID network: torch-fidelity's InceptionV3 port of the TF 2015-12-05 graph.
+
+    Built through torchmetrics' ``NoTrainInceptionV3`` from a LOCAL weights file only
+    (``weights-inception-2015-12-05-6726825d.pth``); inputs are uint8 and resized with the
+    TF1-style bilinear resize (no antialiasing), which is what torch-fidelity and the ADM
+    evaluator do (research/eval.md sec. 1.3-1.4). Returns 2048-d pool features;
+    ``class_logits`` gives the 1008-way logits (bias-free, "logits_unbiased") for IS.
+    """
+
+    name = "inception_v3_tf2015"
+    num_features = 2048
+    num_classes = 1008
+
+    def __init__(self, *, weights_path: str) -> None:
+        from pathlib import Path
+
+        import torch
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Inception weights not found at '{path}'. argen never downloads weights: copy torch-fidelity's "
+                f"{INCEPTION_FILE} there (or set eval.inception.weights_path), or evaluate with a domain "
+                f"extractor (fd_digits / fd_shapes) instead")
+        # Refuse anything but a plain tensor dict: torch-fidelity itself unpickles with weights_only=False,
+        # which is only safe once the safe unpickler has accepted the same file.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or "Conv2d_1a_3x3.conv.weight" not in state:
+            raise ValueError(f"{path} is not torch-fidelity's InceptionV3 state dict ({INCEPTION_FILE})")
+        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048", "logits_unbiased"],
+                                      feature_extractor_weights_path=str(path))
+
+    def to(self, device: object) -> InceptionFeatures:
+        self.net.to(device)
+        return self
+
+    def _both(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        if images.dtype.is_floating_point:
+            raise TypeError("Inception features take uint8 images in [0, 255] (quantise with round, as saved PNGs)")
+        feats, logits = self.net(images)
+        return feats, logits
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return self._both(images)[0]
+
+    def class_logits(self, images: Tensor) -> Tensor:
+        return self._both(images)[1]

@@ -1,0 +1,186 @@
+"""argen-eval: evaluate samples against a reference, or GenEval-style against prompts.
+
+    argen-eval eval=fid samples=samples.npz eval.reference=ref.npz eval.extractor.weights_path=...
+    argen-eval eval=fd_digits samples=out/samples eval.extractor.path=outputs/feature_nets/digits
+    argen-eval eval=shapes samples=out/geneval_layout        # ShapesEval (exact judge)
+    argen-eval eval=geneval eval.results=results.jsonl       # summarise the official GenEval run
+    argen-eval eval=all ...                                   # every section configured under eval.sections
+
+Writes <output_dir>/report.json, summary.md and, for prompt-based evals, a per-task bar plot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from argen.cli.common import CONFIG_DIR, ConfigError, build
+from argen.data.base import tensor_to_uint8
+from argen.eval import fid as metrics
+from argen.eval.images import iter_images
+
+log = logging.getLogger("argen")
+
+
+def _dataset_batches(dataset: Any, batch_size: int, limit: int | None) -> Iterator[torch.Tensor]:
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for start in range(0, n, batch_size):
+        images = torch.stack([dataset[i]["image"] for i in range(start, min(n, start + batch_size))])
+        yield torch.from_numpy(tensor_to_uint8(images)).permute(0, 3, 1, 2)
+
+
+def _source(node: Any, batch_size: int, limit: int | None = None) -> Iterator[torch.Tensor]:
+    """A path (folder / .npz of images) or a dataset config node -> uint8 batches."""
+    if isinstance(node, (dict, DictConfig)) and "_target_" in node:
+        return _dataset_batches(build(node, "eval dataset"), batch_size, limit)
+    batches = iter_images(str(node), batch_size)
+    if limit is None:
+        return batches
+    return _limited(batches, limit)
+
+
+def _limited(batches: Iterator[torch.Tensor], limit: int) -> Iterator[torch.Tensor]:
+    seen = 0
+    for b in batches:
+        if seen >= limit:
+            return
+        yield b[: limit - seen]
+        seen += b.shape[0]
+
+
+def run_distribution(cfg: DictConfig, samples: str) -> dict[str, Any]:
+    """FD / KID / P-R / D-C (+ IS and class accuracy with a classifier) of samples vs a reference."""
+    extractor = build(cfg.extractor, "eval.extractor")
+    extractor = extractor.eval() if hasattr(extractor, "eval") else extractor
+    name = str(getattr(extractor, "name", type(extractor).__name__))
+    with_logits = hasattr(extractor, "class_logits") and cfg.get("inception_score", True)
+    fake, logits = metrics.extract(extractor, _source(samples, cfg.batch_size, cfg.get("num_samples")),
+                                   with_logits=with_logits)
+    ref = cfg.reference
+    real_stats = None
+    if isinstance(ref, str) and ref.endswith(".npz") and _is_stats_file(ref):
+        mu, sigma, _ = metrics.load_stats(ref, expected_dim=int(extractor.num_features))
+        real_stats, real = (mu, sigma), torch.zeros(0, int(extractor.num_features))
+    else:
+        real, _ = metrics.extract(extractor, _source(ref, cfg.batch_size, cfg.get("num_reference")))
+    floor = None
+    if cfg.get("floor_reference") is not None:
+        floor, _ = metrics.extract(extractor, _source(cfg.floor_reference, cfg.batch_size, fake.shape[0]))
+    labels = _labels(cfg, fake.shape[0])
+    report = metrics.compare_features(real, fake, extractor=name, floor_real=floor, real_stats=real_stats,
+                                      n_boot=cfg.n_boot, seed=cfg.seed, fake_logits=logits, fake_labels=labels)
+    return report.to_dict()
+
+
+def _is_stats_file(path: str) -> bool:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        return "mu" in data and "sigma" in data and "arr_0" not in data
+
+
+def _labels(cfg: DictConfig, n: int) -> torch.Tensor | None:
+    path = cfg.get("labels")
+    if not path:
+        return None
+    labels = torch.tensor(json.loads(Path(path).read_text()), dtype=torch.long)
+    if labels.shape[0] < n:
+        raise ConfigError(f"{path} has {labels.shape[0]} labels for {n} samples")
+    return labels[:n]
+
+
+def run_prompts(cfg: DictConfig, samples: str, out: Path) -> dict[str, Any]:
+    """GenEval rules over a GenEval-layout folder, with an in-process detector or the official results."""
+    from argen.eval import geneval
+
+    if cfg.get("results"):
+        report = geneval.read_official_results(cfg.results)
+    else:
+        detector = build(cfg.detector, "eval.detector")
+        options = geneval.ScoringOptions(**OmegaConf.to_container(cfg.scoring, resolve=True)) if cfg.get("scoring") \
+            else None
+        report, records = geneval.evaluate_folder(samples, detector, options)
+        geneval.write_results_jsonl(records, out / f"{cfg.name}_results.jsonl")
+    result = report.to_dict()
+    _bar_plot(result, out / f"{cfg.name}_tasks.png", title=cfg.name)
+    return result
+
+
+def _bar_plot(result: dict[str, Any], path: Path, *, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = result.get("tasks") or {}
+    names = list(tasks)
+    values = [tasks[k] if not isinstance(tasks[k], dict) else tasks[k].get("accuracy", 0.0) for k in names]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(names + ["overall"], values + [result.get("overall", 0.0)], color=["#4C72B0"] * len(names) + ["#DD8452"])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _summary(report: dict[str, Any]) -> str:
+    lines = ["# argen-eval report", ""]
+    for section, res in report.items():
+        lines.append(f"## {section}")
+        if "fd" in res:
+            ci = res.get("fd_ci95")
+            lines.append(f"- {res['metric']} ({res['extractor']}, N_fake={res['num_fake']}, N_real={res['num_real']}): "
+                         f"{res['fd']:.4f}" + (f" (bootstrap 95% [{ci[0]:.4f}, {ci[1]:.4f}])" if ci else ""))
+            if res.get("floor"):
+                lines.append(f"- real-vs-real floor at N={int(res['floor']['n'])}: {res['floor']['fd']:.4f}")
+            for key in ("precision", "recall", "density", "coverage", "class_accuracy"):
+                if res.get(key) is not None:
+                    lines.append(f"- {key}: {res[key]:.4f}")
+        if "overall" in res:
+            lines.append(f"- overall: {res['overall']:.4f}")
+            for task, value in (res.get("tasks") or {}).items():
+                v = value if not isinstance(value, dict) else value.get("accuracy")
+                lines.append(f"- {task}: {v:.4f}" if v is not None else f"- {task}: missing")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = cfg.eval.sections if "sections" in cfg.eval else {cfg.eval.name: cfg.eval}
+    report: dict[str, Any] = {}
+    for key, section in sections.items():
+        samples = section.get("samples") or cfg.samples
+        if samples is None:
+            raise ConfigError(f"eval section {key!r} needs samples=<folder or .npz> (or eval.samples)")
+        kind = section.kind
+        if kind == "distribution":
+            report[key] = run_distribution(section, str(samples))
+        elif kind == "prompts":
+            report[key] = run_prompts(section, str(samples), out)
+        else:
+            raise ConfigError(f"eval section {key!r} has unknown kind {kind!r} (distribution | prompts)")
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
+    (out / "summary.md").write_text(_summary(report))
+    log.info("wrote %s and summary.md", out / "report.json")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
