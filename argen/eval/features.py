@@ -35,7 +35,7 @@ INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 class InceptionFeatures:
     """The standard FID network: torch-fidelity's InceptionV3 port of the TF 2015-12-05 graph.
 
-    Built through torchmetrics' ``NoTrainInceptionV3`` from a LOCAL weights file only
+    torch-fidelity's ``FeatureExtractorInceptionV3`` (what torchmetrics' FID wraps), from a LOCAL weights file only
     (``weights-inception-2015-12-05-6726825d.pth``); inputs are uint8 and resized with the
     TF1-style bilinear resize (no antialiasing), which is what torch-fidelity and the ADM
     evaluator do (research/eval.md sec. 1.3-1.4). Returns 2048-d pool features;
@@ -50,7 +50,7 @@ class InceptionFeatures:
         from pathlib import Path
 
         import torch
-        from torchmetrics.image.fid import NoTrainInceptionV3
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         path = Path(weights_path).expanduser()
         if not path.is_file():
@@ -63,8 +63,8 @@ class InceptionFeatures:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or "Conv2d_1a_3x3.conv.weight" not in state:
             raise ValueError(f"{path} is not torch-fidelity's InceptionV3 state dict ({INCEPTION_FILE})")
-        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048", "logits_unbiased"],
-                                      feature_extractor_weights_path=str(path))
+        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                               feature_extractor_weights_path=str(path))
 
     def to(self, device: object) -> InceptionFeatures:
         self.net.to(device)

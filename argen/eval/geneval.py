@@ -340,7 +340,8 @@ def _colour_failure(clause: Mapping[str, Any], found: list[Detection]) -> str | 
     if n_match >= clause["count"]:
         return None
     seen = ", ".join(f"{colors.count(c)} {c or 'unknown'}" for c in dict.fromkeys(colors))
-    return f"expected {clause['color']} {clause['class']} >= {clause['count']}, found {n_match} {clause['color']} ({seen})"
+    return (f"expected {clause['color']} {clause['class']} >= {clause['count']}, "
+            f"found {n_match} {clause['color']} ({seen})")
 
 
 def _position_failure(clause: Mapping[str, Any], found: list[Detection], include: Sequence[Mapping[str, Any]],
