@@ -119,7 +119,7 @@ def _bar_plot(result: dict[str, Any], path: Path, *, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = result.get("tasks") or {}
+    tasks = result.get("task_scores") or {}
     names = list(tasks)
     values = [tasks[k] if not isinstance(tasks[k], dict) else tasks[k].get("accuracy", 0.0) for k in names]
     fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -148,7 +148,7 @@ def _summary(report: dict[str, Any]) -> str:
                     lines.append(f"- {key}: {res[key]:.4f}")
         if "overall" in res:
             lines.append(f"- overall: {res['overall']:.4f}")
-            for task, value in (res.get("tasks") or {}).items():
+            for task, value in (res.get("task_scores") or {}).items():
                 v = value if not isinstance(value, dict) else value.get("accuracy")
                 lines.append(f"- {task}: {v:.4f}" if v is not None else f"- {task}: missing")
         lines.append("")
