@@ -57,17 +57,39 @@ def tokenizer_stage(out: Path, steps: int | None, overrides: list[str], eval_ima
     return section
 
 
+def roundtrip_stage(out: Path, export_dir: str, *, seed: int = 0) -> dict[str, Any]:
+    """Composition through the tokenizer: ShapesEval and fd_shapes of reconstructions."""
+    from argen.eval.feature_nets import build_and_export
+    from argen.eval.roundtrip import fd_shapes_roundtrip, shapes_eval_roundtrip
+
+    net_dir = out / "feature_nets" / "shapes"
+    if not (net_dir / "model.safetensors").is_file():
+        log.info("training the shapes attribute network for fd_shapes (once) -> %s", net_dir)
+        build_and_export("shapes", net_dir, seed=seed, overwrite=True)
+    tokenizer = load(export_dir)
+    shapes = shapes_eval_roundtrip(tokenizer, out, seed=seed)
+    fd = fd_shapes_roundtrip(tokenizer, load(net_dir), seed=seed)
+    return {"shapes_eval": shapes, "fd_shapes": fd}
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = _parse(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"tokenizer": tokenizer_stage(out, args.steps, args.overrides, args.eval_images)}
+    # Reconstructions of the shapes world judged like generations will be (issue: evaluation);
+    # generated samples get their own eval.shapes / eval.fd_shapes once a generator exists.
+    report["tokenizer"]["roundtrip"] = roundtrip_stage(out, report["tokenizer"]["export"])
     path = out / "report.json"
     path.write_text(json.dumps(report, indent=2, sort_keys=True))
     t = report["tokenizer"]
     log.info("tokenizer on held-out shapes: PSNR %.2f dB, SSIM %.4f, codebook usage %.1f%% -> %s",
              t["psnr"], t["ssim"], 100 * t["codebook_usage"], path)
+    rt = t["roundtrip"]
+    log.info("round trip: ShapesEval originals %.3f, reconstructions %.3f; %s %.4f (floor %.4f)",
+             rt["shapes_eval"]["originals"]["overall"], rt["shapes_eval"]["reconstructions"]["overall"],
+             rt["fd_shapes"]["metric"], rt["fd_shapes"]["fd"], rt["fd_shapes"]["floor"]["fd"])
 
 
 if __name__ == "__main__":
