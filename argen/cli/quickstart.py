@@ -65,7 +65,7 @@ def roundtrip_stage(out: Path, export_dir: str, *, seed: int = 0) -> dict[str, A
     net_dir = out / "feature_nets" / "shapes"
     if not (net_dir / "model.safetensors").is_file():
         log.info("training the shapes attribute network for fd_shapes (once) -> %s", net_dir)
-        build_and_export("shapes", net_dir, steps=600, seed=seed, overwrite=True)  # CPU budget of the quick start
+        build_and_export("shapes", net_dir, seed=seed, overwrite=True)
     tokenizer = load(export_dir)
     shapes = shapes_eval_roundtrip(tokenizer, out, seed=seed)
     fd = fd_shapes_roundtrip(tokenizer, load(net_dir), seed=seed)
