@@ -65,9 +65,14 @@ def run_distribution(cfg: DictConfig, samples: str) -> dict[str, Any]:
                                    with_logits=with_logits)
     ref = cfg.reference
     real_stats = None
-    if isinstance(ref, str) and ref.endswith(".npz") and _is_stats_file(ref):
-        mu, sigma, _ = metrics.load_stats(ref, expected_dim=int(extractor.num_features))
-        real_stats, real = (mu, sigma), torch.zeros(0, int(extractor.num_features))
+    has_stats, has_images = _npz_contents(ref)
+    if has_stats:
+        # ADM reference batches / cached stats: FD against the stored mu/sigma (ADM computes them over
+        # the whole dataset); their arr_0 images, when present, serve KID and precision/recall.
+        mu, sigma, _ = metrics.load_stats(str(ref), expected_dim=int(extractor.num_features))
+        real_stats = (mu, sigma)
+    if has_stats and not has_images:
+        real = torch.zeros(0, int(extractor.num_features))
     else:
         real, _ = metrics.extract(extractor, _source(ref, cfg.batch_size, cfg.get("num_reference")))
     floor = None
@@ -79,11 +84,14 @@ def run_distribution(cfg: DictConfig, samples: str) -> dict[str, Any]:
     return report.to_dict()
 
 
-def _is_stats_file(path: str) -> bool:
+def _npz_contents(ref: Any) -> tuple[bool, bool]:
+    """(has mu/sigma statistics, has arr_0 images) of a reference given as an ``.npz`` path."""
     import numpy as np
 
-    with np.load(path, allow_pickle=False) as data:
-        return "mu" in data and "sigma" in data and "arr_0" not in data
+    if not isinstance(ref, str) or not ref.endswith(".npz"):
+        return False, True
+    with np.load(ref, allow_pickle=False) as data:
+        return "mu" in data and "sigma" in data, "arr_0" in data
 
 
 def _labels(cfg: DictConfig, n: int) -> torch.Tensor | None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from argen.cli.common import compose_config
@@ -53,3 +54,28 @@ def test_fd_digits_from_an_npz_batch(tmp_path: Path) -> None:
     assert report["floor"]["n"] == len(real) and report["fd_ci95"] is not None
     assert 1.0 <= report["inception_score"]["mean"] <= 10.0 and report["class_accuracy"] is not None
     assert json.loads((tmp_path / "out" / "report.json").read_text())["fd_digits"]["fd"] == report["fd"]
+
+
+def test_reference_batch_with_stats_uses_stored_mu_sigma(tmp_path: Path) -> None:
+    """An ADM-style reference batch: FD against its stored mu/sigma, its arr_0 images for P/R."""
+    from argen.eval import fid as M
+
+    torch.manual_seed(0)
+    net = DigitsFeatureNet().eval()
+    save_pretrained(net, tmp_path / "net", config=net.config(), meta={"kind": "feature_net"})
+    real = tensor_to_uint8(torch.stack([s["image"] for s in DigitsDataset(split="test", image_size=32)]))
+    fake = tensor_to_uint8(torch.stack([s["image"] for s in DigitsDataset(split="val", image_size=32)]))
+    save_npz(fake, tmp_path / "samples.npz")
+    with torch.no_grad():
+        real_f = net(torch.from_numpy(real).permute(0, 3, 1, 2)).float()
+    mu, sigma = M.feature_stats(real_f)
+    np.savez(tmp_path / "ref.npz", arr_0=real, mu=(mu + 1.0).numpy(), sigma=sigma.numpy())  # shifted stats
+    cfg = compose_config("evaluate", ["eval=fd_digits", f"samples={tmp_path / 'samples.npz'}",
+                                      f"eval.extractor.path={tmp_path / 'net'}", f"eval.reference={tmp_path / 'ref.npz'}",
+                                      "eval.floor_reference=null", "eval.n_boot=0", f"output_dir={tmp_path / 'out'}"])
+    report = run(cfg)["fd_digits"]
+    with torch.no_grad():
+        fake_f = net(torch.from_numpy(fake).permute(0, 3, 1, 2)).float()
+    expected = M.frechet_distance(mu + 1.0, sigma, *M.feature_stats(fake_f))
+    assert report["fd"] == pytest.approx(expected, rel=1e-6)
+    assert report["num_real"] == len(real) and report["precision"] is not None
