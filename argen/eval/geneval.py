@@ -140,19 +140,27 @@ def read_metadata(path: str | Path) -> list[Metadata]:
     The list index is the prompt index used by the folder layout. Raises ValueError naming
     ``path`` and the 1-based line number for invalid JSON or an invalid record.
     """
-    path = Path(path)
     records: list[Metadata] = []
+    for where, record in _jsonl(path):
+        try:
+            validate_metadata(record)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from err
+        records.append(record)
+    return records
+
+
+def _jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """(``path:line``, parsed object) for every non-blank line; bad JSON names its line."""
+    path = Path(path)
     with path.open(encoding="utf-8") as fp:
         for lineno, line in enumerate(fp, start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-                validate_metadata(record)
+                yield f"{path}:{lineno}", json.loads(line)
             except ValueError as err:  # json.JSONDecodeError is a ValueError
                 raise ValueError(f"{path}:{lineno}: {err}") from err
-            records.append(record)
-    return records
 
 
 # --------------------------------------------------------------------------- folder layout
@@ -607,23 +615,15 @@ def read_results_jsonl(path: str | Path) -> list[dict]:
     Each line needs ``tag`` and ``correct``; the prompt index comes from ``index`` or the
     ``filename`` layout, else the ``metadata`` string identifies the prompt.
     """
-    path = Path(path)
     records = []
-    with path.open(encoding="utf-8") as fp:
-        for lineno, line in enumerate(fp, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                raise ValueError(f"{path}:{lineno}: {err}") from err
-            if not isinstance(row, dict) or "tag" not in row or "correct" not in row:
-                raise ValueError(f"{path}:{lineno}: a result needs 'tag' and 'correct'")
-            if row.get("index") is None:
-                row["index"] = _index_from_filename(row.get("filename"))
-            if row["index"] is None and row.get("metadata") is None:
-                raise ValueError(f"{path}:{lineno}: cannot tell the prompt (no index, filename layout or metadata)")
-            records.append(row)
+    for where, row in _jsonl(path):
+        if not isinstance(row, dict) or "tag" not in row or "correct" not in row:
+            raise ValueError(f"{where}: a result needs 'tag' and 'correct'")
+        if row.get("index") is None:
+            row["index"] = _index_from_filename(row.get("filename"))
+        if row["index"] is None and row.get("metadata") is None:
+            raise ValueError(f"{where}: cannot tell the prompt (no index, filename layout or metadata)")
+        records.append(row)
     return records
 
 

@@ -67,7 +67,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     ckpt = torch.load(killed / "runs" / "shapes_vq" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 12
     train(killed, "resume=auto")
-    for name, reference in ((("raw"), raw_weights(straight)), ("ema", weights(straight))):
+    for name, reference in (("raw", raw_weights(straight)), ("ema", weights(straight))):
         resumed = raw_weights(killed) if name == "raw" else weights(killed)
         assert resumed.keys() == reference.keys()
         for k in reference:

@@ -123,7 +123,7 @@ def test_stats_roundtrip_and_mismatch(tmp_path: Path) -> None:
     a = feats(0, 50, 4)
     M.save_stats(str(tmp_path / "ref.npz"), a, extractor="digits_cnn", dataset="digits/test")
     mu, sigma, info = M.load_stats(str(tmp_path / "ref.npz"))
-    torch.testing.assert_close(mu, a.double().mean(0)) and None
+    torch.testing.assert_close(mu, a.double().mean(0))
     assert info["n"] == 50 and "digits_cnn" in info["meta"]
     with pytest.raises(ValueError, match="same extractor"):
         M.load_stats(str(tmp_path / "ref.npz"), expected_dim=8)

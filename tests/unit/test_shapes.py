@@ -13,6 +13,8 @@ from scipy import ndimage
 from torch.utils.data import DataLoader
 
 from argen.data.base import collate_samples
+from argen.eval.detection import Detection
+from argen.eval.geneval import ScoringOptions, evaluate_image, relative_position
 from argen.data.shapes import (
     BACKGROUND_RGB,
     DEFAULT_COLORS,
@@ -39,54 +41,15 @@ from argen.data.shapes import (
 # --------------------------------------------------------------------------- helpers
 
 
-def geneval_relations(box_a, box_b, threshold: float = 0.1) -> set[str]:
-    """GenEval's relative_position, re-implemented from eval.md 2.6 (boxes x1, y1, x2, y2)."""
-    a, b = np.asarray(box_a, float), np.asarray(box_b, float)
-    centre_a, centre_b = (a[:2] + a[2:]) / 2, (b[:2] + b[2:]) / 2
-    dims_a, dims_b = a[2:] - a[:2], b[2:] - b[:2]
-    offset = centre_a - centre_b
-    revised = np.sign(offset) * np.maximum(np.abs(offset) - threshold * (dims_a + dims_b), 0)
-    if np.all(np.abs(revised) < 1e-3):
-        return set()
-    dx, dy = revised / np.linalg.norm(offset)
-    rels = set()
-    if dx < -0.5:
-        rels.add("left of")
-    if dx > 0.5:
-        rels.add("right of")
-    if dy < -0.5:
-        rels.add("above")
-    if dy > 0.5:
-        rels.add("below")
-    return rels
-
-
 def pixel_box(obj: ObjectSpec) -> tuple[int, int, int, int]:
     x1, y1, x2, y2 = obj.bbox
     return (math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2))
 
 
 def gt_satisfies(metadata: dict, objects: list[ObjectSpec]) -> bool:
-    """GenEval's evaluate() (eval.md 2.7) with the ground-truth objects as detections."""
-    groups = []
-    for clause in metadata["include"]:
-        found = [o for o in objects if o.shape == clause["class"]]
-        if len(found) < clause["count"]:
-            return False
-        found = found[: clause["count"]]
-        if "color" in clause and sum(o.color == clause["color"] for o in found) < clause["count"]:
-            return False
-        if "position" in clause:
-            rel, target = clause["position"]
-            for a in found:
-                for b in groups[target]:
-                    if rel not in geneval_relations(a.bbox, b.bbox):
-                        return False
-        groups.append(found)
-    for clause in metadata.get("exclude", []):
-        if sum(o.shape == clause["class"] for o in objects) >= clause["count"]:
-            return False
-    return True
+    """GenEval's evaluate() with the ground-truth objects as confident detections."""
+    detections = [Detection(o.shape, 1.0, o.bbox, o.color) for o in objects]
+    return evaluate_image(metadata, detections, ScoringOptions())[0]
 
 
 def components(image: np.ndarray) -> tuple[np.ndarray, int]:
@@ -298,8 +261,8 @@ def test_position_scenes_satisfy_geneval_rule(image_size):
         b, a = objects[0], objects[1]
         assert (a.shape, b.shape) == (a_clause["class"], b_clause["class"])
         # Exact boxes, pixel-quantised boxes and the boxes of the rendered components.
-        assert rel in geneval_relations(a.bbox, b.bbox), (i, spec.prompt)
-        assert rel in geneval_relations(pixel_box(a), pixel_box(b)), (i, spec.prompt)
+        assert rel in relative_position(a.bbox, b.bbox), (i, spec.prompt)
+        assert rel in relative_position(pixel_box(a), pixel_box(b)), (i, spec.prompt)
         labels, n = components(image)
         assert n == len(objects)
         rendered = []
@@ -307,9 +270,9 @@ def test_position_scenes_satisfy_geneval_rule(image_size):
             x, y = (int(v) for v in obj.centroid)
             rows, cols = np.nonzero(labels == labels[y, x])
             rendered.append((cols.min(), rows.min(), cols.max() + 1, rows.max() + 1))
-        assert rel in geneval_relations(*rendered), (i, spec.prompt)
+        assert rel in relative_position(*rendered), (i, spec.prompt)
         # The perpendicular relation never holds, so the caption is the whole story.
-        assert geneval_relations(a.bbox, b.bbox) == {rel}
+        assert relative_position(a.bbox, b.bbox) == {rel}
 
 
 def test_counting_renders_exactly_n():

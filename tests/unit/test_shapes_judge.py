@@ -25,6 +25,7 @@ from argen.data.shapes import (
     render_scene,
 )
 from argen.eval.detection import Detection, Detector
+from argen.eval.geneval import ScoringOptions, evaluate_image
 from argen.eval.shapes_judge import (
     CONTROLS,
     ShapesJudge,
@@ -37,59 +38,11 @@ from argen.eval.shapes_judge import (
     validate_judge,
 )
 
-# --------------------------------------------------------------------------- GenEval scorer
+# GenEval's rules come from argen.eval.geneval (tested on its own in test_geneval.py).
 
 
-def _relations(box_a, box_b, margin: float = 0.1) -> set[str]:
-    """GenEval's relative_position (eval.md 2.6)."""
-    a, b = np.asarray(box_a, float), np.asarray(box_b, float)
-    offset = (a[:2] + a[2:]) / 2 - (b[:2] + b[2:]) / 2
-    dims = (a[2:] - a[:2]) + (b[2:] - b[:2])
-    shrunk = np.sign(offset) * np.maximum(np.abs(offset) - margin * dims, 0)
-    if np.all(np.abs(shrunk) < 1e-3):
-        return set()
-    dx, dy = shrunk / np.linalg.norm(offset)
-    pairs = (("left of", dx < -0.5), ("right of", dx > 0.5),
-             ("above", dy < -0.5), ("below", dy > 0.5))
-    return {name for name, holds in pairs if holds}
-
-
-def local_geneval_correct(metadata: Mapping[str, Any], detections: list[Detection]) -> bool:
-    """GenEval's evaluate() (eval.md 2.4-2.7): threshold 0.3 (0.9 for counting, strict >),
-    top-count per class by score, colour and position checks, exclude clauses."""
-    cutoff = 0.9 if metadata["tag"] == "counting" else 0.3
-    kept: dict[str, list[Detection]] = {}
-    for det in sorted(detections, key=lambda d: -d.score):
-        if det.score > cutoff:
-            kept.setdefault(det.label, []).append(det)
-    groups: list[list[Detection] | None] = []
-    ok = True
-    for clause in metadata["include"]:
-        found = kept.get(clause["class"], [])[: clause["count"]]
-        good = len(found) >= clause["count"]
-        if good and "color" in clause:
-            good = sum(d.color == clause["color"] for d in found) >= clause["count"]
-        if good and "position" in clause:
-            rel, target = clause["position"]
-            good = groups[target] is not None and all(
-                rel in _relations(a.box, b.box) for a in found for b in groups[target])
-        groups.append(found if good else None)
-        ok &= good
-    for clause in metadata.get("exclude", []):
-        ok &= len(kept.get(clause["class"], [])) < clause["count"]
-    return ok
-
-
-try:  # score with the project's GenEval implementation when it is there
-    from argen.eval.geneval import ScoringOptions, evaluate_image
-
-    def geneval_correct(metadata: Mapping[str, Any], detections: list[Detection]) -> bool:
-        return evaluate_image(dict(metadata), detections, ScoringOptions())[0]
-
-    HAVE_GENEVAL = True
-except ImportError:  # pragma: no cover - depends on the checkout
-    geneval_correct = local_geneval_correct
-    HAVE_GENEVAL = False
+def geneval_correct(metadata: Mapping[str, Any], detections: list[Detection]) -> bool:
+    return evaluate_image(dict(metadata), detections, ScoringOptions())[0]
 
 
 @pytest.fixture(scope="module")
@@ -279,19 +232,6 @@ def test_lab_colour_space_also_works():
     judge = ShapesJudge(color_space="lab")
     result = judge_confusion(judge, n=100, image_size=32, seed=8)
     assert result["exact_images"] >= 99
-
-
-@pytest.mark.skipif(not HAVE_GENEVAL, reason="argen.eval.geneval not importable")
-def test_local_scorer_agrees_with_geneval_module(judge):
-    world = world_at(32)
-    prompts = make_prompt_suite(world, n_per_tag=30, seed=9)
-    for control in ("render", "swap_colors", "mirror", "count_shift", "noise"):
-        for p, record in enumerate(prompts):
-            image = control_image(control, record, world, np.random.default_rng([9, p]))
-            if image is None:
-                continue
-            detections = judge.detect(image)
-            assert local_geneval_correct(record, detections) == geneval_correct(record, detections)
 
 
 def test_score_semantics_documented():
