@@ -1,0 +1,129 @@
+"""Generator and Sampler protocols (DESIGN.md, Interfaces), and the small results they return.
+
+A generator predicts groups of layout positions, one group per step (``plan``). A sampler walks
+that plan through ``start``/``step`` only, so any sampler drives any generator whose
+:class:`Capabilities` meet the sampler's :class:`Requirements`.
+
+``step(state, tokens, positions, query)``: append ``tokens`` (B, F) at layout ``positions`` (F,)
+to the state (the group decided last step, or a speculative window), and return logits for the
+layout positions ``query`` (Q,) given everything fed so far. With F = 0 the first step runs the
+condition prefix only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from argen.core.condition import Condition
+from argen.core.state import DecodeState
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """discrete: logits over a vocabulary (not a continuous velocity);
+    causal_window: one step can feed several consecutive positions and returns, for each query,
+    logits that depend only on earlier positions (what speculative verification needs);
+    rollback: ``DecodeState.truncate`` is supported."""
+
+    discrete: bool = True
+    causal_window: bool = False
+    rollback: bool = False
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a sampler needs from a generator (a subset of :class:`Capabilities`)."""
+
+    discrete: bool = True
+    causal_window: bool = False
+    rollback: bool = False
+
+
+class IncompatibleError(TypeError):
+    """A sampler was paired with a generator that lacks a capability it needs."""
+
+
+def check_compatible(sampler: Any, generator: Any) -> None:
+    """Raise :class:`IncompatibleError` naming both when ``generator`` cannot serve ``sampler``."""
+    req: Requirements = sampler.requires
+    caps: Capabilities = generator.capabilities
+    missing = [name for name in ("discrete", "causal_window", "rollback")
+               if getattr(req, name) and not getattr(caps, name)]
+    if missing:
+        raise IncompatibleError(f"sampler {type(sampler).__name__} needs {', '.join(missing)} but generator "
+                                f"{type(generator).__name__} does not provide it (capabilities: {caps}); "
+                                f"pick another sampler, e.g. sampler=ancestral")
+
+
+@dataclass
+class LossOutput:
+    """loss: scalar to minimise; logs: scalars for the logger (detached)."""
+
+    loss: Tensor
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class StepOutput:
+    """logits: (B, Q, V) for the queried positions; hidden: (B, Q, C) final features at the slots
+    that produced them (drafters read these), or None."""
+
+    logits: Tensor
+    hidden: Tensor | None = None
+
+
+@dataclass
+class SamplingStats:
+    """forward_passes: generator steps per batch; tokens: positions decided; wall_seconds;
+    accepted_per_pass: tokens kept per forward pass (1 for ancestral raster)."""
+
+    forward_passes: int = 0
+    tokens: int = 0
+    wall_seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accepted_per_pass(self) -> float:
+        return self.tokens / max(self.forward_passes, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        d["accepted_per_pass"] = self.accepted_per_pass
+        return d
+
+
+@dataclass
+class SampleResult:
+    tokens: Tensor  # (B, L) int64 in layout order
+    stats: SamplingStats
+
+
+@runtime_checkable
+class Generator(Protocol):
+    capabilities: Capabilities
+
+    def loss(self, tokens: Tensor, cond: Condition) -> LossOutput: ...
+
+    def plan(self) -> list[Tensor]: ...
+
+    def start(self, cond: Condition, *, max_len: int | None = None) -> DecodeState: ...
+
+    def step(self, state: DecodeState, tokens: Tensor, positions: Tensor, query: Tensor) -> StepOutput: ...
+
+    def null_cond(self, cond: Condition) -> Condition: ...
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    requires: Requirements
+
+    def sample(self, generator: Generator, cond: Condition, *, seeds: Tensor) -> SampleResult: ...
+
+
+def as_positions(x: Tensor | list[int] | range, device: torch.device | str = "cpu") -> Tensor:
+    return torch.as_tensor(list(x) if isinstance(x, range) else x, dtype=torch.long, device=device)

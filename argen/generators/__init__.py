@@ -1,0 +1,1 @@
+"""Generators: each implements the protocol of :mod:`argen.core` (loss / plan / start / step)."""

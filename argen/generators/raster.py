@@ -1,0 +1,201 @@
+"""Raster next-token generator: a LlamaGen-style GPT (algorithms.md section 2).
+
+The condition (one class token, or the caption's slots) is a prefix; token i of the raster
+order sits at slot ``prefix + i`` and the output at slot ``prefix + i - 1`` predicts it (the
+last prefix slot predicts token 0). Parameter names follow LlamaGen's ``Transformer`` so an
+official checkpoint maps by the documented conversion in :mod:`argen.io.llamagen`:
+``cls_embedding`` (``embedding_table`` | ``cap_proj.fc1/fc2`` + ``uncond_embedding``),
+``tok_embeddings``, ``layers.{i}.attention.{wqkv,wo}``, ``layers.{i}.feed_forward.{w1,w2,w3}``,
+``layers.{i}.{attention_norm,ffn_norm}``, ``norm``, ``output``.
+
+Deliberate differences from LlamaGen: dropout of the condition happens in :meth:`loss` through
+:meth:`Condition.with_dropout` rather than inside the embedder; the KV cache lives in a
+:class:`DecodeState` the caller holds instead of in the attention modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from argen.core import Capabilities, Condition, DecodeState, KVCache, LossOutput, StepOutput
+from argen.core.state import round_up
+from argen.nn.blocks import RMSNorm, TransformerBlock, swiglu_hidden
+from argen.nn.rope import rope_1d, rope_2d
+from tokenizers_vq.layout import TokenLayout
+
+
+class RasterGenerator(nn.Module):
+    """GPT over a raster grid (``grid_size`` x ``grid_size``, 2D RoPE) or a 1D sequence
+    (``sequence_length``, 1D RoPE).
+
+    condition: a partial constructor of the condition embedder, called with ``dim`` (Hydra
+    ``_partial_: true``): :class:`~argen.nn.conditioning.ClassEmbedder` or
+    :class:`~argen.nn.conditioning.TextConditioner`. Dropouts and init follow LlamaGen
+    (token/resid/ffn 0.1, attention 0, N(0, 0.02), zero-initialised output head).
+    """
+
+    capabilities = Capabilities(discrete=True, causal_window=True, rollback=True)
+
+    def __init__(self, *, vocab_size: int, dim: int, n_layer: int, n_head: int,
+                 condition: Callable[..., nn.Module], grid_size: int | None = None,
+                 sequence_length: int | None = None, multiple_of: int = 256, ffn_dim_multiplier: float | None = None,
+                 norm_eps: float = 1e-5, rope_base: float = 10000.0, zero_condition_rope: bool = True,
+                 token_dropout: float = 0.1, attn_dropout: float = 0.0, resid_dropout: float = 0.1,
+                 ffn_dropout: float = 0.1, initializer_range: float = 0.02) -> None:
+        super().__init__()
+        if (grid_size is None) == (sequence_length is None):
+            raise ValueError("give exactly one of grid_size (2D raster) and sequence_length (1D tokens)")
+        self.vocab_size, self.dim, self.n_layer, self.n_head = vocab_size, dim, n_layer, n_head
+        self.cls_embedding = condition(dim=dim)
+        self.prefix_len = int(self.cls_embedding.num_tokens)
+        self.tok_embeddings = nn.Embedding(vocab_size, dim)
+        self.tok_dropout = nn.Dropout(token_dropout)
+        hidden = swiglu_hidden(dim, multiple_of, ffn_dim_multiplier)
+        self.layers = nn.ModuleList(
+            TransformerBlock(dim=dim, n_head=n_head, ffn_hidden=hidden, norm_eps=norm_eps, attn_dropout=attn_dropout,
+                             resid_dropout=resid_dropout, ffn_dropout=ffn_dropout) for _ in range(n_layer))
+        self.norm = RMSNorm(dim, norm_eps)
+        self.output = nn.Linear(dim, vocab_size, bias=False)
+        head_dim = dim // n_head
+        if grid_size is not None:
+            self.layout = TokenLayout(kind="grid", shapes=((grid_size, grid_size),), vocab_size=vocab_size)
+            table = rope_2d(grid_size, grid_size, head_dim, base=rope_base, prefix=self.prefix_len,
+                            zero_prefix=zero_condition_rope)
+        else:
+            assert sequence_length is not None
+            self.layout = TokenLayout(kind="sequence", shapes=((1, sequence_length),), vocab_size=vocab_size)
+            table = rope_1d(sequence_length, head_dim, base=rope_base, prefix=self.prefix_len,
+                            zero_prefix=zero_condition_rope)
+        self.register_buffer("rope", table, persistent=False)  # (prefix + L, hd/2, 2)
+        self._init_weights(initializer_range)
+
+    def _init_weights(self, std: float) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)) and module is not self.output:
+                nn.init.normal_(module.weight, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.output.weight)
+
+    @property
+    def seq_len(self) -> int:
+        return self.layout.length
+
+    @property
+    def condition_dropout(self) -> float:
+        return float(getattr(self.cls_embedding, "dropout", 0.0))
+
+    def null_cond(self, cond: Condition) -> Condition:
+        return cond.as_null()
+
+    def check_tokens(self, tokens: Tensor) -> None:
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
+            raise ValueError(f"token ids span [{int(tokens.min())}, {int(tokens.max())}] but the generator's "
+                             f"vocabulary has {self.vocab_size} entries: vocabulary mismatch between tokenizer "
+                             f"and generator")
+
+    # ---- training ---------------------------------------------------------------------------
+    def _trunk(self, h: Tensor, rope: Tensor, key_valid: Tensor | None, state: DecodeState | None = None,
+               start: int = 0) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            h = layer(h, rope, cache=None if state is None else state.caches[i], start=start, key_valid=key_valid)
+        return self.norm(h)
+
+    def logits(self, tokens: Tensor, cond: Condition) -> Tensor:
+        """Teacher-forced logits (B, L, V) for every position in one causal pass."""
+        b, length = tokens.shape
+        if length != self.seq_len:
+            raise ValueError(f"expected {self.seq_len} tokens per image ({self.layout.kind} {self.layout.shapes}), "
+                             f"got {length}")
+        self.check_tokens(tokens)
+        prefix, valid = self.cls_embedding(cond)  # (B, T, C), (B, T) | None
+        h = torch.cat([prefix, self.tok_embeddings(tokens[:, :-1])], dim=1)  # (B, T + L - 1, C)
+        h = self.tok_dropout(h)
+        key_valid = None
+        if valid is not None:
+            key_valid = torch.cat([valid, valid.new_ones(b, length - 1)], dim=1)
+        h = self._trunk(h, self.rope[: h.shape[1]], key_valid)
+        return self.output(h[:, self.prefix_len - 1:]).float()  # (B, L, V)
+
+    def loss(self, tokens: Tensor, cond: Condition) -> LossOutput:
+        if self.training:
+            cond = cond.with_dropout(self.condition_dropout)
+        logits = self.logits(tokens, cond)
+        loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), tokens.reshape(-1))
+        with torch.no_grad():
+            acc = (logits.argmax(-1) == tokens).float().mean()
+        return LossOutput(loss=loss, logs={"loss": loss.detach(), "token_accuracy": acc})
+
+    # ---- inference --------------------------------------------------------------------------
+    def plan(self) -> list[Tensor]:
+        """One raster position per step."""
+        return [torch.tensor([i]) for i in range(self.seq_len)]
+
+    def start(self, cond: Condition, *, max_len: int | None = None) -> DecodeState:
+        """Allocate the KV caches (prefix + L slots, rounded up to 8 as LlamaGen) for ``cond``'s rows;
+        the condition prefix runs with the first :meth:`step`."""
+        prefix, valid = self.cls_embedding(cond)
+        param = self.output.weight
+        b = prefix.shape[0]
+        slots = round_up(self.prefix_len + (self.seq_len if max_len is None else max_len), 8)
+        caches = [KVCache(b, self.n_head, slots, self.dim // self.n_head, dtype=param.dtype, device=param.device)
+                  for _ in range(self.n_layer)]
+        key_valid = None
+        if valid is not None:
+            key_valid = torch.ones(b, slots, dtype=torch.bool, device=param.device)
+            key_valid[:, : self.prefix_len] = valid
+        return DecodeState(caches=caches, batch_size=b, prefix_len=self.prefix_len, max_len=slots,
+                           pending=prefix.to(param.dtype), key_valid=key_valid)
+
+    def step(self, state: DecodeState, tokens: Tensor, positions: Tensor, query: Tensor) -> StepOutput:
+        """Feed ``tokens`` (B, F) at consecutive ``positions`` starting at ``state.fed``; return logits
+        for ``query`` (Q,), each of which must be predicted by a slot computed in this call
+        (query t is predicted by the slot of position t - 1, or by the last prefix slot for t = 0)."""
+        f = tokens.shape[1]
+        positions = positions.to(torch.long).cpu()
+        if f and not torch.equal(positions, torch.arange(state.fed, state.fed + f)):
+            raise ValueError(f"raster steps feed consecutive positions from {state.fed}, got {positions.tolist()}")
+        if f:
+            self.check_tokens(tokens)
+        parts = [] if state.pending is None else [state.pending]
+        if f:
+            parts.append(self.tok_embeddings(tokens))
+        if not parts:
+            raise ValueError("nothing to feed: the first step runs the condition, later steps need tokens")
+        h = torch.cat(parts, dim=1)  # (B, n, C)
+        start, n = state.length, h.shape[1]
+        # Slot s holds condition slot s (< prefix) or position s - prefix; rope rows are indexed by slot.
+        h = self._trunk(h, self.rope[start:start + n], state.key_valid, state, start)
+        state.pending = None
+        state.length += n
+        state.fed += f
+        # Query t comes from slot prefix + t - 1.
+        rows = query.to(torch.long).cpu() + self.prefix_len - 1 - start
+        if bool((rows < 0).any()) or bool((rows >= n).any()):
+            raise ValueError(f"query positions {query.tolist()} are not predicted by the slots of this step "
+                             f"(slots {start}..{start + n - 1})")
+        hidden = h[:, rows.to(h.device)]  # (B, Q, C)
+        return StepOutput(logits=self.output(hidden).float(), hidden=hidden)
+
+    def flops_per_token(self, context: int | None = None) -> float:
+        """Forward FLOPs per generated token (2 per multiply-add): the matmuls of every layer plus the
+        head, and attention over ``context`` cached slots (default: half the sequence)."""
+        ctx = (self.prefix_len + self.seq_len) // 2 if context is None else context
+        hidden = self.layers[0].feed_forward.w1.out_features
+        per_layer = 2 * (self.dim * 3 * self.dim + self.dim * self.dim + 3 * self.dim * hidden) + 4 * ctx * self.dim
+        return float(self.n_layer * per_layer + 2 * self.dim * self.vocab_size)
+
+    def extra_repr(self) -> str:
+        return f"layout={self.layout.kind}{list(self.layout.shapes)}, prefix={self.prefix_len}"
+
+
+def count_parameters(module: nn.Module) -> dict[str, Any]:
+    total = sum(p.numel() for p in module.parameters())
+    return {"parameters": total, "parameters_m": round(total / 1e6, 2)}

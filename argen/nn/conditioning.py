@@ -1,0 +1,92 @@
+"""Condition embedders: a class table with a null row, and captions through a text encoder.
+
+Both turn a :class:`~argen.core.Condition` into prefix embeddings (B, T, C) plus a (B, T) bool
+mask of valid slots (None when every slot is valid), the way LlamaGen feeds its condition as
+the first ``cls_token_num`` positions (algorithms.md 2.3). Null rows (CFG's unconditional half,
+or condition dropout in training) use the null class ``num_classes`` / the fixed
+``uncond_embedding`` caption, as LlamaGen's ``LabelEmbedder`` / ``CaptionEmbedder`` do.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from argen.core.condition import Condition
+
+
+class ClassEmbedder(nn.Module):
+    """One prefix token per class id; row ``num_classes`` is the null class (LlamaGen's 1000)."""
+
+    def __init__(self, *, num_classes: int, dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.dropout = dropout
+        self.num_tokens = 1
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+
+    def check(self, cond: Condition) -> None:
+        if cond.labels is None:
+            if bool(cond.null_mask().all()):
+                return
+            raise ValueError("this generator is class-conditional: give class ids (labels), not captions")
+        labels = cond.labels[~cond.null_mask()]
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            bad = labels[(labels < 0) | (labels >= self.num_classes)][0].item()
+            raise ValueError(f"class id {bad} is out of range: this generator has {self.num_classes} classes "
+                             f"(ids 0..{self.num_classes - 1})")
+
+    def forward(self, cond: Condition) -> tuple[Tensor, Tensor | None]:
+        self.check(cond)
+        null = cond.null_mask().to(self.embedding_table.weight.device)
+        labels = cond.labels.to(null.device) if cond.labels is not None else torch.zeros_like(null, dtype=torch.long)
+        labels = torch.where(null, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels).unsqueeze(1), None  # (B, 1, C)
+
+
+class MLP(nn.Module):
+    """fc1 -> GELU(tanh) -> fc2, no biases (LlamaGen's caption projection)."""
+
+    def __init__(self, *, in_features: int, hidden_features: int, out_features: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=False)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden_features, out_features, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TextConditioner(nn.Module):
+    """Caption features from ``encoder`` (``num_tokens`` slots, left-padded), projected to the model
+    width by ``cap_proj``; null rows get ``uncond_embedding`` (a fixed random caption, as LlamaGen)."""
+
+    def __init__(self, *, encoder: nn.Module, dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = dropout
+        self.num_tokens = int(encoder.max_length)
+        width = int(encoder.out_dim)
+        self.cap_proj = MLP(in_features=width, hidden_features=dim, out_features=dim)
+        self.register_buffer("uncond_embedding", torch.randn(self.num_tokens, width) / width**0.5)
+
+    def check(self, cond: Condition) -> None:
+        if cond.texts is None and not bool(cond.null_mask().all()):
+            raise ValueError("this generator is text-conditional: give prompts (texts), not class ids")
+
+    def forward(self, cond: Condition) -> tuple[Tensor, Tensor | None]:
+        self.check(cond)
+        device = self.uncond_embedding.device
+        null = cond.null_mask().to(device)
+        b = len(cond)
+        if cond.texts is None:
+            feats = self.uncond_embedding.expand(b, -1, -1)
+            valid = torch.ones(b, self.num_tokens, dtype=torch.bool, device=device)
+        else:
+            feats, valid = self.encoder(list(cond.texts))  # (B, T, D), (B, T)
+            feats, valid = feats.to(device), valid.to(device)
+            feats = torch.where(null[:, None, None], self.uncond_embedding.to(feats.dtype)[None], feats)
+            valid = valid | null[:, None]
+        return self.cap_proj(feats), (None if bool(valid.all()) else valid)

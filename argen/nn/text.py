@@ -1,0 +1,146 @@
+"""Text encoders for caption conditioning.
+
+* :class:`WordTextEncoder`: a small word-level transformer trained jointly with the generator
+  (the embedded default). Its vocabulary is the set of words of the training captions, stored
+  in the config so an export rebuilds it; unknown words map to ``<unk>`` with a warning.
+* :class:`HFTextEncoder`: a frozen Hugging Face T5 or CLIP text encoder loaded from a local
+  folder (``local_files_only``; needs the ``text`` extra). Its weights are not part of the
+  generator's state dict; the export records the folder instead.
+
+Both return (features (B, T, D), valid (B, T) bool), left-padded so that the last condition slot
+(the one that predicts the first image token) always holds text.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def build_vocab(captions: Iterable[str], *, min_count: int = 1) -> list[str]:
+    """Sorted words appearing at least ``min_count`` times in ``captions``."""
+    counts = Counter(w for c in captions for w in words(c))
+    return sorted(w for w, n in counts.items() if n >= min_count)
+
+
+class WordTextEncoder(nn.Module):
+    """Word embeddings + learned positions + a few bidirectional pre-norm transformer layers.
+
+    vocab: the words (``<pad>``, ``<unk>`` and ``<eos>`` are added); max_length: caption slots
+    (words beyond ``max_length - 1`` are cut with a warning; ``<eos>`` takes the last slot).
+    """
+
+    def __init__(self, *, vocab: Sequence[str] | None, max_length: int = 16, dim: int = 128, n_layer: int = 2,
+                 n_head: int = 4) -> None:
+        super().__init__()
+        if not vocab:
+            raise ValueError("WordTextEncoder needs a vocabulary: argen-train fills generator.condition.encoder."
+                             "vocab from the training captions of the code cache; pass vocab=[...] otherwise")
+        self.vocab = list(vocab)
+        self.itos = [PAD, UNK, EOS, *self.vocab]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise ValueError("the vocabulary has duplicate words")
+        self.max_length = max_length
+        self.out_dim = dim
+        self.embedding = nn.Embedding(len(self.itos), dim)
+        self.position = nn.Parameter(torch.randn(max_length, dim) * 0.02)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, n_head, 4 * dim, dropout=0.0, activation="gelu", batch_first=True,
+                                       norm_first=True) for _ in range(n_layer))
+        self.norm = nn.LayerNorm(dim)
+        self._warned: set[str] = set()
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """ids (B, T) int64 and valid (B, T) bool, left-padded, ending in ``<eos>``."""
+        ids = torch.zeros(len(texts), self.max_length, dtype=torch.long)
+        for row, text in enumerate(texts):
+            toks = words(text)
+            if len(toks) > self.max_length - 1:
+                self._warn(f"caption cut to {self.max_length - 1} words: {text!r}")
+                toks = toks[: self.max_length - 1]
+            unknown = [w for w in toks if w not in self.stoi]
+            for w in unknown:
+                self._warn(f"word {w!r} is not in the text encoder's vocabulary ({len(self.vocab)} words); "
+                           f"it is read as {UNK}")
+            seq = [self.stoi.get(w, 1) for w in toks] + [self.stoi[EOS]]
+            ids[row, self.max_length - len(seq):] = torch.tensor(seq)
+        return ids, ids != 0
+
+    def _warn(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning(message)
+
+    def forward(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        ids, valid = self.tokenize(texts)
+        ids, valid = ids.to(self.embedding.weight.device), valid.to(self.embedding.weight.device)
+        h = self.embedding(ids) + self.position[None]
+        for layer in self.layers:
+            h = layer(h, src_key_padding_mask=~valid)
+        return self.norm(h) * valid[..., None], valid  # (B, T, D)
+
+
+class HFTextEncoder(nn.Module):
+    """A frozen Hugging Face text encoder from a local folder.
+
+    path: folder with the tokenizer and model files (``save_pretrained`` layout); kind: ``t5``
+    (encoder last hidden state, LlamaGen uses FLAN-T5-XL, 120 tokens x 2048) or ``clip``
+    (text model last hidden state); max_length: token slots; out_dim: the model's hidden size
+    (read from its config when None).
+    """
+
+    def __init__(self, *, path: str, kind: str = "t5", max_length: int = 120, out_dim: int | None = None) -> None:
+        super().__init__()
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"text encoder folder '{folder}' does not exist; download the model once "
+                                    f"(e.g. huggingface-cli download google/flan-t5-xl --local-dir {folder}) "
+                                    f"and pass its path; argen never downloads at run time")
+        try:
+            import transformers
+        except ImportError as e:
+            raise ImportError("HFTextEncoder needs transformers: pip install 'argen[text]'") from e
+        if kind not in ("t5", "clip"):
+            raise ValueError(f"kind must be 't5' or 'clip', got {kind!r}")
+        self.path, self.kind, self.max_length = str(folder), kind, max_length
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        cls = transformers.T5EncoderModel if kind == "t5" else transformers.CLIPTextModel
+        model = cls.from_pretrained(str(folder), local_files_only=True).eval().requires_grad_(False)
+        self._model: list[Any] = [model]  # a list keeps the frozen weights out of the state dict
+        hidden = int(model.config.d_model if kind == "t5" else model.config.hidden_size)
+        if out_dim is not None and out_dim != hidden:
+            raise ValueError(f"out_dim {out_dim} does not match the text model's hidden size {hidden}")
+        self.out_dim = hidden
+
+    def _apply(self, fn: Any, recurse: bool = True) -> HFTextEncoder:  # .to(device) moves the frozen model too
+        self._model[0]._apply(fn)
+        return super()._apply(fn, recurse)
+
+    @torch.no_grad()
+    def forward(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        model = self._model[0]
+        batch = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
+                               return_tensors="pt").to(next(model.parameters()).device)
+        feats = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        valid = batch.attention_mask.bool()
+        # Left-align to the end (LlamaGen moves the valid T5 tokens to the end of the 120 slots).
+        order = torch.argsort(valid.int(), dim=1, stable=True)
+        feats = torch.gather(feats, 1, order[..., None].expand_as(feats))
+        return feats.float(), torch.gather(valid, 1, order)
