@@ -1,8 +1,9 @@
-"""argen-train: train one stage (tokenizer) with Lightning, configured by Hydra.
+"""argen-train: train one stage (tokenizer or generator) with Lightning, configured by Hydra.
 
     argen-train experiment=shapes_vq trainer=cpu
     argen-train experiment=shapes_vq resume=auto          # continue the last checkpoint
     argen-train experiment=shapes_vq trainer=ddp_cpu      # 2 CPU processes (gloo)
+    argen-train experiment=shapes_raster                  # a generator on pre-extracted codes
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from argen.training.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger("argen")
 
-STAGES = ("tokenizer",)
+STAGES = ("tokenizer", "generator")
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> str | None:
@@ -56,9 +57,16 @@ def build_stage(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModu
     """Instantiate the Lightning module and data module of ``cfg.stage``."""
     if cfg.stage not in STAGES:
         raise ConfigError(f"unknown stage {cfg.stage!r}; expected one of {STAGES}")
-    tokenizer = build(cfg.tokenizer, "tokenizer")
-    objective = build(cfg.objective, "objective")
-    module = build(cfg.module, "module", tokenizer=tokenizer, loss=objective)
+    if cfg.stage == "generator":
+        from argen.training.prepare import prepare_generator_config
+
+        prepare_generator_config(cfg)  # sizes from the code cache, tokenizer hash, text vocabulary
+        generator = build(cfg.generator, "generator")
+        module = build(cfg.module, "module", generator=generator)
+    else:
+        tokenizer = build(cfg.tokenizer, "tokenizer")
+        objective = build(cfg.objective, "objective")
+        module = build(cfg.module, "module", tokenizer=tokenizer, loss=objective)
     datamodule = build(cfg.data, "data")
     return module, datamodule
 

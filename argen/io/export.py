@@ -23,7 +23,7 @@ from tokenizers_vq.io import load_pretrained, read_meta, save_pretrained
 log = logging.getLogger(__name__)
 
 # stage -> (config node of the exported module, state-dict prefix inside the Lightning module)
-_STAGE_MODULE = {"tokenizer": ("tokenizer", "tokenizer.")}
+_STAGE_MODULE = {"tokenizer": ("tokenizer", "tokenizer."), "generator": ("generator", "generator.")}
 
 
 def _git_sha() -> str | None:
@@ -78,6 +78,9 @@ def export_run(run_dir: str | Path, *, ckpt: str = "last", out: str | Path | Non
         "source_checkpoint": str(ckpt_path), "layout": layout.to_dict() if layout is not None else None,
         "image_size": getattr(module, "image_size", None), "data": cfg.get("data"), "seed": cfg.get("seed"),
     }
+    if stage == "generator":  # the tokenizer the codes came from: argen-sample decodes with it and checks it
+        meta["tokenizer"] = {"path": str(Path(cfg["tokenizer_path"]).resolve()), "sha256": cfg.get("tokenizer_sha256")}
+        meta["codes_dir"] = cfg.get("codes_dir")
     out_dir = Path(out) if out else run_dir / "export"
     save_pretrained(module, out_dir, config=node, meta=meta, overwrite=overwrite)
     log.info("exported %s (%s weights, step %d) to %s", stage, meta["weights"], meta["global_step"], out_dir)

@@ -1,0 +1,428 @@
+"""Convert official LlamaGen checkpoints (FoundationVision/LlamaGen) to argen export folders and back.
+
+argen's :class:`~argen.generators.raster.RasterGenerator` and
+:class:`~tokenizers_vq.vq.VQTokenizer` use LlamaGen's module names on purpose, so the conversion
+is a documented, nearly-identity key table (:data:`GPT_KEY_MAP`, :data:`VQ_KEY_MAP`) plus the
+handful of entries that are not weights. What the tables cannot carry, and is therefore an
+argument: the image grid of a GPT (its 2D RoPE table is recomputed, never stored), the head count
+of a GPT whose (n_layer, dim) is not an official preset, and the VQ's GroupNorm group count.
+
+    from argen.io.llamagen import convert_gpt, convert_vq
+    convert_gpt("c2i_B_256.pt", "weights/gpt_b", grid_size=16)   # -> argen.load("weights/gpt_b")
+    convert_vq("vq_ds16_c2i.pt", "weights/vq16")
+
+or ``python scripts/convert_llamagen.py gpt --ckpt c2i_B_256.pt --out weights/gpt_b --image-size 256``.
+
+Only weights are checked here (names and shapes, strict loading). Numerical parity with LlamaGen
+additionally relies on the forward pass reproducing LlamaGen's quirks (research/algorithms.md
+2.3: zeroed RoPE rows for the condition slots, interleaved rotation pairs, logits from slot
+``cls_token_num - 1``), which :mod:`argen.nn.rope` and :mod:`argen.generators.raster` implement.
+For t2i checkpoints parity also needs the caption features LlamaGen was trained on (FLAN-T5-XL,
+120 slots, padding moved to the front), which argen's ``HFTextEncoder`` computes outside the
+state dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from argen.nn.blocks import swiglu_hidden
+
+log = logging.getLogger(__name__)
+
+# ---- the conversion tables ----------------------------------------------------------------------
+# Patterns: "{i}" stands for a layer index, "*" for any remaining suffix. A value of None means
+# the LlamaGen entry is not a weight and is dropped on the way into argen.
+
+GPT_KEY_MAP: dict[str, str | None] = {
+    # Class condition (algorithms.md 2.3, LlamaGen LabelEmbedder): (num_classes + 1, dim); the
+    # last row is the null class used by CFG, which is argen ClassEmbedder's row num_classes too.
+    "cls_embedding.embedding_table.weight": "cls_embedding.embedding_table.weight",
+    # Caption condition (t2i, CaptionEmbedder): MLP caption_dim -> dim -> dim, GELU-tanh, no
+    # biases, and the fixed random null caption (cls_token_num, caption_dim), a buffer in both.
+    # Difference: argen's TextConditioner also owns the text encoder (cls_embedding.encoder.*);
+    # LlamaGen feeds precomputed T5 features. HFTextEncoder keeps its weights out of the state
+    # dict, so a converted t2i model has exactly LlamaGen's keys.
+    "cls_embedding.cap_proj.fc1.weight": "cls_embedding.cap_proj.fc1.weight",
+    "cls_embedding.cap_proj.fc2.weight": "cls_embedding.cap_proj.fc2.weight",
+    "cls_embedding.uncond_embedding": "cls_embedding.uncond_embedding",
+    "tok_embeddings.weight": "tok_embeddings.weight",  # (V, dim)
+    # Fused qkv (3*dim, dim): rows are [q | k | v], each head-major. LlamaGen splits the output in
+    # three and views each as (n_head, head_dim); argen views it as (3, n_head, head_dim), the same
+    # layout, so no permutation is needed (n_kv_head = n_head in every official model).
+    "layers.{i}.attention.wqkv.weight": "layers.{i}.attention.wqkv.weight",
+    "layers.{i}.attention.wo.weight": "layers.{i}.attention.wo.weight",
+    # SwiGLU w2(silu(w1 x) * w3 x); hidden = find_multiple(int(2 * 4 * dim / 3), 256) (2.3).
+    "layers.{i}.feed_forward.w1.weight": "layers.{i}.feed_forward.w1.weight",
+    "layers.{i}.feed_forward.w3.weight": "layers.{i}.feed_forward.w3.weight",
+    "layers.{i}.feed_forward.w2.weight": "layers.{i}.feed_forward.w2.weight",
+    "layers.{i}.attention_norm.weight": "layers.{i}.attention_norm.weight",  # pre-RMSNorm, eps 1e-5
+    "layers.{i}.ffn_norm.weight": "layers.{i}.ffn_norm.weight",
+    "norm.weight": "norm.weight",
+    "output.weight": "output.weight",  # (V, dim), no bias, not tied to tok_embeddings
+    # Not weights. Older checkpoints store the 2D RoPE table; argen recomputes it from grid_size
+    # (a non-persistent buffer, rope.py), so a stored table is ignored, not trusted.
+    "freqs_cis": None,
+    # Inference caches, present only if a model was saved after setup_caches(): the causal mask
+    # and per-layer KV caches. argen keeps both in the DecodeState a sampler holds.
+    "causal_mask": None,
+    "layers.{i}.attention.kv_cache.k_cache": None,
+    "layers.{i}.attention.kv_cache.v_cache": None,
+}
+
+# argen-only GPT keys, dropped by argen_to_gpt: a jointly trained text encoder (WordTextEncoder)
+# has no place in LlamaGen, which always reads T5 features.
+GPT_ARGEN_ONLY: tuple[str, ...] = ("cls_embedding.encoder.*",)
+
+VQ_KEY_MAP: dict[str, str | None] = {
+    # Encoder/decoder, quant_conv (z 256 -> 8) and post_quant_conv keep LlamaGen's names and
+    # level order (algorithms.md 2.2: decoder conv_blocks[0] is the lowest resolution).
+    "encoder.*": "encoder.*",
+    "decoder.*": "decoder.*",
+    "quant_conv.*": "quant_conv.*",
+    "post_quant_conv.*": "post_quant_conv.*",
+    "quantize.embedding.weight": "quantize.embedding.weight",  # (16384, 8), l2-normalised at use
+    # Difference: LlamaGen's usage buffer is a FIFO of the last 65536 chosen code ids (zeros
+    # until that many tokens were seen); argen keeps a per-code usage EMA (quantize.usage_ema)
+    # that drives dead-code restart. The FIFO is dropped and the EMA starts at argen's own
+    # initial value 1/V ("no code known dead"); a histogram of the FIFO is not used because an
+    # untouched all-zero FIFO would mark every code but 0 as dead and a fine-tune would re-seed them.
+    "quantize.codebook_used": None,
+}
+VQ_ARGEN_ONLY: tuple[str, ...] = ("quantize.usage_ema",)
+LLAMAGEN_USAGE_SLOTS = 65536  # length of LlamaGen's quantize.codebook_used
+
+# Official GPT presets (algorithms.md 2.3): (n_layer, dim) -> (name, n_head).
+GPT_PRESETS: dict[tuple[int, int], tuple[str, int]] = {
+    (12, 768): ("GPT-B", 12), (24, 1024): ("GPT-L", 16), (36, 1280): ("GPT-XL", 20),
+    (48, 1536): ("GPT-XXL", 24), (48, 2560): ("GPT-XXXL", 40), (24, 3200): ("GPT-3B", 32),
+    (22, 2048): ("GPT-1B", 32), (32, 4096): ("GPT-7B", 32),
+}
+# LlamaGen's training defaults (2.3); dropout only matters if the converted model is fine-tuned.
+GPT_DEFAULTS: dict[str, Any] = {
+    "multiple_of": 256, "norm_eps": 1.0e-5, "rope_base": 10000.0, "zero_condition_rope": True,
+    "token_dropout": 0.1, "attn_dropout": 0.0, "resid_dropout": 0.1, "ffn_dropout": 0.1,
+    "initializer_range": 0.02,
+}
+_LAYER_KEYS = ("attention.wqkv.weight", "attention.wo.weight", "feed_forward.w1.weight", "feed_forward.w3.weight",
+               "feed_forward.w2.weight", "attention_norm.weight", "ffn_norm.weight")
+_WRAPPERS = ("model", "module", "state_dict", "ema")  # LlamaGen's sample scripts try the first three
+_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers
+
+
+# ---- key renaming -------------------------------------------------------------------------------
+def _compile(pattern: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{i\}|\*)", pattern)
+    body = "".join(r"(?P<i>\d+)" if p == "{i}" else r"(?P<rest>.+)" if p == "*" else re.escape(p) for p in parts)
+    return re.compile(body + r"\Z")
+
+
+def _fill(pattern: str, match: re.Match[str]) -> str:
+    groups = match.groupdict()
+    return pattern.replace("{i}", groups.get("i") or "").replace("*", groups.get("rest") or "")
+
+
+def _rename(state: Mapping[str, Tensor], table: Mapping[str, str | None], drop: tuple[str, ...],
+            what: str) -> tuple[dict[str, Tensor], list[str]]:
+    """Rename ``state`` by ``table`` (pattern -> pattern | None); keys matching ``drop`` or mapped
+    to None are left out and returned; any other unmatched key is an error."""
+    rules = [(_compile(src), dst) for src, dst in table.items()] + [(_compile(p), None) for p in drop]
+    out: dict[str, Tensor] = {}
+    dropped: list[str] = []
+    unknown: list[str] = []
+    for key, value in state.items():
+        for rx, dst in rules:
+            m = rx.match(key)
+            if m:
+                if dst is None:
+                    dropped.append(key)
+                else:
+                    out[_fill(dst, m)] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise KeyError(f"{len(unknown)} key(s) have no entry in the {what} conversion table, e.g. "
+                       f"{sorted(unknown)[:8]}: is this the right kind of checkpoint (GPT vs VQ tokenizer)?")
+    if dropped:
+        log.info("%s conversion dropped %d non-weight key(s): %s", what, len(dropped), sorted(dropped)[:8])
+    return out, dropped
+
+
+def _inverse(table: Mapping[str, str | None]) -> dict[str, str]:
+    return {dst: src for src, dst in table.items() if dst is not None}
+
+
+def gpt_to_argen(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """LlamaGen GPT state dict -> RasterGenerator state dict (drops ``freqs_cis`` and caches)."""
+    return _rename(state, GPT_KEY_MAP, (), "LlamaGen->argen GPT")[0]
+
+
+def argen_to_gpt(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """RasterGenerator state dict -> LlamaGen ``Transformer`` state dict (loads with LlamaGen's
+    ``load_state_dict``, which does not expect ``freqs_cis``). A jointly trained argen text
+    encoder has no LlamaGen counterpart and is dropped with a warning."""
+    out, dropped = _rename(state, _inverse(GPT_KEY_MAP), GPT_ARGEN_ONLY, "argen->LlamaGen GPT")
+    if dropped:
+        log.warning("dropped %d argen-only text-encoder key(s): LlamaGen reads T5 features instead", len(dropped))
+    return out
+
+
+def vq_to_argen(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """LlamaGen VQ state dict -> VQTokenizer state dict (``codebook_used`` -> ``usage_ema`` = 1/V)."""
+    out, _ = _rename(state, VQ_KEY_MAP, (), "LlamaGen->argen VQ")
+    codebook = _require(out, "quantize.embedding.weight", "the VQ codebook")
+    size = codebook.shape[0]
+    out["quantize.usage_ema"] = torch.full((size,), 1.0 / size, dtype=torch.float32, device=codebook.device)
+    return out
+
+
+def argen_to_vq(state: Mapping[str, Tensor], *, codebook_used: bool = True) -> dict[str, Tensor]:
+    """VQTokenizer state dict -> LlamaGen ``VQModel`` state dict. ``codebook_used``: add LlamaGen's
+    zero-filled usage FIFO (its models register it when ``codebook_show_usage``, the default)."""
+    out, _ = _rename(state, _inverse(VQ_KEY_MAP), VQ_ARGEN_ONLY, "argen->LlamaGen VQ")
+    if codebook_used:
+        out["quantize.codebook_used"] = torch.zeros(LLAMAGEN_USAGE_SLOTS)
+    return out
+
+
+# ---- reading official files ---------------------------------------------------------------------
+def _require(state: Mapping[str, Tensor], key: str, what: str) -> Tensor:
+    if key not in state:
+        raise KeyError(f"the state dict has no '{key}' ({what}); found e.g. {sorted(state)[:6]}")
+    return state[key]
+
+
+def unwrap_state_dict(obj: Any, *, source: str = "checkpoint", entry: str | None = None) -> dict[str, Tensor]:
+    """The tensor dict inside a loaded checkpoint: ``obj[entry]``, else the first of "model",
+    "module", "state_dict", "ema" present (DDP checkpoints), else ``obj`` itself (FSDP ones);
+    DDP/compile prefixes ("module.", "_orig_mod.") are stripped."""
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"{source} holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)")
+    if entry is not None:
+        if entry not in obj:
+            raise KeyError(f"{source} has no entry '{entry}'; it has {sorted(map(str, obj))[:10]}")
+        obj = obj[entry]
+    else:
+        obj = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), obj)
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"{source}: entry '{entry}' is a {type(obj).__name__}, not a state dict")
+    bad = [str(k) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, Tensor))]
+    if bad or not obj:
+        raise TypeError(f"{source} is not a state dict: entries {bad[:6] or '(none)'} are not name -> tensor; "
+                        f"pick the weights with entry=... (top-level entries: {sorted(map(str, obj))[:10]})")
+    state = dict(obj)
+    for prefix in _PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def read_official_checkpoint(path: str | Path, *, entry: str | None = None) -> dict[str, Tensor]:
+    """Load an official LlamaGen ``.pt`` on the CPU without executing pickled code
+    (``weights_only=True``; an ``args`` Namespace saved by LlamaGen's trainers is allowed)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"LlamaGen checkpoint '{path}' not found; download it first (e.g. c2i_B_256.pt or "
+                                f"vq_ds16_c2i.pt from the LlamaGen release) and pass its path")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path} contains pickled objects other than tensors, which argen refuses to load "
+                         f"(weights_only=True). If you trust the file, re-save only its weights: "
+                         f"torch.save({{'model': torch.load(p, weights_only=False)['model']}}, p2). Cause: {e}") from e
+    return unwrap_state_dict(obj, source=str(path), entry=entry)
+
+
+# ---- config inference ---------------------------------------------------------------------------
+def _layer_count(state: Mapping[str, Tensor]) -> int:
+    """Number of transformer layers, after checking every layer has all its weights."""
+    ids = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
+    if not ids:
+        raise KeyError("the state dict has no 'layers.{i}.*' keys: not a LlamaGen GPT checkpoint")
+    n_layer = max(ids) + 1
+    for i in range(n_layer):
+        for name in _LAYER_KEYS:
+            if f"layers.{i}.{name}" not in state:
+                raise KeyError(f"the GPT state dict lacks 'layers.{i}.{name}' (layers 0..{n_layer - 1} inferred "
+                               f"from the keys): truncated or not a LlamaGen checkpoint")
+    return n_layer
+
+
+def _resolve_heads(n_layer: int, dim: int, n_head: int | None) -> tuple[int, str | None]:
+    preset = GPT_PRESETS.get((n_layer, dim))
+    if n_head is None:
+        if preset is None:
+            raise ValueError(f"({n_layer} layers, dim {dim}) is not an official LlamaGen preset "
+                             f"({sorted(GPT_PRESETS)}); the head count is not stored in the weights: pass n_head")
+        n_head = preset[1]
+    if n_head < 1 or dim % n_head:
+        raise ValueError(f"n_head {n_head} does not divide dim {dim}")
+    if (dim // n_head) % 4:
+        raise ValueError(f"head_dim {dim // n_head} (dim {dim} / n_head {n_head}) must be divisible by 4 for 2D RoPE")
+    return n_head, None if preset is None else preset[0]
+
+
+def _condition_node(state: Mapping[str, Tensor], dim: int, text_encoder: str | None) -> dict[str, Any]:
+    if "cls_embedding.embedding_table.weight" in state:
+        rows = state["cls_embedding.embedding_table.weight"].shape[0]
+        # LlamaGen adds the null row only when trained with class dropout (all released models are).
+        return {"_target_": "argen.nn.conditioning.ClassEmbedder", "_partial_": True, "num_classes": rows - 1,
+                "dropout": 0.1}
+    if "cls_embedding.cap_proj.fc1.weight" in state:
+        fc1 = state["cls_embedding.cap_proj.fc1.weight"]  # (dim, caption_dim)
+        slots = _require(state, "cls_embedding.uncond_embedding", "the t2i null caption").shape[0]
+        if fc1.shape[0] != dim:
+            raise ValueError(f"cap_proj.fc1 projects to {fc1.shape[0]} features but the model width is {dim}")
+        encoder = {"_target_": "argen.nn.text.HFTextEncoder", "path": text_encoder or "???", "kind": "t5",
+                   "max_length": int(slots), "out_dim": int(fc1.shape[1])}
+        return {"_target_": "argen.nn.conditioning.TextConditioner", "_partial_": True, "dropout": 0.1,
+                "encoder": encoder}
+    raise KeyError("the GPT state dict has neither cls_embedding.embedding_table.weight (class-conditional) nor "
+                   "cls_embedding.cap_proj.fc1.weight (text-conditional)")
+
+
+def infer_gpt_config(state: Mapping[str, Tensor], *, grid_size: int, n_head: int | None = None,
+                     multiple_of: int = 256, text_encoder: str | None = None) -> dict[str, Any]:
+    """The RasterGenerator config node (Hydra, with ``_target_``) that holds ``state`` (LlamaGen or
+    argen names: they agree). ``grid_size``: tokens per image side (image size / 16 for VQ-16),
+    not stored in the weights; ``n_head``: needed only off the official presets;
+    ``text_encoder``: local FLAN-T5 folder for t2i checkpoints."""
+    if grid_size < 1:
+        raise ValueError(f"grid_size must be >= 1, got {grid_size}")
+    tok = _require(state, "tok_embeddings.weight", "token embeddings")
+    out = _require(state, "output.weight", "output head")
+    vocab, dim = int(out.shape[0]), int(tok.shape[1])
+    if tuple(tok.shape) != (vocab, dim):
+        raise ValueError(f"tok_embeddings {tuple(tok.shape)} and output {tuple(out.shape)} disagree")
+    n_layer = _layer_count(state)
+    heads, preset = _resolve_heads(n_layer, dim, n_head)
+    hidden = int(state["layers.0.feed_forward.w1.weight"].shape[0])
+    expected = swiglu_hidden(dim, multiple_of)
+    if hidden != expected:
+        raise ValueError(f"SwiGLU hidden size {hidden} != find_multiple(int(8 * {dim} / 3), {multiple_of}) = "
+                         f"{expected}: pass the multiple_of the model was built with")
+    if preset:
+        log.info("recognised %s (%d layers, dim %d, %d heads)", preset, n_layer, dim, heads)
+    return {"condition": _condition_node(state, dim, text_encoder),
+            "_target_": "argen.generators.raster.RasterGenerator", "vocab_size": vocab, "grid_size": int(grid_size),
+            "dim": dim, "n_layer": n_layer, "n_head": heads, **GPT_DEFAULTS, "multiple_of": multiple_of}
+
+
+def infer_vq_config(state: Mapping[str, Tensor], *, image_size: int = 256, norm_groups: int = 32) -> dict[str, Any]:
+    """The VQTokenizer config node for a LlamaGen VQ state dict (either naming). Not stored in the
+    weights, so taken as given: ``image_size`` (sets the token grid; the convolutions work at any
+    multiple of the downsampling factor), ``norm_groups`` (LlamaGen: 32) and the l2-normalised
+    codebook (``codebook_l2_norm=True`` in every released VQ model)."""
+    codebook = _require(state, "quantize.embedding.weight", "the codebook")
+    base = int(_require(state, "encoder.conv_in.weight", "the encoder stem").shape[0])
+    levels = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.conv_blocks\.(\d+)\.", k))}
+    widths = [int(_require(state, f"encoder.conv_blocks.{i}.res.0.conv1.weight", f"encoder level {i}").shape[0])
+              for i in range(len(levels))]
+    if not widths or any(w % base for w in widths):
+        raise ValueError(f"encoder level widths {widths} are not multiples of the stem width {base}")
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.conv_blocks\.0\.res\.(\d+)\.", k))}
+    return {"_target_": "tokenizers_vq.vq.VQTokenizer", "image_size": int(image_size),
+            "codebook_size": int(codebook.shape[0]), "embed_dim": int(codebook.shape[1]), "base_channels": base,
+            "channel_multipliers": [w // base for w in widths], "num_res_blocks": len(blocks),
+            "z_channels": int(_require(state, "quant_conv.weight", "quant_conv").shape[1]),
+            "attention": "encoder.mid.1.q.weight" in state,  # the mid attention exists iff attention is on
+            "norm_groups": int(norm_groups), "dropout": 0.0, "l2_normalize": True, "commitment_weight": 0.25,
+            "entropy_weight": 0.0, "entropy_temperature": 0.01}
+
+
+# ---- conversion to export folders ---------------------------------------------------------------
+class _CaptionSlots(nn.Module):
+    """Stand-in for HFTextEncoder while converting: it has no weights in the generator's state
+    dict, so the weights can be checked without loading T5; the export names the real encoder."""
+
+    def __init__(self, *, max_length: int, out_dim: int) -> None:
+        super().__init__()
+        self.max_length, self.out_dim = max_length, out_dim
+
+    def forward(self, texts: Any) -> Any:
+        raise RuntimeError("conversion stand-in: load the export with argen.load to encode captions")
+
+
+def _build_generator(config: dict[str, Any]) -> nn.Module:
+    """The module ``config`` describes, on the meta device (filled by ``load_state_dict(assign=True)``)."""
+    import functools
+
+    from hydra.utils import instantiate
+
+    from argen.generators.raster import RasterGenerator
+    from argen.nn.conditioning import TextConditioner
+
+    with torch.device("meta"):
+        cond = config["condition"]
+        if "encoder" not in cond:
+            return instantiate(config, _convert_="all")
+        stub = _CaptionSlots(max_length=cond["encoder"]["max_length"], out_dim=cond["encoder"]["out_dim"])
+        kwargs = {k: v for k, v in config.items() if k not in ("_target_", "condition")}
+        return RasterGenerator(**kwargs, condition=functools.partial(TextConditioner, encoder=stub,
+                                                                     dropout=cond["dropout"]))
+
+
+def _meta(path: Path, kind: str, layout: Any, dropped: list[str], **extra: Any) -> dict[str, Any]:
+    from argen import __version__
+
+    return {"kind": kind, "layout": layout.to_dict(), "source": str(path), "converted_from": "llamagen",
+            "argen_version": __version__, "dropped_keys": sorted(dropped), **extra}
+
+
+def convert_gpt(path: str | Path, out_dir: str | Path, *, grid_size: int, n_head: int | None = None,
+                multiple_of: int = 256, text_encoder: str | None = None, entry: str | None = None,
+                overwrite: bool = False) -> Path:
+    """Official LlamaGen GPT checkpoint -> argen export folder (``argen.load(out_dir)``).
+
+    grid_size: 16 for the 256 px models, 24 for the 384 px ones (image size / 16); t2i models
+    need ``text_encoder``, the local FLAN-T5-XL folder the export will load captions with."""
+    from tokenizers_vq.io import save_pretrained
+
+    path = Path(path).expanduser()
+    raw = read_official_checkpoint(path, entry=entry)
+    state, dropped = _rename(raw, GPT_KEY_MAP, (), "LlamaGen->argen GPT")
+    config = infer_gpt_config(state, grid_size=grid_size, n_head=n_head, multiple_of=multiple_of,
+                              text_encoder=text_encoder)
+    if "encoder" in config["condition"] and text_encoder is None:
+        raise ValueError(f"{path} is a text-to-image model: pass text_encoder (--text-encoder), the local folder of "
+                         f"the FLAN-T5-XL encoder it was trained with")
+    module = _build_generator(config)
+    module.load_state_dict(state, strict=True, assign=True)
+    preset = GPT_PRESETS.get((config["n_layer"], config["dim"]), (None,))[0]
+    meta = _meta(path, "generator", module.layout, dropped, preset=preset, checkpoint_entry=entry)
+    out = save_pretrained(module, out_dir, config=config, meta=meta, overwrite=overwrite)
+    log.info("converted %s (%s, %d layers, dim %d) to %s", path, preset or "custom", config["n_layer"],
+             config["dim"], out)
+    return out
+
+
+def convert_vq(path: str | Path, out_dir: str | Path, *, image_size: int = 256, norm_groups: int = 32,
+               entry: str | None = None, overwrite: bool = False) -> Path:
+    """Official LlamaGen VQ checkpoint (e.g. ``vq_ds16_c2i.pt``) -> argen export folder."""
+    from hydra.utils import instantiate
+
+    from tokenizers_vq.io import save_pretrained
+
+    path = Path(path).expanduser()
+    raw = read_official_checkpoint(path, entry=entry)
+    dropped = [k for k in raw if VQ_KEY_MAP.get(k, "") is None]
+    state = vq_to_argen(raw)
+    config = infer_vq_config(state, image_size=image_size, norm_groups=norm_groups)
+    with torch.device("meta"):
+        module = instantiate(config, _convert_="all")
+    module.load_state_dict(state, strict=True, assign=True)
+    meta = _meta(path, "tokenizer", module.layout, dropped, image_size=image_size, checkpoint_entry=entry)
+    out = save_pretrained(module, out_dir, config=config, meta=meta, overwrite=overwrite)
+    log.info("converted %s (%d codes, f=%d) to %s", path, config["codebook_size"], module.downsample_factor, out)
+    return out

@@ -1,0 +1,89 @@
+"""Fill a generator stage's config from its inputs before anything is built.
+
+The generator's vocabulary and grid come from the code cache's layout (never repeated by hand),
+the cache must come from the configured tokenizer (sha256), and a word-level text encoder gets
+its vocabulary from the training captions. Values already set in the config are checked, not
+overwritten, so a mismatch fails early with a message naming both sides.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+from argen.cli.common import ConfigError
+from argen.data.codes import CodeDataset, check_manifest, read_manifest
+from argen.nn.text import build_vocab
+from tokenizers_vq.io import read_meta
+from tokenizers_vq.layout import TokenLayout
+
+log = logging.getLogger(__name__)
+
+
+def _fill(node: DictConfig, key: str, value: Any, what: str) -> None:
+    current = node.get(key)
+    if current is None:
+        node[key] = value
+    elif current != value:
+        raise ConfigError(f"{what}: generator.{key}={current} but {value} is required; remove the override "
+                          f"(it is filled in from the code cache) or re-tokenize with a matching tokenizer")
+
+
+def tokenizer_sha256(path: str | Path) -> str:
+    folder = Path(str(path)).expanduser()
+    if not (folder / "meta.json").is_file():
+        raise FileNotFoundError(f"tokenizer_path '{folder}' is not an exported tokenizer (no meta.json); train and "
+                                f"export one first (argen-train experiment=shapes_vq) or fix tokenizer_path=...")
+    return str(read_meta(folder)["sha256"])
+
+
+def prepare_generator_config(cfg: DictConfig) -> None:
+    """Check tokenizer/cache/generator agreement and fill the generator's data-dependent sizes."""
+    if not cfg.get("tokenizer_path") or not cfg.get("codes_dir"):
+        raise ConfigError("stage=generator needs tokenizer_path=<exported tokenizer> and codes_dir=<code cache "
+                          "made by argen-tokenize with that tokenizer>")
+    sha = tokenizer_sha256(cfg.tokenizer_path)
+    manifest = read_manifest(cfg.codes_dir)
+    check_manifest(manifest, root=cfg.codes_dir, tokenizer_sha256=sha)
+    layout = TokenLayout.from_dict(manifest["layout"])
+    gen = cfg.generator
+    with open_dict(cfg):
+        cfg.tokenizer_sha256 = sha
+        for split in ("train", "val", "test"):
+            node = cfg.data.get(split)
+            if node is not None and "tokenizer_sha256" in node:
+                node.tokenizer_sha256 = sha
+        what = f"vocabulary mismatch with the tokenizer that made {cfg.codes_dir} ({layout.vocab_size} codes)"
+        _fill(gen, "vocab_size", layout.vocab_size, what)
+        h, w = layout.shapes[0]
+        if layout.kind == "grid":
+            if h != w:
+                raise ConfigError(f"the raster generator needs a square token grid, the cache has {h}x{w}")
+            _fill(gen, "grid_size", h, f"token grid mismatch with the code cache ({h}x{w})")
+        elif layout.kind == "sequence" and "sequence_length" in gen:
+            _fill(gen, "sequence_length", w, f"sequence length mismatch with the code cache ({w})")
+        _prepare_condition(gen.condition, cfg.codes_dir)
+
+
+def _prepare_condition(cond: DictConfig, codes_dir: str) -> None:
+    encoder = cond.get("encoder")
+    target = str(cond.get("_target_", ""))
+    if encoder is not None and str(encoder.get("_target_", "")).endswith("WordTextEncoder") and not encoder.vocab:
+        captions = CodeDataset(root=codes_dir, split="train").extras
+        vocab = build_vocab(e.get("caption", "") for e in captions)
+        if not vocab:
+            raise ConfigError(f"the code cache {codes_dir} has no captions: use a class-conditional generator "
+                              f"(generator/condition=class) or tokenize a captioned dataset")
+        encoder.vocab = vocab
+        log.info("word-level text encoder: %d words from %d training captions", len(vocab), len(captions))
+    elif target.endswith("ClassEmbedder"):
+        labels = CodeDataset(root=codes_dir, split="train").labels
+        if int(labels.max()) >= int(cond.num_classes):
+            raise ConfigError(f"the code cache has class ids up to {int(labels.max())} but "
+                              f"generator.condition.num_classes={cond.num_classes}")
+        if int(labels.min()) < 0:
+            raise ConfigError(f"the code cache {codes_dir} has no class labels (ids < 0): use a text-conditional "
+                              f"generator (generator/condition=words)")
