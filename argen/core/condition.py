@@ -82,6 +82,10 @@ class Condition:
         """A subset of rows (``rows``: index tensor or slice)."""
         if isinstance(rows, slice):
             ids = list(range(len(self)))[rows]
+        elif rows.dtype == torch.bool:
+            if rows.shape != (len(self),):
+                raise ValueError(f"a boolean row mask must have shape ({len(self)},), got {tuple(rows.shape)}")
+            ids = torch.nonzero(rows.cpu()).flatten().tolist()
         else:
             ids = [int(i) for i in rows.tolist()]
         idx = torch.tensor(ids, dtype=torch.long, device=self.device)

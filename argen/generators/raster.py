@@ -162,6 +162,17 @@ class RasterGenerator(nn.Module):
         positions = positions.to(torch.long).cpu()
         if f and not torch.equal(positions, torch.arange(state.fed, state.fed + f)):
             raise ValueError(f"raster steps feed consecutive positions from {state.fed}, got {positions.tolist()}")
+        if f and int(positions[-1]) >= self.seq_len:
+            raise ValueError(f"positions {positions.tolist()} go past the last position {self.seq_len - 1}")
+        # Check the queries before running anything, so a bad call leaves the state untouched.
+        start = state.length
+        n = f + (0 if state.pending is None else state.pending.shape[1])
+        query = query.to(torch.long).cpu()
+        rows = query + self.prefix_len - 1 - start  # query t comes from slot prefix + t - 1
+        if bool((query < 0).any()) or bool((query >= self.seq_len).any()) or bool((rows < 0).any()) \
+                or bool((rows >= n).any()):
+            raise ValueError(f"query positions {query.tolist()} are not predicted by the slots of this step "
+                             f"(positions 0..{self.seq_len - 1}; this step computes slots {start}..{start + n - 1})")
         if f:
             self.check_tokens(tokens)
         parts = [] if state.pending is None else [state.pending]
@@ -170,17 +181,11 @@ class RasterGenerator(nn.Module):
         if not parts:
             raise ValueError("nothing to feed: the first step runs the condition, later steps need tokens")
         h = torch.cat(parts, dim=1)  # (B, n, C)
-        start, n = state.length, h.shape[1]
         # Slot s holds condition slot s (< prefix) or position s - prefix; rope rows are indexed by slot.
         h = self._trunk(h, self.rope[start:start + n], state.key_valid, state, start)
         state.pending = None
         state.length += n
         state.fed += f
-        # Query t comes from slot prefix + t - 1.
-        rows = query.to(torch.long).cpu() + self.prefix_len - 1 - start
-        if bool((rows < 0).any()) or bool((rows >= n).any()):
-            raise ValueError(f"query positions {query.tolist()} are not predicted by the slots of this step "
-                             f"(slots {start}..{start + n - 1})")
         hidden = h[:, rows.to(h.device)]  # (B, Q, C)
         return StepOutput(logits=self.output(hidden).float(), hidden=hidden)
 
