@@ -1,9 +1,12 @@
 """argen-quickstart: the embedded default, end to end on a CPU.
 
-Trains the tiny VQ tokenizer on the shapes world, exports it, measures reconstruction on
-held-out shapes (PSNR, SSIM, codebook usage), writes a reconstruction grid and
-``<output>/report.json``. Re-running resumes (a finished run is not retrained).
-Later stages (generator, sampling, evaluation) extend this same command.
+1. trains the tiny VQ tokenizer on the shapes world, exports it, measures reconstruction on
+   held-out shapes (PSNR, SSIM, codebook usage, round-trip ShapesEval / fd_shapes);
+2. tokenizes the training images once and trains a text-conditional raster GPT on the codes;
+3. samples the shapes prompt suite (GenEval format) into a grid + GenEval layout and scores it
+   with ShapesEval, and samples the held-out test captions for ``fd_shapes``;
+and writes everything to ``<output>/report.json``. Re-running resumes (finished runs are not
+retrained; sampling is redone).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", default="outputs/quickstart", help="folder for runs, grids and report.json")
     p.add_argument("--steps", type=int, default=None, help="tokenizer training steps (default: the experiment's)")
     p.add_argument("--eval-images", type=int, default=1000, help="held-out shapes images to evaluate on")
+    p.add_argument("--generator-steps", type=int, default=None, help="generator training steps (default: 1200)")
+    p.add_argument("--suite-per-tag", type=int, default=20, help="ShapesEval prompts per task")
+    p.add_argument("--fd-samples", type=int, default=1000, help="samples for fd_shapes")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for the tokenizer run, e.g. seed=1")
     return p.parse_args(argv)
 
@@ -72,6 +78,63 @@ def roundtrip_stage(out: Path, export_dir: str, *, seed: int = 0) -> dict[str, A
     return {"shapes_eval": shapes, "fd_shapes": fd}
 
 
+def codes_stage(out: Path, tokenizer_export: str, train_size: int = 20000) -> Path:
+    """The shapes training images as codes of this tokenizer (rebuilt when the tokenizer changed)."""
+    from argen.cli.tokenize import run as tokenize_run
+    from argen.data.codes import MANIFEST
+    from argen.training.prepare import tokenizer_sha256
+
+    codes = out / "codes" / "shapes"
+    if (codes / MANIFEST).is_file():
+        made_with = json.loads((codes / MANIFEST).read_text())["tokenizer"]["sha256"]
+        if made_with == tokenizer_sha256(tokenizer_export):
+            return codes
+    cfg = compose_config("tokenize", [f"tokenizer_path={tokenizer_export}", "data=shapes", f"output_dir={codes}",
+                                      f"data.train.size={train_size}", "data.val.size=512", "overwrite=true"])
+    return tokenize_run(cfg)
+
+
+def generator_stage(out: Path, tokenizer_export: str, steps: int | None, overrides: list[str]) -> dict[str, Any]:
+    """Train + export the text-conditional raster GPT (nano preset) on the shapes codes."""
+    from argen.generators.raster import count_parameters
+
+    codes = codes_stage(out, tokenizer_export)
+    ov = ["experiment=shapes_raster", "generator=raster_nano", f"paths.output_root={out}",
+          f"tokenizer_path={tokenizer_export}", f"codes_dir={codes}", "resume=auto",
+          f"trainer.max_steps={steps or 1200}", "trainer.val_check_interval=400", *overrides]
+    cfg = compose_config("train", ov)
+    start = time.perf_counter()
+    result = train_run(cfg)
+    section: dict[str, Any] = {"export": str(result["export_dir"]), "train_seconds": round(time.perf_counter() - start, 1),
+                               "steps": int(cfg.trainer.max_steps), "preset": "raster_nano", "codes": str(codes),
+                               **count_parameters(load(result["export_dir"]))}
+    section.update({k.replace("/", "_"): v for k, v in result["metrics"].items() if k.startswith("val/")})
+    return section
+
+
+def sampling_stage(out: Path, generator_export: str, *, suite_per_tag: int, fd_samples: int,
+                   seed: int = 0) -> dict[str, Any]:
+    """ShapesEval of the prompt suite's samples, and fd_shapes of samples for held-out test captions."""
+    from argen.cli.sample import run as sample_run
+
+    common = [f"generator_path={generator_export}", f"paths.output_root={out}", "overwrite=true", f"seed={seed}"]
+    suite = sample_run(compose_config("sample", [*common, "suite=shapes", f"suite_per_tag={suite_per_tag}",
+                                                 "n_per_condition=4", f"output_dir={out}/samples/shapes_suite",
+                                                 "eval=shapes"]))
+    test = ShapesDataset(split="test", size=fd_samples, image_size=32, seed=seed)
+    prompts = out / "samples" / "test_captions.txt"
+    prompts.write_text("\n".join(test[i]["caption"] for i in range(fd_samples)) + "\n")
+    fd = sample_run(compose_config("sample", [*common, f"prompt_file={prompts}", "n_per_condition=1",
+                                              f"output_dir={out}/samples/test_captions", "eval=fd_shapes",
+                                              f"eval.extractor.path={out}/feature_nets/shapes"]))
+    shapes = suite["evaluation"]
+    return {"shapes": {"overall": shapes["overall"], **(shapes.get("task_scores") or {}),
+                       "num_prompts": shapes.get("num_prompts"), "grid": suite["files"]["grid"],
+                       "samples": suite["files"].get("geneval")},
+            "fd_shapes": fd["evaluation"],
+            "sampling": {**suite["sampler"], **suite["stats"], "num_images": suite["num_images"]}}
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = _parse(argv)
@@ -81,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     # Reconstructions of the shapes world judged like generations will be (issue: evaluation);
     # generated samples get their own eval.shapes / eval.fd_shapes once a generator exists.
     report["tokenizer"]["roundtrip"] = roundtrip_stage(out, report["tokenizer"]["export"])
+    report["generator"] = generator_stage(out, report["tokenizer"]["export"], args.generator_steps, [])
+    report["eval"] = sampling_stage(out, report["generator"]["export"], suite_per_tag=args.suite_per_tag,
+                                    fd_samples=args.fd_samples)
     path = out / "report.json"
     path.write_text(json.dumps(report, indent=2, sort_keys=True))
     t = report["tokenizer"]
@@ -90,6 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     log.info("round trip: ShapesEval originals %.3f, reconstructions %.3f; %s %.4f (floor %.4f)",
              rt["shapes_eval"]["originals"]["overall"], rt["shapes_eval"]["reconstructions"]["overall"],
              rt["fd_shapes"]["metric"], rt["fd_shapes"]["fd"], rt["fd_shapes"]["floor"]["fd"])
+    ev = report["eval"]
+    log.info("generated samples: ShapesEval overall %.3f (%s); fd_shapes %.4f (real-vs-real floor %.4f); grid %s",
+             ev["shapes"]["overall"], ", ".join(f"{k} {v:.2f}" for k, v in ev["shapes"].items()
+                                                 if isinstance(v, float) and k != "overall"),
+             ev["fd_shapes"]["fd"], (ev["fd_shapes"].get("floor") or {}).get("fd", float("nan")), ev["shapes"]["grid"])
 
 
 if __name__ == "__main__":

@@ -146,10 +146,12 @@ def _suite(cfg: DictConfig, generator: Any) -> list[dict[str, Any]]:
 
 # ---- output folder and processes --------------------------------------------------------------
 def prepare_output(out: Path, overwrite: bool, rank: int) -> None:
+    """Refuse (every rank, before anyone writes) or clear an output folder that already holds samples."""
     existing = [m for m in OUTPUT_MARKERS if (out / m).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"output folder {out} already holds samples ({', '.join(existing)}); pass "
                               f"overwrite=true to replace them or choose another output_dir / name")
+    _barrier()  # every rank has looked before rank 0 clears or creates anything
     if rank == 0:
         for m in existing:
             target = out / m
@@ -191,8 +193,7 @@ def sample_shard(cfg: DictConfig, sampler: Any, generator: Any, tokenizer: Any, 
         ids = mine[start:start + int(cfg.batch_size)]
         cond = conds.batch([i // n for i in ids], device)
         result = sampler.sample(generator, cond, seeds=sample_seeds(int(cfg.seed), ids).to(device))
-        with torch.no_grad():
-            images = tensor_to_uint8(tokenizer.decode(result.tokens).float().cpu())  # (b, H, W, 3)
+        images = decode(tokenizer, result.tokens, int(cfg.decode_batch_size))  # (b, H, W, 3) uint8
         for i, image in zip(ids, images):
             Image.fromarray(image).save(out / "images" / f"{i:06d}.png")
         for key in ("forward_passes", "tokens", "wall_seconds"):
@@ -202,6 +203,14 @@ def sample_shard(cfg: DictConfig, sampler: Any, generator: Any, tokenizer: Any, 
         bar.update(len(ids))
     bar.close()
     return stats
+
+
+@torch.no_grad()
+def decode(tokenizer: Any, tokens: torch.Tensor, chunk: int) -> np.ndarray:
+    """Tokens -> uint8 images, ``chunk`` at a time (1: bit-identical whatever the sampling batch,
+    since convolution kernels may pick different algorithms for different batch sizes)."""
+    parts = [tokenizer.decode(t).float().cpu() for t in tokens.split(max(chunk, 1))]
+    return tensor_to_uint8(torch.cat(parts))
 
 
 def _gather_stats(stats: dict[str, float]) -> list[dict[str, float]]:
@@ -326,6 +335,7 @@ def main(cfg: DictConfig) -> None:
     if hc.mode == RunMode.MULTIRUN:  # each job of a sweep writes into its own folder
         with open_dict(cfg):
             cfg.output_dir = hc.runtime.output_dir
+            cfg.sweep_overrides = list(hc.overrides.task)  # the summary table reads what varied
     OmegaConf.resolve(cfg)
     run(cfg)
 

@@ -25,16 +25,16 @@ def quality_of(evaluation: dict[str, Any] | None) -> tuple[str, float] | None:
     return None
 
 
-def _overrides(name: str) -> dict[str, str]:
-    pairs = [p.split("=", 1) for p in name.split(",") if "=" in p]
-    return {k: v for k, v in pairs}
+def _overrides(settings: dict[str, Any]) -> dict[str, str]:
+    pairs = [p.split("=", 1) for p in settings["config"].get("sweep_overrides") or [] if "=" in p]
+    return {k.lstrip("+~"): v for k, v in pairs}
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
-    for settings_file in sorted(sweep_dir.glob("*/settings.json")):
+    for settings_file in sorted(sweep_dir.glob("*/settings.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
         s = json.loads(settings_file.read_text())
-        row: dict[str, Any] = {"job": settings_file.parent.name, **_overrides(settings_file.parent.name),
+        row: dict[str, Any] = {"job": settings_file.parent.name, **_overrides(s),
                                "images_per_s": s["stats"]["images_per_s"],
                                "forward_passes_per_image": s["stats"]["forward_passes_per_image"]}
         q = quality_of(s.get("evaluation"))
@@ -48,7 +48,9 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
+    # Settings shared by every job (paths, the generator) are left out of the table.
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r)
+            if len({str(r.get(k)) for r in rows}) > 1 or not isinstance(rows[0].get(k), str) or k == "job"]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")

@@ -1,0 +1,474 @@
+"""Sampling speed benchmark: images/s, tokens/s, KV-cache step cost and FLOP utilisation.
+
+    python scripts/bench_sampling.py --out DIR [--device cpu|cuda] [--dtype fp32|bf16] [--quick]
+                                     [--generators tiny,gpt_b] [--batches 1,8,64] [--threads N]
+
+Writes ``DIR/sampling.json`` and ``DIR/sampling.png``. Models are randomly initialised from the
+YAML presets in ``configs/generator`` (weights do not change the speed; the zero-initialised
+output head is re-drawn from N(0, 0.02) so sampling is not degenerate) and run in eval mode under
+``torch.inference_mode``. Generators (``--generators``): ``tiny`` = ``raster_tiny`` at 8x8 and
+16x16 tokens (``tiny8`` / ``tiny16`` pick one), vocabulary 1024, 10 classes; ``gpt_b`` = the
+LlamaGen GPT-B dimensions, 16x16 tokens, vocabulary 16384, 1000 classes.
+
+Measures
+- ``runs``: one record per (generator, sampler, batch, cfg_scale, device, dtype) with
+  ``images_per_s`` and ``tokens_per_s`` of :class:`AncestralSampler` (median wall time of a few
+  repeats after a warm-up), ``forward_passes_per_image`` (generator steps; one pass serves the
+  whole batch), ``flops_per_image`` (sum over the decoding steps of ``flops_per_token(context)``,
+  doubled under CFG) and ``achieved_gflops`` for that run. CFG (batch doubling) is also measured at
+  one batch size.
+- ``kv_step_cost_ratio``: median time of the last decoding step / median time of step 16 of a
+  manual ``start``/``step`` loop (GPT-B dimensions, batch 8); the KV cache is preallocated, so this
+  stays near 1 (requirement: <= 1.5). ``kv_step_probe`` keeps the whole per-step time curve.
+- ``matmul_peak_gflops``: best dense square-matmul throughput measured here in the chosen dtype;
+  ``achieved_gflops``: model FLOPs x images / wall time of batch-64 GPT-B sampling (else the
+  largest run, said in ``notes``); ``flop_utilization`` = achieved / peak (target >= 0.4).
+
+On a CPU shared with other busy processes, pass ``--threads 1``: multi-threaded kernels stall on
+their thread barriers there (GPT-B steps ran ~14x slower with 2 threads than with 1 on a loaded
+2-core machine). A high load average before the run is written to ``notes``.
+
+An existing ``sampling.json`` is merged: records with the same identity (:data:`IDENTITY_KEYS`,
+sampler-specific keys included) are replaced, other records are kept, top-level figures updated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from argen.cli.common import CONFIG_DIR, build  # noqa: E402
+from argen.core import Condition  # noqa: E402
+from argen.generators.raster import RasterGenerator  # noqa: E402
+from argen.samplers.ancestral import AncestralSampler  # noqa: E402
+from argen.samplers.random import RowRandom, sample_seeds  # noqa: E402
+
+log = logging.getLogger("argen.bench")
+
+# A record's identity for merging: records agreeing on all of these (missing = None) replace each
+# other. Later samplers add their own knobs here (window, k, delta, ...).
+IDENTITY_KEYS = ("generator", "family", "tokens_per_image", "sampler", "batch", "device", "dtype", "cfg_scale",
+                 "window", "k", "delta", "draft", "num_steps")
+REF_STEP = 16  # kv_step_cost_ratio = t(last step) / t(step REF_STEP)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One benchmarked generator: a YAML preset with its layout and condition sizes."""
+
+    name: str
+    preset: str
+    grid: int
+    vocab: int
+    classes: int
+
+
+SPECS: dict[str, tuple[Spec, ...]] = {
+    "tiny8": (Spec("tiny8", "raster_tiny", 8, 1024, 10),),
+    "tiny16": (Spec("tiny16", "raster_tiny", 16, 1024, 10),),
+    "gpt_b": (Spec("gpt_b", "gpt_b", 16, 16384, 1000),),
+}
+SPECS["tiny"] = SPECS["tiny8"] + SPECS["tiny16"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How hard to measure: repeats and per-run time budget (seconds), probe sizes."""
+
+    device: torch.device
+    dtype_name: str
+    repeats: int
+    run_budget_s: float
+    kv_repeats: int
+    kv_batch: int
+    matmul_sizes: tuple[int, ...]
+    matmul_budget_s: float
+    cfg_scale: float
+    cfg_batch: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype_name]
+
+
+# ---- building --------------------------------------------------------------------------------
+def compose_generator(preset: str, overrides: Sequence[str]) -> Any:
+    """The ``generator`` node of ``configs/generator/<preset>.yaml`` (defaults resolved) with overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=f"generator/{preset}", overrides=[f"generator.{o}" for o in overrides])
+    return cfg.generator
+
+
+def build_generator(spec: Spec, device: torch.device, dtype: torch.dtype) -> RasterGenerator:
+    """A randomly initialised generator in eval mode, output head re-drawn from N(0, 0.02)."""
+    node = compose_generator(spec.preset, [f"vocab_size={spec.vocab}", f"grid_size={spec.grid}",
+                                           f"condition.num_classes={spec.classes}"])
+    gen = build(node, "generator")
+    nn.init.normal_(gen.output.weight, std=0.02)
+    return gen.to(device=device, dtype=dtype).eval()
+
+
+def flops_per_image(gen: RasterGenerator) -> float:
+    """Model FLOPs to decode one image: step k attends over prefix + k slots."""
+    return sum(gen.flops_per_token(context=gen.prefix_len + k) for k in range(gen.seq_len))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_batch(spec: Spec, batch: int, device: torch.device) -> tuple[Condition, Tensor]:
+    """Class labels cycling over the classes, and the per-row seeds argen-sample would use."""
+    labels = torch.arange(batch, device=device) % spec.classes
+    return Condition(labels=labels), sample_seeds(0, range(batch))
+
+
+# ---- sampling runs -------------------------------------------------------------------------------
+def warm_up(gen: RasterGenerator, sampler: AncestralSampler, cond: Condition, seeds: Tensor, steps: int = 8) -> None:
+    """A few decoding steps with the sampler's guidance and logits processing, at the run's shapes."""
+    device = gen.output.weight.device
+    state = gen.start(sampler.guidance.double(gen, cond))
+    rng, plan, prev = RowRandom(seeds), gen.plan(), torch.zeros(0, dtype=torch.long)
+    for group in plan[:steps]:
+        feed = torch.zeros(state.batch_size, len(prev), dtype=torch.long, device=device)
+        out = gen.step(state, feed, prev, group)
+        rng.categorical(sampler.processor.probs(sampler.guidance.mix(out.logits, torch.zeros(len(group)))))
+        prev = group
+    sync(device)
+
+
+def time_sampling(gen: RasterGenerator, sampler: AncestralSampler, cond: Condition, seeds: Tensor,
+                  settings: Settings) -> tuple[list[float], int]:
+    """Wall times of repeated full sampling runs (at least one; stop at the repeat count or budget)."""
+    walls: list[float] = []
+    passes = 0
+    t_end = time.perf_counter() + settings.run_budget_s
+    while len(walls) < settings.repeats and (not walls or time.perf_counter() < t_end):
+        sync(settings.device)
+        t0 = time.perf_counter()
+        result = sampler.sample(gen, cond, seeds=seeds)
+        sync(settings.device)
+        walls.append(time.perf_counter() - t0)
+        passes = result.stats.forward_passes
+    return walls, passes
+
+
+def measure_run(gen: RasterGenerator, spec: Spec, batch: int, cfg_scale: float, settings: Settings) -> dict[str, Any]:
+    """One run record: throughput of ancestral sampling of ``batch`` images."""
+    sampler = AncestralSampler(cfg_scale=cfg_scale)
+    cond, seeds = make_batch(spec, batch, settings.device)
+    warm_up(gen, sampler, cond, seeds)
+    walls, passes = time_sampling(gen, sampler, cond, seeds, settings)
+    wall = statistics.median(walls)
+    rows = 2 if sampler.guidance.active else 1
+    flops = flops_per_image(gen) * rows
+    return {
+        "generator": spec.preset, "family": "raster", "grid": f"{spec.grid}x{spec.grid}", **sampler.settings(),
+        "batch": batch, "tokens_per_image": gen.seq_len, "forward_passes_per_image": passes,
+        "rows_per_pass": batch * rows, "images_per_s": batch / wall, "tokens_per_s": batch * gen.seq_len / wall,
+        "seconds_per_image": wall / batch, "wall_s": wall, "wall_s_best": min(walls), "wall_s_all": walls,
+        "repeats": len(walls), "images_per_s_best": batch / min(walls), "device": str(settings.device),
+        "dtype": settings.dtype_name, "threads": torch.get_num_threads() if settings.device.type == "cpu" else None,
+        "parameters": sum(p.numel() for p in gen.parameters()),
+        "vocab_size": gen.vocab_size, "num_classes": spec.classes, "flops_per_image": flops,
+        "achieved_gflops": flops * batch / wall / 1e9,
+    }
+
+
+# ---- KV step cost ------------------------------------------------------------------------------
+def step_times(gen: RasterGenerator, spec: Spec, batch: int, device: torch.device) -> list[float]:
+    """Seconds of every ``generator.step`` of one manual raster decode (random tokens fed back)."""
+    cond, _ = make_batch(spec, batch, device)
+    state = gen.start(cond)
+    prev = torch.zeros(0, dtype=torch.long)
+    times: list[float] = []
+    for group in gen.plan():
+        feed = torch.randint(0, gen.vocab_size, (batch, len(prev)), device=device)
+        sync(device)
+        t0 = time.perf_counter()
+        gen.step(state, feed, prev, group)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        prev = group
+    return times
+
+
+def kv_step_probe(gen: RasterGenerator, spec: Spec, settings: Settings) -> dict[str, Any]:
+    """Median per-step decode time over repeats, and last-step / step-16 ratio."""
+    step_times(gen, spec, settings.kv_batch, settings.device)  # warm-up
+    runs = [step_times(gen, spec, settings.kv_batch, settings.device) for _ in range(settings.kv_repeats)]
+    curve = [statistics.median(r[k] for r in runs) for k in range(len(runs[0]))]
+    ratio = curve[-1] / curve[REF_STEP]
+    smooth = statistics.median(curve[-5:]) / statistics.median(curve[REF_STEP - 2:REF_STEP + 3])
+    return {"generator": spec.preset, "grid": f"{spec.grid}x{spec.grid}", "batch": settings.kv_batch,
+            "repeats": len(runs), "ref_step": REF_STEP, "last_step": len(curve) - 1,
+            "ref_step_ms": curve[REF_STEP] * 1e3, "last_step_ms": curve[-1] * 1e3,
+            "step_ms": [round(t * 1e3, 4) for t in curve], "kv_step_cost_ratio": ratio,
+            # Less sensitive to one noisy step: last 5 steps over steps 14..18.
+            "kv_step_cost_ratio_smoothed": smooth}
+
+
+# ---- matmul peak -------------------------------------------------------------------------------
+def matmul_gflops(n: int, device: torch.device, dtype: torch.dtype, budget_s: float) -> float:
+    """Best GFLOP/s of an (n, n) @ (n, n) product over a few timed repeats within ``budget_s``."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    inner = max(1, int(2e12 // (2 * n**3))) if device.type == "cuda" else 1  # amortise launches on GPUs
+    a @ b  # warm-up
+    sync(device)
+    best, reps, t_end = 0.0, 0, time.perf_counter() + budget_s
+    while reps < 2 or (reps < 50 and time.perf_counter() < t_end):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            a @ b
+        sync(device)
+        best = max(best, inner * 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+        reps += 1
+    return best
+
+
+def matmul_peak(settings: Settings) -> dict[str, Any]:
+    """Best dense square-matmul throughput over ``matmul_sizes`` in the run's dtype (time-boxed)."""
+    per_size = settings.matmul_budget_s / len(settings.matmul_sizes)
+    by_size = {n: matmul_gflops(n, settings.device, settings.dtype, per_size) for n in settings.matmul_sizes}
+    return {"matmul_peak_gflops": max(by_size.values()),
+            "matmul_gflops_by_size": {str(n): round(g, 2) for n, g in by_size.items()}}
+
+
+# ---- output ------------------------------------------------------------------------------------
+def identity(record: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(record.get(k) for k in IDENTITY_KEYS)
+
+
+def merge_runs(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Old records whose identity is not re-measured, then the new records (in measurement order)."""
+    fresh = {identity(r) for r in new}
+    return [r for r in old if identity(r) not in fresh] + list(new)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write through a temporary file in the same folder and ``os.replace`` it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def merge_report(path: Path, top: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report after merging ``top`` and ``runs`` into the one already at ``path`` (if any)."""
+    old: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    merged = {**old, **top}
+    merged["runs"] = merge_runs(old.get("runs", []), runs)
+    return merged
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Left: images/s vs batch per generator (log-log); right: per-step decode time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in report["runs"]:
+        label = f"{r['generator']} {r.get('tokens_per_image')} tok, {r['sampler']}"
+        label += f", cfg {r['cfg_scale']}" if r.get("cfg_scale", 1.0) != 1.0 else ""
+        label += f" ({r.get('device')}, {r.get('dtype')})"
+        series.setdefault(label, []).append((r["batch"], r["images_per_s"]))
+    for label, points in sorted(series.items()):
+        xs, ys = zip(*sorted(points))
+        left.plot(xs, ys, marker="o", label=label)
+    left.set(xscale="log", yscale="log", xlabel="batch", ylabel="images / s", title="sampling throughput")
+    left.set_xticks(sorted({r["batch"] for r in report["runs"]}))
+    left.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    for axis in (left.xaxis, left.yaxis):
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
+    left.grid(True, which="major", alpha=0.3)
+    left.legend(fontsize=6)
+    probe = report.get("kv_step_probe")
+    if probe:
+        right.plot(range(len(probe["step_ms"])), probe["step_ms"])
+        right.axvline(probe["ref_step"], color="grey", ls="--", lw=0.8)
+        right.set(xlabel="decoding step", ylabel="ms", ylim=(0, None),
+                  title=f"{probe['generator']} {probe['grid']} batch {probe['batch']}: "
+                        f"last/step16 = {report['kv_step_cost_ratio']:.2f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---- driver ------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="folder for sampling.json and sampling.png")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny 8x8 only, batches 1,8, few repeats")
+    p.add_argument("--generators", default=None, help=f"comma list of {sorted(SPECS)} (default tiny,gpt_b)")
+    p.add_argument("--batches", default=None, help="comma list (default 1,8,64)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per run (default 3; quick 2)")
+    p.add_argument("--run-budget", type=float, default=None, help="stop repeating a run after this many seconds")
+    p.add_argument("--kv-batch", type=int, default=8, help="batch of the per-step decode-time probe")
+    p.add_argument("--kv-repeats", type=int, default=None, help="repeats of the per-step probe (default 3)")
+    p.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale of the extra CFG run (1 = none)")
+    p.add_argument("--cfg-batch", type=int, default=8, help="batch of the extra CFG run (0 = skip it)")
+    p.add_argument("--matmul-budget", type=float, default=None, help="seconds for the matmul peak probe")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0 = torch's default); 1 avoids the thread-barrier stalls that "
+                        "multi-threaded kernels suffer when other processes load the CPUs")
+    return p.parse_args(argv)
+
+
+def make_settings(args: argparse.Namespace) -> Settings:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for but CUDA is not available")
+    sizes = (2048, 4096, 8192) if device.type == "cuda" else (1024, 2048, 4096)
+    return Settings(device=device, dtype_name=args.dtype,
+                    repeats=args.repeats or (2 if args.quick else 3),
+                    run_budget_s=args.run_budget if args.run_budget is not None else (1.0 if args.quick else 30.0),
+                    kv_repeats=args.kv_repeats or (2 if args.quick else 3), kv_batch=args.kv_batch,
+                    matmul_sizes=(256, 512) if args.quick else sizes,
+                    matmul_budget_s=args.matmul_budget or (1.0 if args.quick else 12.0),
+                    cfg_scale=args.cfg_scale, cfg_batch=args.cfg_batch)
+
+
+def select(args: argparse.Namespace) -> tuple[list[Spec], list[int]]:
+    names = args.generators or ("tiny8" if args.quick else "tiny,gpt_b")
+    unknown = [n for n in names.split(",") if n not in SPECS]
+    if unknown:
+        raise SystemExit(f"unknown generator(s) {unknown}; choose from {sorted(SPECS)}")
+    specs = list(dict.fromkeys(s for n in names.split(",") for s in SPECS[n]))
+    batches = [int(b) for b in (args.batches or ("1,8" if args.quick else "1,8,64")).split(",")]
+    return specs, batches
+
+
+def run_all(specs: list[Spec], batches: list[int], settings: Settings,
+            on_record: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Every (generator, batch, cfg) run, then the KV step probe on the largest generator."""
+    from tqdm.auto import tqdm
+
+    cfg = [(settings.cfg_batch, settings.cfg_scale)] if settings.cfg_batch and settings.cfg_scale != 1.0 else []
+    probe_spec = max(specs, key=lambda s: (s.preset == "gpt_b", s.grid, s.vocab))
+    bar = tqdm(total=len(specs) * (len(batches) + len(cfg)), desc="sampling runs", unit="run")
+    probe: dict[str, Any] = {}
+    for spec in specs:
+        gen = build_generator(spec, settings.device, settings.dtype)
+        with torch.inference_mode():
+            for batch, scale in [(b, 1.0) for b in batches] + cfg:
+                bar.set_postfix_str(f"{spec.name} b{batch} cfg{scale:g}")
+                on_record(measure_run(gen, spec, batch, scale, settings))
+                bar.update()
+            if spec == probe_spec:
+                probe = kv_step_probe(gen, spec, settings)
+                log.info("kv step probe %s %s batch %d: step %d %.2f ms, last step %.2f ms, ratio %.3f",
+                         spec.preset, probe["grid"], probe["batch"], REF_STEP, probe["ref_step_ms"],
+                         probe["last_step_ms"], probe["kv_step_cost_ratio"])
+        del gen
+    bar.close()
+    return probe
+
+
+def utilisation(runs: list[dict[str, Any]], peak: float) -> dict[str, Any]:
+    """achieved_gflops of batch-64 GPT-B sampling (else the largest run, noted) over the matmul peak."""
+    plain = [r for r in runs if r.get("cfg_scale", 1.0) == 1.0] or runs
+    ref = next((r for r in plain if r["generator"] == "gpt_b" and r["batch"] == 64), None)
+    notes = []
+    if ref is None:
+        ref = max(plain, key=lambda r: (r["parameters"], r["batch"]))
+        notes.append(f"achieved_gflops from {ref['generator']} ({ref['tokens_per_image']} tokens) at batch "
+                     f"{ref['batch']}: no GPT-B batch-64 run was measured")
+    achieved = ref["achieved_gflops"]
+    return {"achieved_gflops": achieved, "flop_utilization": achieved / peak, "notes": notes,
+            "achieved_from": {k: ref[k] for k in ("generator", "tokens_per_image", "batch", "cfg_scale")}}
+
+
+def log_record(r: dict[str, Any]) -> None:
+    log.info("%-11s %3d tok batch %3d cfg %-3g: %8.3f images/s %9.1f tokens/s %7.3f s/image, %6.2f GFLOP/s "
+             "(%d repeats)", r["generator"], r["tokens_per_image"], r["batch"], r["cfg_scale"], r["images_per_s"],
+             r["tokens_per_s"], r["seconds_per_image"], r["achieved_gflops"], r["repeats"])
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings, (specs, batches) = make_settings(args), select(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    started, load_before = time.time(), os.getloadavg()
+    log.info("device %s, dtype %s, %d CPU threads, load average %.2f", settings.device, settings.dtype_name,
+             torch.get_num_threads(), load_before[0])
+    peak = matmul_peak(settings)
+    log.info("matmul peak %.1f GFLOP/s (%s)", peak["matmul_peak_gflops"], peak["matmul_gflops_by_size"])
+    runs: list[dict[str, Any]] = []
+    with logging_redirect_tqdm():
+        probe = run_all(specs, batches, settings, lambda r: (runs.append(r), log_record(r)))
+    util = utilisation(runs, peak["matmul_peak_gflops"])
+    if settings.device.type == "cpu" and load_before[0] > 0.5 * (os.cpu_count() or 1):  # "after" counts us
+        util["notes"].append(f"CPU load average {load_before[0]:.2f} before / {os.getloadavg()[0]:.2f} after on "
+                             f"{os.cpu_count()} CPUs: other processes competed for the CPUs, timings are noisy")
+    top = {"kv_step_cost_ratio": probe["kv_step_cost_ratio"], **peak, **util, "kv_step_probe": probe,
+           "machine": machine_info(settings, load_before), "elapsed_s": round(time.time() - started, 1),
+           "command": "python scripts/bench_sampling.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    path = args.out / "sampling.json"
+    report = merge_report(path, top, runs)
+    write_json_atomic(path, report)
+    plot(report, args.out / "sampling.png")
+    log.info("kv_step_cost_ratio %.3f, matmul peak %.1f GFLOP/s, achieved %.1f GFLOP/s, utilisation %.3f -> %s",
+             top["kv_step_cost_ratio"], top["matmul_peak_gflops"], util["achieved_gflops"],
+             util["flop_utilization"], path)
+    return report
+
+
+def machine_info(settings: Settings, load_before: tuple[float, float, float]) -> dict[str, Any]:
+    import platform
+
+    info: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
+                            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                            "torch_threads": torch.get_num_threads(),
+                            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                            "load_average_before": [round(x, 2) for x in load_before],
+                            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                            "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if settings.device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(settings.device)
+    return info
+
+
+if __name__ == "__main__":
+    main()
