@@ -129,7 +129,8 @@ def sampling_stage(out: Path, generator_export: str, *, suite_per_tag: int, fd_s
                                               f"eval.extractor.path={out}/feature_nets/shapes"]))
     shapes = suite["evaluation"]
     return {"shapes": {"overall": shapes["overall"], **(shapes.get("task_scores") or {}),
-                       "num_prompts": shapes.get("num_prompts"), "grid": suite["files"]["grid"],
+                       "n_prompts": shapes.get("n_prompts"), "n_images": shapes.get("n_images"),
+                       "ci95": [shapes.get("ci_low"), shapes.get("ci_high")], "grid": suite["files"]["grid"],
                        "samples": suite["files"].get("geneval")},
             "fd_shapes": fd["evaluation"],
             "sampling": {**suite["sampler"], **suite["stats"], "num_images": suite["num_images"]}}
