@@ -28,19 +28,46 @@ def image_root(tmp_path: Path) -> Path:
     return tmp_path / "images"
 
 
+GENERATOR_EXPERIMENTS = ("shapes_raster", "digits_raster")
+
+
+def tiny_code_cache(root: Path, data: str) -> list[str]:
+    from argen.cli.tokenize import run as tokenize_run
+    from tests.e2e.test_tokenize_and_bad_input import export_tokenizer
+
+    tok = export_tokenizer(root / "tok", 0)
+    sizes = ["data.train.size=16", "data.val.size=8"] if data == "shapes" else []
+    tokenize_run(compose_config("tokenize", [f"tokenizer_path={tok}", f"output_dir={root / 'codes'}", f"data={data}",
+                                             *sizes]))
+    return [f"tokenizer_path={tok}", f"codes_dir={root / 'codes'}"]
+
+
+@pytest.mark.parametrize(("preset", "millions"), [("gpt_b", 111), ("gpt_l", 343), ("gpt_xl", 775)])
+def test_gpt_presets_have_llamagen_sizes(preset: str, millions: int) -> None:
+    """LlamaGen's table (algorithms.md 2.3): c2i with 16384 codes, 1000 classes, 16x16 tokens."""
+    cfg = compose_config("train", [f"generator={preset}", "generator.vocab_size=16384", "generator.grid_size=16",
+                                   "generator.condition.num_classes=1000"])
+    with torch.device("meta"):
+        generator = build(cfg.generator, "generator")
+    n = sum(p.numel() for p in generator.parameters()) / 1e6
+    assert abs(n - millions) / millions < 0.01, n
+
+
 @pytest.mark.filterwarnings("ignore:.*meta parameter")
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(experiment: str, tmp_path: Path, image_root: Path) -> None:
     weights = tmp_path / "weights"
     fake_lpips_files(weights)
+    extra = [f"+data.train.root={image_root}"] if experiment.startswith("folder") else []
+    if experiment in GENERATOR_EXPERIMENTS:  # generators need a tokenizer and its code cache
+        extra = tiny_code_cache(tmp_path, "digits" if experiment.startswith("digits") else "shapes")
     cfg = compose_config("train", [f"experiment={experiment}", f"paths.output_root={tmp_path}",
-                                   f"paths.weights_dir={weights}", f"+data.train.root={image_root}"]
-                         if experiment.startswith("folder") else
-                         [f"experiment={experiment}", f"paths.output_root={tmp_path}", f"paths.weights_dir={weights}"])
+                                   f"paths.weights_dir={weights}", *extra])
     assert cfg.name == experiment
     with torch.device("meta"):  # full-size presets (VQ-16) without allocating their weights
         module, datamodule = build_stage(cfg)
-    assert module.tokenizer.layout.length > 0
+    model = module.generator if experiment in GENERATOR_EXPERIMENTS else module.tokenizer
+    assert model.layout.length > 0
     assert len(datamodule.train_set) > 0
     for key, node in cfg.callbacks.items():
         if node:
