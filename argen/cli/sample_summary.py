@@ -41,6 +41,9 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         if q is not None:
             row[q[0]] = q[1]
             row["quality_metric"] = q[0]
+        for key in ("class_accuracy", "precision", "recall"):
+            if (s.get("evaluation") or {}).get(key) is not None:
+                row[key] = float(s["evaluation"][key])
         if s.get("evaluation") and "task_scores" in s["evaluation"]:
             row.update({f"task/{k}": v for k, v in s["evaluation"]["task_scores"].items() if v is not None})
         rows.append(row)
