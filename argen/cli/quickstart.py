@@ -33,9 +33,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="argen-quickstart", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="outputs/quickstart", help="folder for runs, grids and report.json")
-    p.add_argument("--steps", type=int, default=None, help="tokenizer training steps (default: the experiment's)")
+    p.add_argument("--steps", type=int, default=400, help="tokenizer training steps (shapes_vq itself trains 600)")
     p.add_argument("--eval-images", type=int, default=1000, help="held-out shapes images to evaluate on")
-    p.add_argument("--generator-steps", type=int, default=None, help="generator training steps (default: 1200)")
+    p.add_argument("--generator-steps", type=int, default=400,
+                   help="generator training steps at batch 32 (shapes_raster itself trains 2500 at batch 64)")
     p.add_argument("--suite-per-tag", type=int, default=20, help="ShapesEval prompts per task")
     p.add_argument("--fd-samples", type=int, default=1000, help="samples for fd_shapes")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for the tokenizer run, e.g. seed=1")
@@ -78,7 +79,7 @@ def roundtrip_stage(out: Path, export_dir: str, *, seed: int = 0) -> dict[str, A
     return {"shapes_eval": shapes, "fd_shapes": fd}
 
 
-def codes_stage(out: Path, tokenizer_export: str, train_size: int = 20000) -> Path:
+def codes_stage(out: Path, tokenizer_export: str, train_size: int = 10000) -> Path:
     """The shapes training images as codes of this tokenizer (rebuilt when the tokenizer changed)."""
     from argen.cli.tokenize import run as tokenize_run
     from argen.data.codes import MANIFEST
@@ -101,7 +102,8 @@ def generator_stage(out: Path, tokenizer_export: str, steps: int | None, overrid
     codes = codes_stage(out, tokenizer_export)
     ov = ["experiment=shapes_raster", "generator=raster_nano", f"paths.output_root={out}",
           f"tokenizer_path={tokenizer_export}", f"codes_dir={codes}", "resume=auto",
-          f"trainer.max_steps={steps or 1200}", "trainer.val_check_interval=400", *overrides]
+          f"trainer.max_steps={steps}", "trainer.val_check_interval=200", "data.global_batch_size=32",
+          "callbacks.checkpoint.every_n_train_steps=100", *overrides]
     cfg = compose_config("train", ov)
     start = time.perf_counter()
     result = train_run(cfg)
