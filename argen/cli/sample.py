@@ -298,8 +298,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     stats = _gather_stats(sample_shard(cfg, sampler, generator, tokenizer, conds, out, rank, world))
     _barrier()
-    if rank != 0:
-        return {}
+    try:
+        return _finish(cfg, sampler, info, conds, out, stats, world, start) if rank == 0 else {}
+    finally:
+        _barrier()  # other ranks wait for rank 0's files, then every rank leaves the group cleanly
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _finish(cfg: DictConfig, sampler: Any, info: dict[str, Any], conds: Conditions, out: Path,
+            stats: list[dict[str, float]], world: int, start: float) -> dict[str, Any]:
+    """Rank 0: assemble the outputs, evaluate if asked, write settings.json."""
     files = finalize(cfg, conds, out)
     settings = _settings(cfg, sampler, info, stats, world, files)
     settings["stats"]["total_seconds"] = time.perf_counter() - start

@@ -150,7 +150,7 @@ def test_two_processes_write_the_same_images_as_one(class_pipeline: dict[str, Pa
     common = [f"generator_path={class_pipeline['generator']}", "classes=[0,3,7]", "n_per_condition=3",
               "device=cpu", "batch_size=2"]
     sample(class_pipeline, tmp_path / "one", *common[1:])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "argen.cli.sample", *common, f"output_dir={tmp_path / 'two'}"]
     proc = subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
