@@ -35,7 +35,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", default="outputs/quickstart", help="folder for runs, grids and report.json")
     p.add_argument("--steps", type=int, default=400, help="tokenizer training steps (shapes_vq itself trains 600)")
     p.add_argument("--eval-images", type=int, default=1000, help="held-out shapes images to evaluate on")
-    p.add_argument("--generator-steps", type=int, default=650,
+    p.add_argument("--generator-steps", type=int, default=500,
                    help="generator training steps at batch 32 (shapes_raster itself trains 2500 at batch 64)")
     p.add_argument("--suite-per-tag", type=int, default=20, help="ShapesEval prompts per task")
     p.add_argument("--fd-samples", type=int, default=1000, help="samples for fd_shapes")

@@ -91,6 +91,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for logger in trainer.loggers:  # the seed and every setting, next to the curves
         logger.log_hyperparams(to_plain(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # The periodic checkpoint may predate the last steps; the export reads last.ckpt, so write it now.
+    trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     result: dict[str, Any] = {"run_dir": str(run_dir), "metrics": metrics, "export_dir": None}
     if cfg.get("export_after_training") and trainer.is_global_zero:
