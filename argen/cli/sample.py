@@ -99,13 +99,13 @@ def build_conditions(cfg: DictConfig, generator: Any) -> Conditions:
     if len(given) != 1:
         raise ConfigError(f"give exactly one of classes, prompts, prompt_file, geneval_metadata, suite (got {given})")
     key = given[0]
-    embedder = generator.cls_embedding
-    class_conditional = hasattr(embedder, "num_classes")
+    num_classes = getattr(generator, "num_classes", None)
+    class_conditional = num_classes is not None
     if (key == "classes") != class_conditional:
         kind = "class-conditional (use classes=...)" if class_conditional else "text-conditional (use prompts...)"
         raise ConfigError(f"the generator is {kind}, but {key}= was given")
     if key == "classes":
-        return Conditions(labels=_class_ids(cfg.classes, embedder.num_classes), texts=None, metadata=None)
+        return Conditions(labels=_class_ids(cfg.classes, num_classes), texts=None, metadata=None)
     if key == "prompts":
         prompts = [cfg.prompts] if isinstance(cfg.prompts, str) else [str(p) for p in cfg.prompts]
         return Conditions(labels=None, texts=prompts, metadata=None)

@@ -90,6 +90,12 @@ class RasterGenerator(nn.Module):
     def condition_dropout(self) -> float:
         return float(getattr(self.cls_embedding, "dropout", 0.0))
 
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of a class-conditional generator; None when it is text-conditional."""
+        n = getattr(self.cls_embedding, "num_classes", None)
+        return None if n is None else int(n)
+
     def null_cond(self, cond: Condition) -> Condition:
         return cond.as_null()
 

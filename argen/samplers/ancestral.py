@@ -41,7 +41,7 @@ class AncestralSampler:
         rng = RowRandom(seeds)
         plan = generator.plan()  # type: ignore[attr-defined]
         length = generator.layout.length  # type: ignore[attr-defined]
-        device = generator.output.weight.device if hasattr(generator, "output") else torch.device("cpu")
+        device = next(generator.parameters()).device  # type: ignore[attr-defined]
         state = generator.start(self.guidance.double(generator, cond.to(device)))  # type: ignore[attr-defined]
         b = len(cond)
         tokens = torch.zeros(b, length, dtype=torch.long, device=device)

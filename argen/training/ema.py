@@ -57,3 +57,13 @@ class EMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.num_updates = int(state["num_updates"])
         self.module.load_state_dict(state["weights"], strict=True)
+
+
+def prepare_ema(ema: EMA | None, strategy: object, device: torch.device) -> None:
+    """Move the EMA copy to the training device; refuse FSDP, whose flat shards the copy cannot mirror."""
+    if ema is None:
+        return
+    if type(strategy).__name__ == "FSDPStrategy":
+        raise NotImplementedError("EMA is not supported with FSDP yet: use trainer=ddp (the model fits on one "
+                                  "GPU) or set module.ema_decay=null")
+    ema.to(device)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from argen.core import Condition
-from argen.training.ema import EMA
+from argen.training.ema import EMA, prepare_ema
 
 OptimizerFactory = Callable[..., Optimizer]
 
@@ -59,10 +59,7 @@ class GeneratorTrainingModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip, gradient_clip_algorithm="norm")
 
     def on_fit_start(self) -> None:
-        if self.ema is not None:
-            if type(self.trainer.strategy).__name__ == "FSDPStrategy":
-                raise NotImplementedError("EMA is not supported with FSDP yet: use trainer=ddp or module.ema_decay=null")
-            self.ema.to(self.device)
+        prepare_ema(self.ema, self.trainer.strategy, self.device)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ema"] = self.ema.state_dict() if self.ema is not None else None

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from argen.training.ema import EMA
+from argen.training.ema import EMA, prepare_ema
 from argen.training.metrics import psnr
 from tokenizers_vq.losses.vq_loss import VQLoss
 
@@ -86,12 +86,7 @@ class TokenizerTrainingModule(L.LightningModule):
 
     # ---- hooks ----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        if self.ema is not None:
-            if type(self.trainer.strategy).__name__ == "FSDPStrategy":
-                # The EMA copy mirrors unsharded parameters; FSDP flattens and shards them.
-                raise NotImplementedError("EMA is not supported with FSDP yet: use trainer=ddp (a tokenizer fits "
-                                          "on one GPU) or set module.ema_decay=null")
-            self.ema.to(self.device)
+        prepare_ema(self.ema, self.trainer.strategy, self.device)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ema"] = self.ema.state_dict() if self.ema is not None else None
