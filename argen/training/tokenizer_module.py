@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 OptimizerFactory = Callable[..., Optimizer]
 
 
+def _perplexity(probs: Tensor) -> Tensor:
+    """exp(entropy) of a code distribution: the effective number of codes in use."""
+    return torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
+
+
 class TokenizerTrainingModule(L.LightningModule):
     """Trains a tokenizer exposing ``reconstruct(images)`` (and ``quantize`` for VQ stats).
 
@@ -147,17 +152,34 @@ class TokenizerTrainingModule(L.LightningModule):
         quantizer = getattr(self.tokenizer, "quantize", None)
         if quantizer is None:
             return {}
-        counts = torch.bincount(indices.flatten(), minlength=quantizer.codebook_size).float()
+        v = quantizer.codebook_size
+        layout = getattr(self.tokenizer, "layout", None)
+        scales = layout is not None and layout.kind == "scales"
+        if scales:  # per-scale histograms (K, V): coarse-scale collapse is the scale-residual failure mode
+            flat = indices.reshape(indices.shape[0], -1)
+            scale_id = torch.cat([torch.full((h * w,), k, device=flat.device)
+                                  for k, (h, w) in enumerate(layout.shapes)])
+            counts = torch.bincount((scale_id[None] * v + flat).flatten(), minlength=len(layout.shapes) * v)
+            counts = counts.float().view(len(layout.shapes), v)
+        else:
+            counts = torch.bincount(indices.flatten(), minlength=v).float()
         # Sum the histogram over processes so every replica sees the same usage (and restarts alike).
         counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         quantizer.update_usage(counts, self.usage_decay)
-        probs = counts / counts.sum().clamp_min(1)
-        stats = {"codebook_usage": (counts > 0).float().mean(),
-                 "perplexity": torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())}
+        total = counts.sum(0) if scales else counts
+        probs = total / total.sum().clamp_min(1)
+        stats = {"codebook_usage": (total > 0).float().mean(), "perplexity": _perplexity(probs)}
+        if scales:
+            for k, ema in enumerate(quantizer.usage_ema_scales):
+                stats[f"perplexity_scale{k}"] = _perplexity(ema / ema.sum().clamp_min(1e-12))
         every = self.dead_code_restart_every
         if every and self.batches_done % every == 0:
-            candidates = latents.detach().permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).float()
-            candidates = self.all_gather(candidates).reshape(-1, latents.shape[1])  # same pool on every rank
+            width = quantizer.embed_dim
+            candidates = latents.detach()
+            if candidates.ndim == 4:  # (B, D, h, w) encoder latents
+                candidates = candidates.permute(0, 2, 3, 1)
+            candidates = candidates.reshape(-1, width).float()
+            candidates = self.all_gather(candidates).reshape(-1, width)  # same pool on every rank
             rng = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + self.batches_done)
             stats["restarted_codes"] = torch.tensor(float(quantizer.restart_dead_codes(
                 candidates.cpu(), self.dead_code_threshold, rng)))
