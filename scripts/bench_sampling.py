@@ -1,14 +1,25 @@
 """Sampling speed benchmark: images/s, tokens/s, KV-cache step cost and FLOP utilisation.
 
     python scripts/bench_sampling.py --out DIR [--device cpu|cuda] [--dtype fp32|bf16] [--quick]
-                                     [--generators tiny,gpt_b] [--batches 1,8,64] [--threads N]
+                                     [--generators tiny,gpt_b,var] [--batches 1,8,64] [--threads N]
 
 Writes ``DIR/sampling.json`` and ``DIR/sampling.png``. Models are randomly initialised from the
 YAML presets in ``configs/generator`` (weights do not change the speed; the zero-initialised
-output head is re-drawn from N(0, 0.02) so sampling is not degenerate) and run in eval mode under
-``torch.inference_mode``. Generators (``--generators``): ``tiny`` = ``raster_tiny`` at 8x8 and
-16x16 tokens (``tiny8`` / ``tiny16`` pick one), vocabulary 1024, 10 classes; ``gpt_b`` = the
-LlamaGen GPT-B dimensions, 16x16 tokens, vocabulary 16384, 1000 classes.
+raster output head is re-drawn from N(0, 0.02) so sampling is not degenerate) and run in eval mode
+under ``torch.inference_mode``. Generators (``--generators``):
+
+- raster (next-token, :class:`RasterGenerator`): ``tiny`` = ``raster_tiny`` at 8x8 and 16x16
+  tokens (``tiny8`` / ``tiny16`` pick one), vocabulary 1024, 10 classes; ``gpt_b`` = the LlamaGen
+  GPT-B dimensions, 16x16 tokens, vocabulary 16384, 1000 classes.
+- VAR (next-scale, :class:`VARGenerator`): ``var`` = ``var_tiny`` with scales 1,2,3,4,6,8
+  (``var8``: 8x8 final map, 130 tokens in 6 scales) and with VAR's scales 1,2,3,4,5,6,8,10,13,16
+  (``var16``: 16x16 final map, 680 tokens in 10 scales), vocabulary 1024, 10 classes;
+  ``var_d16`` = the VAR-d16 dimensions (~310M parameters), VAR's 10 scales, 4096 codes, 1000
+  classes (a GPU size: in the default set on CUDA only). VAR's accumulate step needs the
+  tokenizer's scale-residual quantizer: a randomly initialised
+  :class:`~tokenizers_vq.msvq.MultiScaleQuantizer` (code width 32) is attached.
+
+Default set: ``tiny,gpt_b,var`` (plus ``var_d16`` on CUDA); ``--quick``: ``tiny8,var8``.
 
 Measures
 - ``runs``: one record per (generator, sampler, batch, cfg_scale, device, dtype) with
@@ -16,20 +27,35 @@ Measures
   repeats after a warm-up), ``forward_passes_per_image`` (generator steps; one pass serves the
   whole batch), ``flops_per_image`` (sum over the decoding steps of ``flops_per_token(context)``,
   doubled under CFG) and ``achieved_gflops`` for that run. CFG (batch doubling) is also measured at
-  one batch size.
+  one batch size. Raster records carry ``generator`` = the preset name and ``family: raster``.
+- VAR ``runs`` records: ``generator: var``, ``family: var``, ``preset`` (``var_tiny``,
+  ``var_d16``), ``grid`` (the final token map, e.g. ``8x8``) and ``scales``; the same throughput
+  fields as raster, where ``forward_passes_per_image`` is the number of scales (one pass decides a
+  whole scale), ``tokens_per_image`` / ``tokens_per_s`` count every token of the pyramid (130 for
+  8x8, 680 for 16x16; the raster image of the same grid has 64 / 256) and ``flops_per_image`` =
+  ``flops_per_token()`` x tokens (doubled under CFG); ``speedup_vs_raster`` = images/s of this
+  run / images/s of the raster counterpart with the same final grid (``raster_tiny`` for
+  ``var_tiny``, ``gpt_b`` for ``var_d16``) at the same sampler, batch, cfg, device, dtype and CPU
+  threads (``raster_images_per_s`` keeps that figure). It is computed after the runs over the
+  merged records, so a raster run from an earlier invocation in the same ``sampling.json``
+  counts; without one it is null and ``notes`` says so. CFG runs use the constant schedule for
+  both families (VAR's linear ramp costs the same).
 - ``kv_step_cost_ratio``: median time of the last decoding step / median time of step 16 of a
-  manual ``start``/``step`` loop (GPT-B dimensions, batch 8); the KV cache is preallocated, so this
-  stays near 1 (requirement: <= 1.5). ``kv_step_probe`` keeps the whole per-step time curve.
+  manual ``start``/``step`` loop of the largest raster generator (GPT-B dimensions, batch 8;
+  not measured, and kept from a merged file, when no raster generator is selected); the KV cache
+  is preallocated, so this stays near 1 (requirement: <= 1.5). ``kv_step_probe`` keeps the whole per-step time curve.
 - ``matmul_peak_gflops``: best dense square-matmul throughput measured here in the chosen dtype;
   ``achieved_gflops``: model FLOPs x images / wall time of batch-64 GPT-B sampling (else the
-  largest run, said in ``notes``); ``flop_utilization`` = achieved / peak (target >= 0.4).
+  largest raster run, said in ``notes``); ``flop_utilization`` = achieved / peak (target >= 0.4).
 
 On a CPU shared with other busy processes, pass ``--threads 1``: multi-threaded kernels stall on
 their thread barriers there (GPT-B steps ran ~14x slower with 2 threads than with 1 on a loaded
 2-core machine). A high load average before the run is written to ``notes``.
 
 An existing ``sampling.json`` is merged: records with the same identity (:data:`IDENTITY_KEYS`,
-sampler-specific keys included) are replaced, other records are kept, top-level figures updated.
+sampler-specific keys included; ``preset`` and ``scales`` keep VAR shapes apart) are replaced, other
+records are kept, top-level figures updated; ``speedup_vs_raster`` is then recomputed for every VAR
+record.
 """
 
 from __future__ import annotations
@@ -59,34 +85,49 @@ from argen.core import Condition  # noqa: E402
 from argen.generators.raster import RasterGenerator  # noqa: E402
 from argen.samplers.ancestral import AncestralSampler  # noqa: E402
 from argen.samplers.random import RowRandom, sample_seeds  # noqa: E402
+from tokenizers_vq.msvq import MultiScaleQuantizer  # noqa: E402
 
 log = logging.getLogger("argen.bench")
 
 # A record's identity for merging: records agreeing on all of these (missing = None) replace each
 # other. Later samplers add their own knobs here (window, k, delta, ...).
-IDENTITY_KEYS = ("generator", "family", "tokens_per_image", "sampler", "batch", "device", "dtype", "cfg_scale",
-                 "window", "k", "delta", "draft", "num_steps")
+IDENTITY_KEYS = ("generator", "family", "preset", "scales", "tokens_per_image", "sampler", "batch", "device",
+                 "dtype", "cfg_scale", "window", "k", "delta", "draft", "num_steps")
+# A VAR run and its raster counterpart agree on these (besides the final grid) for speedup_vs_raster.
+MATCH_KEYS = ("sampler", "batch", "device", "dtype", "cfg_scale", "cfg_schedule", "window", "k", "delta", "draft",
+              "num_steps", "threads")
+# VAR preset -> the raster preset of the same model class it is compared with (same final grid).
+RASTER_COUNTERPART = {"var_tiny": "raster_tiny", "var_d16": "gpt_b"}
+VAR_SCALES = {8: (1, 2, 3, 4, 6, 8), 16: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)}  # 16: VAR's 256 px scales
+VAR_CODE_DIM = 32  # VAR's Cvae: width of the quantizer's codes fed to word_embed
 REF_STEP = 16  # kv_step_cost_ratio = t(last step) / t(step REF_STEP)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
 class Spec:
-    """One benchmarked generator: a YAML preset with its layout and condition sizes."""
+    """One benchmarked generator: a YAML preset with its layout and condition sizes. grid: side of
+    the (final) token map; family: raster | var; scales: VAR's token-map sides, coarse to fine."""
 
     name: str
     preset: str
     grid: int
     vocab: int
     classes: int
+    family: str = "raster"
+    scales: tuple[int, ...] = ()
 
 
 SPECS: dict[str, tuple[Spec, ...]] = {
     "tiny8": (Spec("tiny8", "raster_tiny", 8, 1024, 10),),
     "tiny16": (Spec("tiny16", "raster_tiny", 16, 1024, 10),),
     "gpt_b": (Spec("gpt_b", "gpt_b", 16, 16384, 1000),),
+    "var8": (Spec("var8", "var_tiny", 8, 1024, 10, "var", VAR_SCALES[8]),),
+    "var16": (Spec("var16", "var_tiny", 16, 1024, 10, "var", VAR_SCALES[16]),),
+    "var_d16": (Spec("var_d16", "var_d16", 16, 4096, 1000, "var", VAR_SCALES[16]),),
 }
 SPECS["tiny"] = SPECS["tiny8"] + SPECS["tiny16"]
+SPECS["var"] = SPECS["var8"] + SPECS["var16"]
 
 
 @dataclass(frozen=True)
@@ -122,8 +163,18 @@ def compose_generator(preset: str, overrides: Sequence[str]) -> Any:
     return cfg.generator
 
 
-def build_generator(spec: Spec, device: torch.device, dtype: torch.dtype) -> RasterGenerator:
-    """A randomly initialised generator in eval mode, output head re-drawn from N(0, 0.02)."""
+def build_generator(spec: Spec, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A randomly initialised generator in eval mode. Raster: output head re-drawn from N(0, 0.02).
+    VAR: its own (non-zero) init, with a random scale-residual quantizer attached (fp32, as the
+    tokenizer's accumulate step runs in fp32 whatever the generator's dtype)."""
+    if spec.family == "var":
+        scales = ",".join(str(s) for s in spec.scales)
+        node = compose_generator(spec.preset, [f"vocab_size={spec.vocab}", f"scales=[{scales}]",
+                                               f"input_dim={VAR_CODE_DIM}", f"condition.num_classes={spec.classes}"])
+        gen = build(node, "generator")
+        quantizer = MultiScaleQuantizer(codebook_size=spec.vocab, embed_dim=VAR_CODE_DIM, scales=spec.scales)
+        gen.attach_tokenizer(quantizer.to(device).eval())
+        return gen.to(device=device, dtype=dtype).eval()
     node = compose_generator(spec.preset, [f"vocab_size={spec.vocab}", f"grid_size={spec.grid}",
                                            f"condition.num_classes={spec.classes}"])
     gen = build(node, "generator")
@@ -131,9 +182,12 @@ def build_generator(spec: Spec, device: torch.device, dtype: torch.dtype) -> Ras
     return gen.to(device=device, dtype=dtype).eval()
 
 
-def flops_per_image(gen: RasterGenerator) -> float:
-    """Model FLOPs to decode one image: step k attends over prefix + k slots."""
-    return sum(gen.flops_per_token(context=gen.prefix_len + k) for k in range(gen.seq_len))
+def flops_per_image(gen: nn.Module) -> float:
+    """Model FLOPs to decode one image. Raster: step k attends over prefix + k slots. VAR: its
+    average per-token FLOPs (block-causal attention over the visible scales) x pyramid tokens."""
+    if isinstance(gen, RasterGenerator):
+        return sum(gen.flops_per_token(context=gen.prefix_len + k) for k in range(gen.seq_len))
+    return gen.flops_per_token() * gen.layout.length  # type: ignore[operator]
 
 
 def sync(device: torch.device) -> None:
@@ -148,9 +202,10 @@ def make_batch(spec: Spec, batch: int, device: torch.device) -> tuple[Condition,
 
 
 # ---- sampling runs -------------------------------------------------------------------------------
-def warm_up(gen: RasterGenerator, sampler: AncestralSampler, cond: Condition, seeds: Tensor, steps: int = 8) -> None:
-    """A few decoding steps with the sampler's guidance and logits processing, at the run's shapes."""
-    device = gen.output.weight.device
+def warm_up(gen: nn.Module, sampler: AncestralSampler, cond: Condition, seeds: Tensor, steps: int = 8) -> None:
+    """A few decoding steps with the sampler's guidance and logits processing, at the run's shapes
+    (for VAR: the first ``steps`` scales, fed zero codes)."""
+    device = next(gen.parameters()).device
     state = gen.start(sampler.guidance.double(gen, cond))
     rng, plan, prev = RowRandom(seeds), gen.plan(), torch.zeros(0, dtype=torch.long)
     for group in plan[:steps]:
@@ -161,11 +216,13 @@ def warm_up(gen: RasterGenerator, sampler: AncestralSampler, cond: Condition, se
     sync(device)
 
 
-def time_sampling(gen: RasterGenerator, sampler: AncestralSampler, cond: Condition, seeds: Tensor,
-                  settings: Settings) -> tuple[list[float], int]:
-    """Wall times of repeated full sampling runs (at least one; stop at the repeat count or budget)."""
+def time_sampling(gen: nn.Module, sampler: AncestralSampler, cond: Condition, seeds: Tensor,
+                  settings: Settings) -> tuple[list[float], int, Tensor]:
+    """Wall times of repeated full sampling runs (at least one; stop at the repeat count or budget),
+    forward passes per run and the last run's tokens."""
     walls: list[float] = []
     passes = 0
+    tokens = torch.zeros(0, dtype=torch.long)
     t_end = time.perf_counter() + settings.run_budget_s
     while len(walls) < settings.repeats and (not walls or time.perf_counter() < t_end):
         sync(settings.device)
@@ -173,23 +230,37 @@ def time_sampling(gen: RasterGenerator, sampler: AncestralSampler, cond: Conditi
         result = sampler.sample(gen, cond, seeds=seeds)
         sync(settings.device)
         walls.append(time.perf_counter() - t0)
-        passes = result.stats.forward_passes
-    return walls, passes
+        passes, tokens = result.stats.forward_passes, result.tokens
+    return walls, passes, tokens
 
 
-def measure_run(gen: RasterGenerator, spec: Spec, batch: int, cfg_scale: float, settings: Settings) -> dict[str, Any]:
+def check_not_degenerate(spec: Spec, tokens: Tensor) -> None:
+    """Warn when a sampled image uses a single code (a degenerate head would make timings moot)."""
+    distinct = min(len(row.unique()) for row in tokens) if len(tokens) else 0
+    if distinct < 2:
+        log.warning("%s sampled an image with %d distinct token(s): degenerate sampling", spec.name, distinct)
+
+
+def measure_run(gen: nn.Module, spec: Spec, batch: int, cfg_scale: float, settings: Settings) -> dict[str, Any]:
     """One run record: throughput of ancestral sampling of ``batch`` images."""
     sampler = AncestralSampler(cfg_scale=cfg_scale)
     cond, seeds = make_batch(spec, batch, settings.device)
     warm_up(gen, sampler, cond, seeds)
-    walls, passes = time_sampling(gen, sampler, cond, seeds, settings)
+    walls, passes, tokens = time_sampling(gen, sampler, cond, seeds, settings)
+    check_not_degenerate(spec, tokens)
     wall = statistics.median(walls)
     rows = 2 if sampler.guidance.active else 1
     flops = flops_per_image(gen) * rows
-    return {
-        "generator": spec.preset, "family": "raster", "grid": f"{spec.grid}x{spec.grid}", **sampler.settings(),
-        "batch": batch, "tokens_per_image": gen.seq_len, "forward_passes_per_image": passes,
-        "rows_per_pass": batch * rows, "images_per_s": batch / wall, "tokens_per_s": batch * gen.seq_len / wall,
+    length = gen.layout.length
+    if spec.family == "var":
+        head: dict[str, Any] = {"generator": "var", "family": "var", "preset": spec.preset,
+                                "grid": f"{spec.grid}x{spec.grid}", "scales": list(spec.scales)}
+    else:
+        head = {"generator": spec.preset, "family": "raster", "grid": f"{spec.grid}x{spec.grid}"}
+    record = {
+        **head, **sampler.settings(),
+        "batch": batch, "tokens_per_image": length, "forward_passes_per_image": passes,
+        "rows_per_pass": batch * rows, "images_per_s": batch / wall, "tokens_per_s": batch * length / wall,
         "seconds_per_image": wall / batch, "wall_s": wall, "wall_s_best": min(walls), "wall_s_all": walls,
         "repeats": len(walls), "images_per_s_best": batch / min(walls), "device": str(settings.device),
         "dtype": settings.dtype_name, "threads": torch.get_num_threads() if settings.device.type == "cpu" else None,
@@ -197,6 +268,9 @@ def measure_run(gen: RasterGenerator, spec: Spec, batch: int, cfg_scale: float, 
         "vocab_size": gen.vocab_size, "num_classes": spec.classes, "flops_per_image": flops,
         "achieved_gflops": flops * batch / wall / 1e9,
     }
+    if spec.family == "var":  # filled by fill_speedups once the raster runs are in
+        record.update(speedup_vs_raster=None, raster_images_per_s=None, raster_counterpart=None)
+    return record
 
 
 # ---- KV step cost ------------------------------------------------------------------------------
@@ -260,7 +334,44 @@ def matmul_peak(settings: Settings) -> dict[str, Any]:
 
 # ---- output ------------------------------------------------------------------------------------
 def identity(record: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(record.get(k) for k in IDENTITY_KEYS)
+    return tuple(tuple(v) if isinstance(v, list) else v for v in (record.get(k) for k in IDENTITY_KEYS))
+
+
+def raster_counterpart(var: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The raster run with the VAR run's final grid and counterpart preset, measured under the same
+    sampler, batch, cfg, device, dtype and threads (the last such record, if several)."""
+    preset = RASTER_COUNTERPART.get(var.get("preset", ""))
+    side = var["scales"][-1] if var.get("scales") else None
+    found = None
+    for r in runs:
+        if r.get("family", "raster") != "raster" or r.get("generator") != preset or side is None:
+            continue
+        if r.get("tokens_per_image") == side * side and all(r.get(k) == var.get(k) for k in MATCH_KEYS):
+            found = r
+    return found
+
+
+def fill_speedups(runs: list[dict[str, Any]]) -> list[str]:
+    """Set ``speedup_vs_raster`` (and ``raster_images_per_s``, ``raster_counterpart``) of every VAR
+    record in place; returns notes for the VAR records left without a raster counterpart."""
+    missing: list[str] = []
+    for r in runs:
+        if r.get("family") != "var":
+            continue
+        ref = raster_counterpart(r, runs)
+        if ref is None:
+            r.update(speedup_vs_raster=None, raster_images_per_s=None, raster_counterpart=None)
+            missing.append(f"{r.get('preset')} {r.get('grid')} batch {r.get('batch')} cfg {r.get('cfg_scale')}")
+            continue
+        r.update(speedup_vs_raster=r["images_per_s"] / ref["images_per_s"],
+                 raster_images_per_s=ref["images_per_s"],
+                 raster_counterpart=f"{ref['generator']} {ref.get('grid', '')}".strip())
+    if not missing:
+        return []
+    note = (f"speedup_vs_raster is null for VAR runs without a raster counterpart measured at the same grid, "
+            f"sampler, batch, cfg, device, dtype and threads ({', '.join(RASTER_COUNTERPART.values())} for "
+            f"{', '.join(RASTER_COUNTERPART)}): {'; '.join(missing)}")
+    return [note]
 
 
 def merge_runs(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -292,34 +403,77 @@ def merge_report(path: Path, top: dict[str, Any], runs: list[dict[str, Any]]) ->
     return merged
 
 
+def run_label(r: dict[str, Any]) -> str:
+    """Plot label: VAR runs by preset, grid and scale count; raster runs by preset and token count."""
+    if r.get("family") == "var":
+        label = f"VAR {r.get('preset')} {r.get('grid')} ({len(r.get('scales') or ())} scales), {r['sampler']}"
+    else:
+        grid = f"{r['grid']} " if r.get("grid") else ""
+        label = f"{r['generator']} {grid}({r.get('tokens_per_image')} tok), {r['sampler']}"
+    label += f", cfg {r['cfg_scale']}" if r.get("cfg_scale", 1.0) != 1.0 else ""
+    return label + f" ({r.get('device')}, {r.get('dtype')})"
+
+
+def run_pair(r: dict[str, Any]) -> tuple[str, str]:
+    """Colour key shared by a VAR run and its raster counterpart: (raster preset, final grid)."""
+    if r.get("family") == "var":
+        return RASTER_COUNTERPART.get(r.get("preset", ""), str(r.get("preset"))), str(r.get("grid"))
+    return str(r["generator"]), str(r.get("grid") or r.get("tokens_per_image"))
+
+
+def log_axes(ax: Any, batches: list[int]) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xticks(batches)
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
+    ax.grid(True, which="major", alpha=0.3)
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
-    """Left: images/s vs batch per generator (log-log); right: per-step decode time."""
+    """Left: images/s vs batch per generator (log-log; a VAR run and its raster counterpart share a
+    colour, VAR dashed); middle (when there are VAR runs with a counterpart): speedup_vs_raster vs
+    batch; right: per-step raster decode time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    series: dict[str, list[tuple[int, float]]] = {}
-    for r in report["runs"]:
-        label = f"{r['generator']} {r.get('tokens_per_image')} tok, {r['sampler']}"
-        label += f", cfg {r['cfg_scale']}" if r.get("cfg_scale", 1.0) != 1.0 else ""
-        label += f" ({r.get('device')}, {r.get('dtype')})"
-        series.setdefault(label, []).append((r["batch"], r["images_per_s"]))
-    for label, points in sorted(series.items()):
+    runs = report["runs"]
+    with_speedup = [r for r in runs if r.get("family") == "var" and r.get("speedup_vs_raster")]
+    fig, axes = plt.subplots(1, 3 if with_speedup else 2, figsize=(16 if with_speedup else 11, 4.4))
+    left, right = axes[0], axes[-1]
+    colours = {pair: f"C{i % 10}" for i, pair in enumerate(sorted({run_pair(r) for r in runs}))}
+    series: dict[str, tuple[dict[str, Any], list[tuple[int, float]]]] = {}
+    for r in runs:
+        series.setdefault(run_label(r), (r, []))[1].append((r["batch"], r["images_per_s"]))
+    for label, (r, points) in sorted(series.items()):
         xs, ys = zip(*sorted(points))
-        left.plot(xs, ys, marker="o", label=label)
+        var, cfg = r.get("family") == "var", r.get("cfg_scale", 1.0) != 1.0
+        left.plot(xs, ys, marker="s" if var else "o", ls="--" if var else "-", color=colours[run_pair(r)],
+                  fillstyle="none" if cfg else "full", label=label)
     left.set(xscale="log", yscale="log", xlabel="batch", ylabel="images / s", title="sampling throughput")
-    left.set_xticks(sorted({r["batch"] for r in report["runs"]}))
-    left.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    for axis in (left.xaxis, left.yaxis):
-        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        axis.set_minor_formatter(NullFormatter())
-    left.grid(True, which="major", alpha=0.3)
+    log_axes(left, sorted({r["batch"] for r in runs}))
     left.legend(fontsize=6)
+    if with_speedup:
+        middle = axes[1]
+        ratios: dict[str, tuple[dict[str, Any], list[tuple[int, float]]]] = {}
+        for r in with_speedup:
+            label = run_label(r).replace("VAR ", "") + f" vs {r.get('raster_counterpart')}"
+            ratios.setdefault(label, (r, []))[1].append((r["batch"], r["speedup_vs_raster"]))
+        for label, (r, points) in sorted(ratios.items()):
+            xs, ys = zip(*sorted(points))
+            middle.plot(xs, ys, marker="s", ls="--", color=colours[run_pair(r)],
+                        fillstyle="none" if r.get("cfg_scale", 1.0) != 1.0 else "full", label=label)
+        middle.axhline(1.0, color="grey", lw=0.8)
+        middle.set(xscale="log", yscale="log", xlabel="batch", ylabel="VAR images/s / raster images/s",
+                   title="VAR speedup vs raster (same final grid)")
+        log_axes(middle, sorted({r["batch"] for r in with_speedup}))
+        middle.legend(fontsize=6)
     probe = report.get("kv_step_probe")
-    if probe:
+    if probe and report.get("kv_step_cost_ratio") is not None:
         right.plot(range(len(probe["step_ms"])), probe["step_ms"])
         right.axvline(probe["ref_step"], color="grey", ls="--", lw=0.8)
         right.set(xlabel="decoding step", ylabel="ms", ylim=(0, None),
@@ -336,8 +490,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="folder for sampling.json and sampling.png")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--quick", action="store_true", help="smoke run: tiny 8x8 only, batches 1,8, few repeats")
-    p.add_argument("--generators", default=None, help=f"comma list of {sorted(SPECS)} (default tiny,gpt_b)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: tiny8 and var8 (8x8) only, batches 1,8, few repeats")
+    p.add_argument("--generators", default=None,
+                   help=f"comma list of {sorted(SPECS)} (default tiny,gpt_b,var; on CUDA also var_d16)")
     p.add_argument("--batches", default=None, help="comma list (default 1,8,64)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per run (default 3; quick 2)")
     p.add_argument("--run-budget", type=float, default=None, help="stop repeating a run after this many seconds")
@@ -367,7 +523,8 @@ def make_settings(args: argparse.Namespace) -> Settings:
 
 
 def select(args: argparse.Namespace) -> tuple[list[Spec], list[int]]:
-    names = args.generators or ("tiny8" if args.quick else "tiny,gpt_b")
+    default = "tiny,gpt_b,var,var_d16" if torch.device(args.device).type == "cuda" else "tiny,gpt_b,var"
+    names = args.generators or ("tiny8,var8" if args.quick else default)
     unknown = [n for n in names.split(",") if n not in SPECS]
     if unknown:
         raise SystemExit(f"unknown generator(s) {unknown}; choose from {sorted(SPECS)}")
@@ -378,11 +535,13 @@ def select(args: argparse.Namespace) -> tuple[list[Spec], list[int]]:
 
 def run_all(specs: list[Spec], batches: list[int], settings: Settings,
             on_record: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Every (generator, batch, cfg) run, then the KV step probe on the largest generator."""
+    """Every (generator, batch, cfg) run, then the KV step probe on the largest raster generator
+    (empty when none is selected)."""
     from tqdm.auto import tqdm
 
     cfg = [(settings.cfg_batch, settings.cfg_scale)] if settings.cfg_batch and settings.cfg_scale != 1.0 else []
-    probe_spec = max(specs, key=lambda s: (s.preset == "gpt_b", s.grid, s.vocab))
+    raster = [s for s in specs if s.family == "raster"]
+    probe_spec = max(raster, key=lambda s: (s.preset == "gpt_b", s.grid, s.vocab)) if raster else None
     bar = tqdm(total=len(specs) * (len(batches) + len(cfg)), desc="sampling runs", unit="run")
     probe: dict[str, Any] = {}
     for spec in specs:
@@ -392,7 +551,7 @@ def run_all(specs: list[Spec], batches: list[int], settings: Settings,
                 bar.set_postfix_str(f"{spec.name} b{batch} cfg{scale:g}")
                 on_record(measure_run(gen, spec, batch, scale, settings))
                 bar.update()
-            if spec == probe_spec:
+            if spec == probe_spec and isinstance(gen, RasterGenerator):
                 probe = kv_step_probe(gen, spec, settings)
                 log.info("kv step probe %s %s batch %d: step %d %.2f ms, last step %.2f ms, ratio %.3f",
                          spec.preset, probe["grid"], probe["batch"], REF_STEP, probe["ref_step_ms"],
@@ -403,8 +562,10 @@ def run_all(specs: list[Spec], batches: list[int], settings: Settings,
 
 
 def utilisation(runs: list[dict[str, Any]], peak: float) -> dict[str, Any]:
-    """achieved_gflops of batch-64 GPT-B sampling (else the largest run, noted) over the matmul peak."""
-    plain = [r for r in runs if r.get("cfg_scale", 1.0) == 1.0] or runs
+    """achieved_gflops of batch-64 GPT-B sampling (else the largest raster run, else the largest run;
+    noted) over the matmul peak."""
+    pool = [r for r in runs if r.get("family") == "raster"] or runs
+    plain = [r for r in pool if r.get("cfg_scale", 1.0) == 1.0] or pool
     ref = next((r for r in plain if r["generator"] == "gpt_b" and r["batch"] == 64), None)
     notes = []
     if ref is None:
@@ -417,9 +578,11 @@ def utilisation(runs: list[dict[str, Any]], peak: float) -> dict[str, Any]:
 
 
 def log_record(r: dict[str, Any]) -> None:
-    log.info("%-11s %3d tok batch %3d cfg %-3g: %8.3f images/s %9.1f tokens/s %7.3f s/image, %6.2f GFLOP/s "
-             "(%d repeats)", r["generator"], r["tokens_per_image"], r["batch"], r["cfg_scale"], r["images_per_s"],
-             r["tokens_per_s"], r["seconds_per_image"], r["achieved_gflops"], r["repeats"])
+    name = f"var {r['preset']}" if r.get("family") == "var" else r["generator"]
+    log.info("%-15s %3d tok %2d passes batch %3d cfg %-3g: %8.3f images/s %9.1f tokens/s %7.3f s/image, "
+             "%6.2f GFLOP/s (%d repeats)", name, r["tokens_per_image"], r["forward_passes_per_image"], r["batch"],
+             r["cfg_scale"], r["images_per_s"], r["tokens_per_s"], r["seconds_per_image"], r["achieved_gflops"],
+             r["repeats"])
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -442,15 +605,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if settings.device.type == "cpu" and load_before[0] > 0.5 * (os.cpu_count() or 1):  # "after" counts us
         util["notes"].append(f"CPU load average {load_before[0]:.2f} before / {os.getloadavg()[0]:.2f} after on "
                              f"{os.cpu_count()} CPUs: other processes competed for the CPUs, timings are noisy")
-    top = {"kv_step_cost_ratio": probe["kv_step_cost_ratio"], **peak, **util, "kv_step_probe": probe,
+    if not probe:
+        util["notes"].append("no raster generator selected: kv_step_cost_ratio / kv_step_probe not measured "
+                             "(kept from the merged sampling.json if it had them)")
+    probe_top = {"kv_step_cost_ratio": probe["kv_step_cost_ratio"], "kv_step_probe": probe} if probe else {}
+    top = {**probe_top, **peak, **util,
            "machine": machine_info(settings, load_before), "elapsed_s": round(time.time() - started, 1),
            "command": "python scripts/bench_sampling.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     path = args.out / "sampling.json"
     report = merge_report(path, top, runs)
+    report["notes"] = list(report.get("notes", [])) + fill_speedups(report["runs"])
+    for r in runs:
+        if r.get("family") == "var":
+            log.info("var %s %s batch %d cfg %g: %d passes/image, speedup vs raster %s", r["preset"], r["grid"],
+                     r["batch"], r["cfg_scale"], r["forward_passes_per_image"],
+                     "n/a (no raster counterpart)" if r["speedup_vs_raster"] is None
+                     else f"{r['speedup_vs_raster']:.2f}x ({r['raster_counterpart']})")
     write_json_atomic(path, report)
     plot(report, args.out / "sampling.png")
-    log.info("kv_step_cost_ratio %.3f, matmul peak %.1f GFLOP/s, achieved %.1f GFLOP/s, utilisation %.3f -> %s",
-             top["kv_step_cost_ratio"], top["matmul_peak_gflops"], util["achieved_gflops"],
+    ratio = report.get("kv_step_cost_ratio")
+    log.info("kv_step_cost_ratio %s, matmul peak %.1f GFLOP/s, achieved %.1f GFLOP/s, utilisation %.3f -> %s",
+             "n/a" if ratio is None else f"{ratio:.3f}", top["matmul_peak_gflops"], util["achieved_gflops"],
              util["flop_utilization"], path)
     return report
 

@@ -22,3 +22,18 @@ def fake_lpips_files(directory: Path) -> tuple[Path, Path]:
     head = directory / "lpips_vgg.pth"
     torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for k, c in enumerate(_CHANNELS)}, head)
     return backbone, head
+
+
+MSVQ_TOK = {"_target_": "tokenizers_vq.msvq.MultiScaleVQTokenizer", "image_size": 32, "codebook_size": 16,
+            "embed_dim": 4, "scales": [1, 2, 4, 8], "num_phi": 2, "base_channels": 8,
+            "channel_multipliers": [1, 2, 2], "z_channels": 8, "norm_groups": 4, "attention": False}
+
+
+def export_msvq_tokenizer(path: Path, seed: int) -> Path:
+    """A tiny random scale-residual tokenizer export (scales 1, 2, 4, 8: 85 tokens, 16 codes of width 4)."""
+    from tokenizers_vq.io import save_pretrained
+    from tokenizers_vq.msvq import MultiScaleVQTokenizer
+
+    torch.manual_seed(seed)
+    model = MultiScaleVQTokenizer(**{k: v for k, v in MSVQ_TOK.items() if k != "_target_"})  # type: ignore[arg-type]
+    return save_pretrained(model, path, config=MSVQ_TOK, meta={"kind": "tokenizer", "image_size": 32})

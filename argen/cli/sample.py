@@ -80,6 +80,8 @@ def load_models(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> tu
     generator = load_pretrained(gen_dir).to(device=device, dtype=dtype).eval()
     tokenizer = load_pretrained(tok_dir).to(device).eval()
     check_vocabulary(tokenizer, generator)
+    if hasattr(generator, "attach_tokenizer"):  # VAR builds its next-scale inputs with the tokenizer's step
+        generator.attach_tokenizer(tokenizer)
     return generator, tokenizer, {"generator": meta, "tokenizer": tok_meta, "tokenizer_path": str(tok_dir)}
 
 
@@ -88,7 +90,7 @@ def check_vocabulary(tokenizer: Any, generator: Any) -> None:
     if t.vocab_size != g.vocab_size:
         raise ValueError(f"vocabulary mismatch: the tokenizer has {t.vocab_size} codes, the generator predicts "
                          f"{g.vocab_size}; use the tokenizer the generator was trained with")
-    if t.length != g.length:
+    if (t.kind, t.shapes) != (g.kind, g.shapes):
         raise ValueError(f"layout mismatch: the tokenizer makes {t.kind} {list(t.shapes)} tokens, the generator "
                          f"{g.kind} {list(g.shapes)}")
 

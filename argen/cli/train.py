@@ -58,10 +58,11 @@ def build_stage(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModu
     if cfg.stage not in STAGES:
         raise ConfigError(f"unknown stage {cfg.stage!r}; expected one of {STAGES}")
     if cfg.stage == "generator":
-        from argen.training.prepare import prepare_generator_config
+        from argen.training.prepare import attach_tokenizer, prepare_generator_config
 
         prepare_generator_config(cfg)  # sizes from the code cache, tokenizer hash, text vocabulary
         generator = build(cfg.generator, "generator")
+        attach_tokenizer(generator, cfg.tokenizer_path)  # VAR: the scale-residual accumulate step
         module = build(cfg.module, "module", generator=generator)
     else:
         tokenizer = build(cfg.tokenizer, "tokenizer")

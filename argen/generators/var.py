@@ -77,16 +77,16 @@ class VARGenerator(nn.Module):
         self.pos_1LC = nn.Parameter(torch.zeros(1, self.layout.length, c))
         self.lvl_embed = nn.Embedding(len(scales), c)
         rate = 0.1 * depth / 24 if drop_path_rate is None else drop_path_rate
-        rates = torch.linspace(0, rate, depth).tolist()
+        rates = [rate * i / max(depth - 1, 1) for i in range(depth)]  # linear in depth, as VAR
         self.blocks = nn.ModuleList(
             AdaLNSelfAttnBlock(dim=c, cond_dim=c, n_head=self.n_head, mlp_ratio=mlp_ratio, norm_eps=norm_eps,
                                l2_norm=l2_norm_attention, dropout=dropout, attn_dropout=attn_dropout,
                                drop_path_rate=rates[i]) for i in range(depth))
         self.head_nm = AdaLayerNorm(dim=c, cond_dim=c, eps=norm_eps, order="scale_shift")
         self.head = nn.Linear(c, vocab_size)
-        levels = torch.cat([torch.full((s * s,), k) for k, s in enumerate(scales)])
-        self.register_buffer("levels", levels, persistent=False)  # (L,) scale id of each position
-        self.register_buffer("slot_levels", torch.cat([torch.full((self.prefix_len,), -1), levels]),
+        levels = [k for k, s in enumerate(scales) for _ in range(s * s)]
+        self.register_buffer("levels", torch.tensor(levels), persistent=False)  # (L,) scale of each position
+        self.register_buffer("slot_levels", torch.tensor([-1] * self.prefix_len + levels),
                              persistent=False)  # (T + L,) the prefix is the coarsest block
         begins = [0]
         for s in scales:

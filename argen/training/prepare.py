@@ -40,6 +40,25 @@ def tokenizer_sha256(path: str | Path) -> str:
     return str(read_meta(folder)["sha256"])
 
 
+def tokenizer_config(path: str | Path) -> dict[str, Any]:
+    """The exported tokenizer's resolved config (config.yaml)."""
+    import yaml
+
+    return yaml.safe_load((Path(str(path)).expanduser() / "config.yaml").read_text()) or {}
+
+
+def attach_tokenizer(generator: Any, tokenizer_path: str | Path) -> None:
+    """Give a generator that needs its tokenizer's steps (VAR's scale accumulation) the exported
+    tokenizer at ``tokenizer_path``; other generators are left alone."""
+    if hasattr(generator, "attach_tokenizer"):
+        import torch
+
+        from tokenizers_vq.io import load_pretrained
+
+        with torch.device("cpu"):  # real weights even when the generator is built on the meta device
+            generator.attach_tokenizer(load_pretrained(tokenizer_path))
+
+
 def prepare_generator_config(cfg: DictConfig) -> None:
     """Check tokenizer/cache/generator agreement and fill the generator's data-dependent sizes."""
     if not cfg.get("tokenizer_path") or not cfg.get("codes_dir"):
@@ -65,6 +84,19 @@ def prepare_generator_config(cfg: DictConfig) -> None:
             _fill(gen, "grid_size", h, f"token grid mismatch with the code cache ({h}x{w})")
         elif layout.kind == "sequence" and "sequence_length" in gen:
             _fill(gen, "sequence_length", w, f"sequence length mismatch with the code cache ({w})")
+        elif layout.kind == "scales":
+            if "scales" not in gen:
+                raise ConfigError(f"the code cache holds scale-residual tokens (scales {[s[0] for s in layout.shapes]}): "
+                                  f"train a next-scale generator on it (generator=var_nano), not {gen.get('_target_')}")
+            if any(a != b for a, b in layout.shapes):
+                raise ConfigError(f"next-scale generators need square token maps, the cache has {layout.shapes}")
+            _fill(gen, "scales", [a for a, _ in layout.shapes], "scale mismatch with the code cache")
+        if "scales" in gen and layout.kind != "scales":
+            raise ConfigError(f"{gen.get('_target_')} predicts scale-residual tokens but {cfg.codes_dir} holds "
+                              f"{layout.kind} tokens: tokenize with a scale-residual tokenizer (experiment=shapes_msvq)")
+        if "input_dim" in gen:  # the width of the tokenizer's codes (VAR's Cvae)
+            width = tokenizer_config(cfg.tokenizer_path).get("embed_dim")
+            _fill(gen, "input_dim", width, f"code width mismatch with the tokenizer ({width})")
         _prepare_condition(gen.condition, cfg.codes_dir)
 
 

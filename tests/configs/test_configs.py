@@ -28,14 +28,15 @@ def image_root(tmp_path: Path) -> Path:
     return tmp_path / "images"
 
 
-GENERATOR_EXPERIMENTS = ("shapes_raster", "digits_raster")
+GENERATOR_EXPERIMENTS = ("shapes_raster", "digits_raster", "shapes_var", "digits_var")
 
 
-def tiny_code_cache(root: Path, data: str) -> list[str]:
+def tiny_code_cache(root: Path, data: str, scales: bool = False) -> list[str]:
     from argen.cli.tokenize import run as tokenize_run
     from tests.e2e.test_tokenize_and_bad_input import export_tokenizer
+    from tests.fixtures import export_msvq_tokenizer
 
-    tok = export_tokenizer(root / "tok", 0)
+    tok = (export_msvq_tokenizer if scales else export_tokenizer)(root / "tok", 0)
     sizes = ["data.train.size=16", "data.val.size=8"] if data == "shapes" else []
     tokenize_run(compose_config("tokenize", [f"tokenizer_path={tok}", f"output_dir={root / 'codes'}", f"data={data}",
                                              *sizes]))
@@ -53,6 +54,20 @@ def test_gpt_presets_have_llamagen_sizes(preset: str, millions: int) -> None:
     assert abs(n - millions) / millions < 0.01, n
 
 
+@pytest.mark.parametrize(("preset", "millions"), [("var_d16", 310), ("var_d20", 600), ("var_d24", 1000),
+                                                  ("var_d30", 2000)])
+def test_var_presets_have_var_sizes(preset: str, millions: int) -> None:
+    """VAR's table (algorithms.md 1.5): 4096 codes of width 32, 1000 classes, scales 1..16."""
+    cfg = compose_config("train", [f"generator={preset}", "generator.vocab_size=4096", "generator.input_dim=32",
+                                   "generator.scales=[1,2,3,4,5,6,8,10,13,16]",
+                                   "generator.condition.num_classes=1000"])
+    with torch.device("meta"):
+        generator = build(cfg.generator, "generator")
+    n = sum(p.numel() for p in generator.parameters()) / 1e6
+    assert abs(n - millions) / millions < 0.04, n
+    assert generator.dim == 64 * generator.depth and generator.n_head == generator.depth
+
+
 @pytest.mark.filterwarnings("ignore:.*meta parameter")
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(experiment: str, tmp_path: Path, image_root: Path) -> None:
@@ -60,7 +75,8 @@ def test_experiment_composes_and_instantiates(experiment: str, tmp_path: Path, i
     fake_lpips_files(weights)
     extra = [f"+data.train.root={image_root}"] if experiment.startswith("folder") else []
     if experiment in GENERATOR_EXPERIMENTS:  # generators need a tokenizer and its code cache
-        extra = tiny_code_cache(tmp_path, "digits" if experiment.startswith("digits") else "shapes")
+        extra = tiny_code_cache(tmp_path, "digits" if experiment.startswith("digits") else "shapes",
+                                scales=experiment.endswith("_var"))
     cfg = compose_config("train", [f"experiment={experiment}", f"paths.output_root={tmp_path}",
                                    f"paths.weights_dir={weights}", *extra])
     assert cfg.name == experiment

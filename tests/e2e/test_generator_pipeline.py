@@ -20,8 +20,9 @@ from tests.conftest import REPO, cli_env
 from tests.e2e.test_tokenize_and_bad_input import export_tokenizer, tokenize
 from tokenizers_vq.io import load_pretrained
 
-GEN_TINY = ["generator=raster_nano", "generator.dim=32", "generator.n_layer=1", "generator.n_head=2",
-            "generator.multiple_of=16", "trainer.max_steps=4", "trainer.val_check_interval=2",
+RASTER_TINY = ["generator=raster_nano", "generator.dim=32", "generator.n_layer=1", "generator.n_head=2",
+               "generator.multiple_of=16"]
+GEN_TINY = ["trainer.max_steps=4", "trainer.val_check_interval=2",
             "data.global_batch_size=8", "data.eval_batch_size=8", "logger=none", "callbacks.progress=null",
             "trainer.enable_model_summary=false"]
 TEXT_TINY = ["generator.condition.encoder.dim=16", "generator.condition.encoder.n_layer=1",
@@ -29,8 +30,10 @@ TEXT_TINY = ["generator.condition.encoder.dim=16", "generator.condition.encoder.
 
 
 def train_generator(root: Path, tokenizer: Path, codes: Path, experiment: str, *extra: str) -> Path:
+    """Train ``experiment`` for a few steps; a tiny raster GPT unless ``extra`` picks a generator."""
+    model = [] if any(e.startswith("generator=") for e in extra) else RASTER_TINY
     cfg = compose_config("train", [f"experiment={experiment}", f"paths.output_root={root}",
-                                   f"tokenizer_path={tokenizer}", f"codes_dir={codes}", *GEN_TINY, *extra])
+                                   f"tokenizer_path={tokenizer}", f"codes_dir={codes}", *model, *GEN_TINY, *extra])
     return Path(train_run(cfg)["export_dir"])
 
 
@@ -171,3 +174,45 @@ def test_multirun_sweep_writes_a_summary(text_pipeline: dict[str, Path], tmp_pat
     assert sorted(r["sampler.cfg_scale"] for r in rows) == ["1.0", "3.0"]
     assert all(0.0 <= r["overall"] <= 1.0 for r in rows)
     assert (sweep / "summary.md").is_file() and (sweep / "summary.png").is_file()
+
+
+VAR_TINY = ["generator=var_nano", "generator.depth=1", "generator.width=16", "generator.n_head=2"]
+
+
+@pytest.fixture(scope="module")
+def var_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.fixtures import export_msvq_tokenizer
+
+    root = tmp_path_factory.mktemp("var")
+    tok = export_msvq_tokenizer(root / "tok", 0)
+    codes = tokenize(root, tok)
+    return {"root": root, "tokenizer": tok, "codes": codes,
+            "generator": train_generator(root, tok, codes, "shapes_var", *TEXT_TINY, *VAR_TINY)}
+
+
+def test_var_trains_on_scale_codes_exports_and_samples(var_pipeline: dict[str, Path], tmp_path: Path) -> None:
+    export = var_pipeline["generator"]
+    meta = json.loads((export / "meta.json").read_text())
+    assert meta["layout"]["kind"] == "scales" and meta["layout"]["shapes"] == [[1, 1], [2, 2], [4, 4], [8, 8]]
+    generator = load_pretrained(export)
+    assert generator.scales == (1, 2, 4, 8) and generator.input_dim == 4  # filled from the cache and tokenizer
+    settings = sample(var_pipeline, tmp_path / "s", "sampler=var", "suite=shapes", "suite_per_tag=1",
+                      "n_per_condition=1", "eval=shapes")
+    written = json.loads((tmp_path / "s" / "settings.json").read_text())
+    assert written["stats"]["forward_passes_per_image"] == 4  # one pass per scale
+    assert written["sampler"]["cfg_schedule"] == "linear" and written["sampler"]["cfg_scale"] == 2.5
+    assert 0.0 <= settings["evaluation"]["overall"] <= 1.0
+    with np.load(tmp_path / "s" / "samples.npz") as data:
+        assert data["arr_0"].shape[1:] == (32, 32, 3)
+
+
+def test_var_refuses_grid_codes_and_grid_generators_refuse_scale_codes(var_pipeline: dict[str, Path],
+                                                                        text_pipeline: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="holds grid tokens"):
+        train_generator(tmp_path, text_pipeline["tokenizer"], text_pipeline["codes"], "shapes_var", *TEXT_TINY,
+                        *VAR_TINY)
+    with pytest.raises(ConfigError, match="scale-residual tokens"):
+        train_generator(tmp_path, var_pipeline["tokenizer"], var_pipeline["codes"], "shapes_raster", *TEXT_TINY)
+    with pytest.raises(ValueError, match="layout mismatch"):
+        check_vocabulary(load_pretrained(var_pipeline["tokenizer"]), load_pretrained(text_pipeline["generator"]))

@@ -1,4 +1,5 @@
-"""scripts/bench_sampling.py: the quick run writes the documented schema and merges into an existing file."""
+"""scripts/bench_sampling.py: the quick run (raster tiny8 + VAR var8) writes the documented schema, merges
+into an existing file and computes VAR's speedup over the raster run of the same final grid."""
 
 from __future__ import annotations
 
@@ -13,6 +14,22 @@ TOP_KEYS = {"kv_step_cost_ratio", "matmul_peak_gflops", "achieved_gflops", "flop
 RUN_KEYS = {"generator", "sampler", "batch", "forward_passes_per_image", "images_per_s", "tokens_per_s",
             "family", "cfg_scale", "tokens_per_image", "seconds_per_image", "wall_s", "device", "dtype",
             "parameters", "flops_per_image", "achieved_gflops"}
+VAR_KEYS = RUN_KEYS | {"preset", "grid", "scales", "speedup_vs_raster", "raster_images_per_s", "raster_counterpart"}
+VAR16 = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]
+SAME_RUN = {"sampler": "ancestral", "batch": 8, "device": "cpu", "dtype": "fp32", "cfg_scale": 1.0,
+            "cfg_schedule": "constant", "threads": 1}
+
+
+def raster_record(tokens: int, images_per_s: float, **kw: object) -> dict[str, object]:
+    side = int(tokens**0.5)
+    return {"generator": "raster_tiny", "family": "raster", "grid": f"{side}x{side}", "tokens_per_image": tokens,
+            **SAME_RUN, "forward_passes_per_image": tokens, "images_per_s": images_per_s, **kw}
+
+
+def var_record(scales: list[int], images_per_s: float, **kw: object) -> dict[str, object]:
+    return {"generator": "var", "family": "var", "preset": "var_tiny", "grid": f"{scales[-1]}x{scales[-1]}",
+            "scales": scales, "tokens_per_image": sum(s * s for s in scales), **SAME_RUN,
+            "forward_passes_per_image": len(scales), "images_per_s": images_per_s, "speedup_vs_raster": None, **kw}
 
 
 def load_script() -> ModuleType:
@@ -31,7 +48,14 @@ def test_quick_run_schema_and_merge(tmp_path: Path) -> None:
                "forward_passes_per_image": 20, "images_per_s": 1.0, "tokens_per_s": 64.0}
     stale = {k: v for k, v in foreign.items() if k != "window"}
     stale.update(sampler="ancestral", images_per_s=-1.0)  # re-measured by the run: replaced
-    (tmp_path / "sampling.json").write_text(json.dumps({"runs": [foreign, stale], "other_top": 1}))
+    threads = {"threads": bench.torch.get_num_threads()}  # what the quick run records
+    # An earlier invocation's 16x16 pair (not re-measured: kept, and its speedup computed from the merged
+    # raster record) and a stale var8 record (same identity as a run of the quick set: replaced).
+    old_var16 = var_record(VAR16, 6.0, **threads)
+    old_tiny16 = raster_record(256, 2.0, **threads)
+    stale_var8 = var_record([1, 2, 3, 4, 6, 8], -1.0, **threads)
+    (tmp_path / "sampling.json").write_text(json.dumps({"runs": [foreign, stale, old_var16, old_tiny16, stale_var8],
+                                                        "other_top": 1}))
 
     bench.main(["--out", str(tmp_path), "--quick"])
 
@@ -45,7 +69,7 @@ def test_quick_run_schema_and_merge(tmp_path: Path) -> None:
     runs = report["runs"]
     assert foreign in runs
     assert stale not in runs
-    ours = [r for r in runs if r["sampler"] == "ancestral"]
+    ours = [r for r in runs if r["sampler"] == "ancestral" and r["family"] == "raster" and r["grid"] == "8x8"]
     assert sorted((r["batch"], r["cfg_scale"]) for r in ours) == [(1, 1.0), (8, 1.0), (8, 4.0)]
     cfg = next(r for r in ours if r["cfg_scale"] != 1.0)
     assert cfg["rows_per_pass"] == 16 and cfg["flops_per_image"] == 2 * ours[0]["flops_per_image"]
@@ -54,6 +78,27 @@ def test_quick_run_schema_and_merge(tmp_path: Path) -> None:
         assert r["forward_passes_per_image"] == r["tokens_per_image"] == 64
         assert r["images_per_s"] > 0 and r["tokens_per_s"] == r["images_per_s"] * 64
 
+    # VAR var8: 6 scales (6 passes per image), 130 pyramid tokens, speedup over raster_tiny 8x8 of this run.
+    var8 = [r for r in runs if r["family"] == "var" and r["grid"] == "8x8"]
+    assert sorted((r["batch"], r["cfg_scale"]) for r in var8) == [(1, 1.0), (8, 1.0), (8, 4.0)]
+    assert all(r["images_per_s"] > 0 for r in var8)  # the stale -1 record is gone
+    for r in var8:
+        raster = next(o for o in ours if (o["batch"], o["cfg_scale"]) == (r["batch"], r["cfg_scale"]))
+        assert VAR_KEYS <= r.keys()
+        assert r["generator"] == "var" and r["preset"] == "var_tiny" and r["scales"] == [1, 2, 3, 4, 6, 8]
+        assert r["forward_passes_per_image"] == 6 and r["tokens_per_image"] == 130
+        assert abs(r["tokens_per_s"] - r["images_per_s"] * 130) < 1e-9 * r["tokens_per_s"]
+        assert isinstance(r["speedup_vs_raster"], float) and r["speedup_vs_raster"] > 0
+        assert abs(r["speedup_vs_raster"] - r["images_per_s"] / raster["images_per_s"]) < 1e-9
+        assert r["raster_counterpart"] == "raster_tiny 8x8"
+    var_cfg = next(r for r in var8 if r["cfg_scale"] != 1.0)
+    assert var_cfg["flops_per_image"] == 2 * var8[0]["flops_per_image"] > 0
+    # var16 from the earlier invocation is kept apart from var8 and gets its speedup from merged records.
+    var16 = [r for r in runs if r["family"] == "var" and r["grid"] == "16x16"]
+    assert len(var16) == 1 and var16[0]["forward_passes_per_image"] == 10 and var16[0]["speedup_vs_raster"] == 3.0
+    assert old_tiny16 in runs
+    assert not any("speedup_vs_raster is null" in n for n in report["notes"])
+
 
 def test_merge_runs_replaces_same_identity_only() -> None:
     bench = load_script()
@@ -61,3 +106,29 @@ def test_merge_runs_replaces_same_identity_only() -> None:
            {"generator": "g", "sampler": "s", "batch": 1, "k": 3, "v": 0}]
     new = [{"generator": "g", "sampler": "s", "batch": 1, "k": 2, "v": 1}]
     assert bench.merge_runs(old, new) == [old[1], new[0]]
+
+
+def test_speedup_needs_a_matching_raster_run() -> None:
+    bench = load_script()
+    runs = [raster_record(64, 4.0), raster_record(64, 1.0, batch=64),
+            var_record([1, 2, 3, 4, 6, 8], 10.0), var_record([1, 2, 3, 4, 6, 8], 9.0, batch=64, threads=2),
+            var_record(VAR16, 5.0)]
+    notes = bench.fill_speedups(runs)
+    assert runs[2]["speedup_vs_raster"] == 2.5 and runs[2]["raster_images_per_s"] == 4.0
+    assert runs[3]["speedup_vs_raster"] is None  # other CPU threads than the raster run
+    assert runs[4]["speedup_vs_raster"] is None  # no raster 16x16 run
+    assert len(notes) == 1 and "var_tiny 8x8 batch 64" in notes[0] and "var_tiny 16x16 batch 8" in notes[0]
+    # var8 and var16 (and raster) records of one batch are distinct identities: merging keeps them all.
+    assert bench.merge_runs(runs, [var_record(VAR16, 7.0)])[-2:] == [runs[3], var_record(VAR16, 7.0)]
+    assert len({bench.identity(r) for r in runs}) == len(runs)
+
+
+def test_select_defaults() -> None:
+    bench = load_script()
+
+    def names(argv: list[str]) -> list[str]:
+        return [s.name for s in bench.select(bench.parse_args(["--out", "x", *argv]))[0]]
+
+    assert names(["--quick"]) == ["tiny8", "var8"]
+    assert names([]) == ["tiny8", "tiny16", "gpt_b", "var8", "var16"]
+    assert names(["--generators", "var,tiny16"]) == ["var8", "var16", "tiny16"]
