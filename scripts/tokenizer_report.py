@@ -25,9 +25,12 @@ def main() -> None:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, default=None, help="JSON report (default <run>/reconstruction.json)")
     p.add_argument("--grid", type=Path, default=None, help="PNG grid (default <run>/reconstruction.png)")
+    p.add_argument("--data-run", type=Path, default=None,
+                   help="evaluate on the test split of this other run's data (e.g. a photos run)")
     args = p.parse_args()
     cfg = yaml.safe_load((args.run_dir / "resolved_config.yaml").read_text())
-    test_cfg = cfg["data"].get("test") or cfg["data"].get("val")
+    data_cfg = yaml.safe_load((args.data_run / "resolved_config.yaml").read_text()) if args.data_run else cfg
+    test_cfg = data_cfg["data"].get("test") or data_cfg["data"].get("val")
     if test_cfg is None:
         raise SystemExit("the run's data config has no test or val split to evaluate on")
     dataset = instantiate(test_cfg)
@@ -40,7 +43,8 @@ def main() -> None:
     report["grid"] = str(grid)
     out = args.out or args.run_dir / "reconstruction.json"
     out.write_text(json.dumps(report, indent=2, sort_keys=True))
-    print(json.dumps({k: report[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity", "num_images")}))  # noqa: T201
+    print(json.dumps({k: report[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity", "num_images",
+                                             "per_scale")}))  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams(to_plain(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     # The periodic checkpoint may predate the last steps; the export reads last.ckpt, so write it now.
-    trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
+    trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"), weights_only=False)  # with optimizer state
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     result: dict[str, Any] = {"run_dir": str(run_dir), "metrics": metrics, "export_dir": None}
     if cfg.get("export_after_training") and trainer.is_global_zero:

@@ -18,7 +18,8 @@ from argen.training.metrics import psnr, ssim
 @dataclass
 class ReconstructionReport:
     """psnr / ssim: means over images (dB / [0,1]); codebook_usage: fraction of the V codes used at
-    least once over the whole set; perplexity: exp(entropy) of the code histogram; n: images."""
+    least once over the whole set; perplexity: exp(entropy) of the code histogram; n: images;
+    per_scale: for a scale-residual tokenizer, the same usage / perplexity per scale (coarse to fine)."""
 
     psnr: float
     ssim: float
@@ -27,6 +28,7 @@ class ReconstructionReport:
     num_images: int
     vocab_size: int
     tokens_per_image: int
+    per_scale: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,8 +39,11 @@ def evaluate_reconstruction(tokenizer: Any, dataset: Dataset, *, batch_size: int
                             device: str | torch.device = "cpu", progress: bool = True) -> ReconstructionReport:
     """Encode then decode every image of ``dataset`` (the round trip a generator's samples take)."""
     tokenizer = tokenizer.to(device).eval()
-    vocab = int(tokenizer.layout.vocab_size)
-    counts = torch.zeros(vocab, dtype=torch.float64)
+    layout = tokenizer.layout
+    vocab = int(layout.vocab_size)
+    # position -> scale (one group for a grid or sequence); per-scale histograms (K, V)
+    groups = torch.cat([torch.full((h * w,), k) for k, (h, w) in enumerate(layout.shapes)])
+    counts = torch.zeros(len(layout.shapes), vocab, dtype=torch.float64)
     psnr_sum = ssim_sum = 0.0
     n = 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
@@ -48,17 +53,26 @@ def evaluate_reconstruction(tokenizer: Any, dataset: Dataset, *, batch_size: int
         images = batch["image"].to(device)
         tokens = tokenizer.encode(images)  # (B, L)
         recon = tokenizer.decode(tokens).clamp(-1, 1)
-        counts += torch.bincount(tokens.flatten().cpu(), minlength=vocab).double()
+        flat = (groups[None] * vocab + tokens.cpu()).flatten()
+        counts += torch.bincount(flat, minlength=counts.numel()).double().view_as(counts)
         psnr_sum += float(psnr(recon, images).sum())
         ssim_sum += float(ssim(recon, images).sum())
         n += images.shape[0]
     if n == 0:
         raise ValueError("no readable images to evaluate")
-    probs = counts / counts.sum()
-    perplexity = float(torch.exp(-(probs[probs > 0] * probs[probs > 0].log()).sum()))
-    return ReconstructionReport(psnr=psnr_sum / n, ssim=ssim_sum / n, codebook_usage=float((counts > 0).double().mean()),
-                                perplexity=perplexity, num_images=n, vocab_size=vocab,
-                                tokens_per_image=tokenizer.layout.length)
+    total = counts.sum(0)
+    per_scale = None
+    if layout.kind == "scales":
+        per_scale = [{"scale": f"{h}x{w}", "codebook_usage": float((c > 0).double().mean()),
+                      "perplexity": _perplexity(c)} for (h, w), c in zip(layout.shapes, counts)]
+    return ReconstructionReport(psnr=psnr_sum / n, ssim=ssim_sum / n, codebook_usage=float((total > 0).double().mean()),
+                                perplexity=_perplexity(total), num_images=n, vocab_size=vocab,
+                                tokens_per_image=layout.length, per_scale=per_scale)
+
+
+def _perplexity(counts: torch.Tensor) -> float:
+    probs = counts[counts > 0] / counts.sum()
+    return float(torch.exp(-(probs * probs.log()).sum()))
 
 
 @torch.no_grad()

@@ -132,3 +132,13 @@ def test_bad_input_is_refused(tokenizer: MultiScaleVQTokenizer) -> None:
         MultiScaleVQTokenizer(**{**SMALL, "scales": [1, 2, 4]})
     with pytest.raises(ValueError, match="strictly increasing"):
         MultiScaleQuantizer(codebook_size=8, embed_dim=4, scales=[2, 1, 4])
+
+
+def test_reconstruction_report_gives_usage_per_scale(tokenizer: MultiScaleVQTokenizer) -> None:
+    from argen.eval.reconstruction import evaluate_reconstruction
+
+    data = [{"image": img} for img in images(6)]
+    report = evaluate_reconstruction(tokenizer, data, batch_size=4, progress=False)
+    assert [s["scale"] for s in report.per_scale] == ["1x1", "2x2", "3x3", "4x4", "6x6", "8x8"]
+    assert report.per_scale[0]["codebook_usage"] <= 6 / 32  # 6 images x 1 token at the coarsest scale
+    assert 1.0 <= report.per_scale[-1]["perplexity"] <= 32 and report.tokens_per_image == 130
