@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import torch
+
 LayoutKind = Literal["grid", "scales", "sequence"]
 
 
@@ -60,3 +62,14 @@ class TokenLayout:
             vocab_size=d.get("vocab_size"),
             channels=d.get("channels"),
         )
+
+
+def check_token_ids(tokens: torch.Tensor, vocab_size: int, *, owner: str) -> None:
+    """Integer ids in [0, vocab_size), else a clear error naming ``owner`` (e.g. "generator") and the
+    likely cause: tokens from another tokenizer than the one ``owner`` was built for."""
+    if tokens.dtype not in (torch.int64, torch.int32, torch.int16):
+        raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
+        raise ValueError(f"token ids span [{int(tokens.min())}, {int(tokens.max())}] but the {owner}'s vocabulary "
+                         f"has {vocab_size} entries (ids 0..{vocab_size - 1}): vocabulary mismatch between the "
+                         f"tokens' tokenizer and this {owner}")

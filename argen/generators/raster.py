@@ -26,7 +26,7 @@ from argen.core import Capabilities, Condition, DecodeState, KVCache, LossOutput
 from argen.core.state import round_up
 from argen.nn.blocks import RMSNorm, TransformerBlock, swiglu_hidden
 from argen.nn.rope import rope_1d, rope_2d
-from tokenizers_vq.layout import TokenLayout
+from tokenizers_vq.layout import TokenLayout, check_token_ids
 
 
 class RasterGenerator(nn.Module):
@@ -100,12 +100,7 @@ class RasterGenerator(nn.Module):
         return cond.as_null()
 
     def check_tokens(self, tokens: Tensor) -> None:
-        if tokens.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
-            raise ValueError(f"token ids span [{int(tokens.min())}, {int(tokens.max())}] but the generator's "
-                             f"vocabulary has {self.vocab_size} entries: vocabulary mismatch between tokenizer "
-                             f"and generator")
+        check_token_ids(tokens, self.vocab_size, owner="generator")
 
     # ---- training ---------------------------------------------------------------------------
     def _trunk(self, h: Tensor, rope: Tensor, key_valid: Tensor | None, state: DecodeState | None = None,

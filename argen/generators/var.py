@@ -40,7 +40,7 @@ from argen.core import Capabilities, Condition, DecodeState, KVCache, LossOutput
 from argen.core.state import round_up
 from argen.nn.adaln import AdaLayerNorm
 from argen.nn.adaln_blocks import AdaLNSelfAttnBlock, level_mask
-from tokenizers_vq.layout import TokenLayout
+from tokenizers_vq.layout import TokenLayout, check_token_ids
 
 
 class VARGenerator(nn.Module):
@@ -173,12 +173,7 @@ class VARGenerator(nn.Module):
         return self.head(self.head_nm(h, cond_vec)).float()  # (B, N, V)
 
     def check_tokens(self, tokens: Tensor) -> None:
-        if tokens.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
-            raise ValueError(f"token ids span [{int(tokens.min())}, {int(tokens.max())}] but the generator's "
-                             f"vocabulary has {self.vocab_size} entries: vocabulary mismatch between tokenizer "
-                             f"and generator")
+        check_token_ids(tokens, self.vocab_size, owner="generator")
 
     # ---- training -------------------------------------------------------------------------------
     def logits(self, tokens: Tensor, cond: Condition) -> Tensor:

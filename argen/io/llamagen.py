@@ -245,18 +245,23 @@ def read_official_checkpoint(path: str | Path, *, entry: str | None = None) -> d
 
 
 # ---- config inference ---------------------------------------------------------------------------
+def indexed_count(state: Mapping[str, Tensor], prefix: str, names: tuple[str, ...], model: str) -> int:
+    """Number of ``{prefix}.{i}.*`` blocks, after checking every block has all of ``names``."""
+    ids = {int(m.group(1)) for k in state if (m := re.match(rf"{re.escape(prefix)}\.(\d+)\.", k))}
+    if not ids:
+        raise KeyError(f"the state dict has no '{prefix}.{{i}}.*' keys: not a {model} checkpoint")
+    count = max(ids) + 1
+    for i in range(count):
+        for name in names:
+            if f"{prefix}.{i}.{name}" not in state:
+                raise KeyError(f"the {model} state dict lacks '{prefix}.{i}.{name}' ({prefix} 0..{count - 1} "
+                               f"inferred from the keys): truncated or not a {model} checkpoint")
+    return count
+
+
 def _layer_count(state: Mapping[str, Tensor]) -> int:
     """Number of transformer layers, after checking every layer has all its weights."""
-    ids = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
-    if not ids:
-        raise KeyError("the state dict has no 'layers.{i}.*' keys: not a LlamaGen GPT checkpoint")
-    n_layer = max(ids) + 1
-    for i in range(n_layer):
-        for name in _LAYER_KEYS:
-            if f"layers.{i}.{name}" not in state:
-                raise KeyError(f"the GPT state dict lacks 'layers.{i}.{name}' (layers 0..{n_layer - 1} inferred "
-                               f"from the keys): truncated or not a LlamaGen checkpoint")
-    return n_layer
+    return indexed_count(state, "layers", _LAYER_KEYS, "LlamaGen GPT")
 
 
 def _resolve_heads(n_layer: int, dim: int, n_head: int | None) -> tuple[int, str | None]:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tokenizers_vq.layout import TokenLayout
+from tokenizers_vq.layout import TokenLayout, check_token_ids
 from tokenizers_vq.msvq.quantizer import MultiScaleQuantizer
-from tokenizers_vq.vq.blocks import Decoder, Encoder
+from tokenizers_vq.vq.blocks import conv_autoencoder
 from tokenizers_vq.vq.model import Reconstruction
 
 
@@ -46,21 +46,16 @@ class MultiScaleVQTokenizer(nn.Module):
         commitment_weight: float = 0.25,
     ) -> None:
         super().__init__()
-        multipliers = list(channel_multipliers)
-        self.downsample_factor = 2 ** (len(multipliers) - 1)
-        if image_size % self.downsample_factor:
-            raise ValueError(f"image_size {image_size} is not divisible by the downsampling factor "
-                             f"{self.downsample_factor} (= 2 ** (len(channel_multipliers) - 1))")
+        self.encoder, self.decoder, self.downsample_factor = conv_autoencoder(
+            image_size=image_size, base_channels=base_channels, channel_multipliers=channel_multipliers,
+            num_res_blocks=num_res_blocks, z_channels=z_channels, attention=attention, norm_groups=norm_groups,
+            dropout=dropout)
         side = image_size // self.downsample_factor
         scales = [int(s) for s in scales]
         if not scales or scales[-1] != side:
             raise ValueError(f"the last scale must equal the latent side {side} (= image_size {image_size} / "
                              f"{self.downsample_factor}), got scales {scales}")
         self.image_size = image_size
-        conv = dict(base_channels=base_channels, channel_multipliers=multipliers, num_res_blocks=num_res_blocks,
-                    z_channels=z_channels, attention=attention, norm_groups=norm_groups, dropout=dropout)
-        self.encoder = Encoder(**conv)
-        self.decoder = Decoder(**conv)
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 3, padding=1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 3, padding=1)
         self.quantize = MultiScaleQuantizer(codebook_size=codebook_size, embed_dim=embed_dim, scales=scales,
@@ -77,12 +72,7 @@ class MultiScaleVQTokenizer(nn.Module):
                              f"resize or crop the images")
 
     def _check_tokens(self, tokens: Tensor) -> None:
-        if tokens.dtype not in (torch.int64, torch.int32, torch.int16):
-            raise TypeError(f"tokens must be integer indices, got {tokens.dtype}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.layout.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.layout.vocab_size}), got range "
-                             f"[{int(tokens.min())}, {int(tokens.max())}]: vocabulary mismatch between "
-                             f"tokens and tokenizer?")
+        check_token_ids(tokens, self.layout.vocab_size, owner="tokenizer")
 
     # ---- training -----------------------------------------------------------------------------
     def reconstruct(self, images: Tensor) -> Reconstruction:

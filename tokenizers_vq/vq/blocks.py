@@ -175,3 +175,21 @@ class Decoder(nn.Module):
         for level in self.conv_blocks:
             h = level(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def conv_autoencoder(*, image_size: int, base_channels: int, channel_multipliers: list[int] | tuple[int, ...],
+                     num_res_blocks: int, z_channels: int, attention: bool, norm_groups: int,
+                     dropout: float) -> tuple[Encoder, Decoder, int]:
+    """The encoder/decoder pair every conv tokenizer here shares, and its downsampling factor
+    ``2 ** (len(channel_multipliers) - 1)``; the image size must be a multiple of it."""
+    multipliers = list(channel_multipliers)
+    if not multipliers:
+        raise ValueError("channel_multipliers must list at least one level")
+    factor = 2 ** (len(multipliers) - 1)
+    if image_size % factor != 0:
+        raise ValueError(f"image_size {image_size} is not divisible by the downsampling factor {factor} "
+                         f"(= 2 ** (len(channel_multipliers) - 1)); use an image size that is a multiple of "
+                         f"{factor} or change channel_multipliers")
+    conv = dict(base_channels=base_channels, channel_multipliers=multipliers, num_res_blocks=num_res_blocks,
+                z_channels=z_channels, attention=attention, norm_groups=norm_groups, dropout=dropout)
+    return Encoder(**conv), Decoder(**conv), factor

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from tokenizers_vq.layout import TokenLayout
-from tokenizers_vq.vq.blocks import Decoder, Encoder
+from tokenizers_vq.layout import TokenLayout, check_token_ids
+from tokenizers_vq.vq.blocks import conv_autoencoder
 from tokenizers_vq.vq.quantizer import VectorQuantizer
 
 
@@ -59,20 +59,11 @@ class VQTokenizer(nn.Module):
         entropy_temperature: float = 0.01,
     ) -> None:
         super().__init__()
-        multipliers = list(channel_multipliers)
-        if not multipliers:
-            raise ValueError("channel_multipliers must list at least one level")
-        self.downsample_factor = 2 ** (len(multipliers) - 1)
-        if image_size % self.downsample_factor != 0:
-            raise ValueError(
-                f"image_size {image_size} is not divisible by the downsampling factor "
-                f"{self.downsample_factor} (= 2 ** (len(channel_multipliers) - 1)); use an image size "
-                f"that is a multiple of {self.downsample_factor} or change channel_multipliers")
+        self.encoder, self.decoder, self.downsample_factor = conv_autoencoder(
+            image_size=image_size, base_channels=base_channels, channel_multipliers=channel_multipliers,
+            num_res_blocks=num_res_blocks, z_channels=z_channels, attention=attention, norm_groups=norm_groups,
+            dropout=dropout)
         self.image_size = image_size
-        conv = dict(base_channels=base_channels, channel_multipliers=multipliers, num_res_blocks=num_res_blocks,
-                    z_channels=z_channels, attention=attention, norm_groups=norm_groups, dropout=dropout)
-        self.encoder = Encoder(**conv)
-        self.decoder = Decoder(**conv)
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
         self.quantize = VectorQuantizer(
@@ -123,12 +114,7 @@ class VQTokenizer(nn.Module):
     @torch.no_grad()
     def decode(self, tokens: Tensor) -> Tensor:
         """tokens (B, L) int64 -> images (B, 3, H, W), roughly in [-1, 1]."""
-        if tokens.dtype not in (torch.int64, torch.int32, torch.int16):
-            raise TypeError(f"tokens must be integer indices, got {tokens.dtype}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.layout.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.layout.vocab_size}), got range "
-                             f"[{int(tokens.min())}, {int(tokens.max())}]: vocabulary mismatch between "
-                             f"tokens and tokenizer?")
+        check_token_ids(tokens, self.layout.vocab_size, owner="tokenizer")
         h, w = self._grid(tokens.shape[1])
         codes = self.embed(tokens.long())  # (B, L, D)
         z = codes.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)  # (B, D, h, w)
