@@ -8,6 +8,11 @@ that plan through ``start``/``step`` only, so any sampler drives any generator w
 to the state (the group decided last step, or a speculative window), and return logits for the
 layout positions ``query`` (Q,) given everything fed so far. With F = 0 the first step runs the
 condition prefix only.
+
+A generator whose inputs are built by its tokenizer (VAR: the scale-residual accumulate step turns
+the scale just decided into the next scale's inputs) also has ``attach_tokenizer(tokenizer)``;
+``argen-train`` and ``argen-sample`` call it with the tokenizer its codes came from. The
+tokenizer stays outside the generator's state dict.
 """
 
 from __future__ import annotations

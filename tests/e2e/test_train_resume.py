@@ -94,3 +94,19 @@ def test_two_process_ddp_matches_one_process_doubled_batch(tmp_path: Path) -> No
     L.seed_everything(0)
     init = {f"tokenizer.{k}": v for k, v in build(cfg.tokenizer, "tokenizer").state_dict().items()}
     assert max((a[k] - init[k]).abs().max().item() for k in a) > 1e-3
+
+
+def test_scale_residual_tokenizer_trains_with_per_scale_usage(tmp_path: Path) -> None:
+    from argen.cli.train import run
+
+    cfg = compose_config("train", ["experiment=shapes_msvq", f"paths.output_root={tmp_path}", *TINY,
+                                   "tokenizer.scales=[1,2,4,16]", "tokenizer.embed_dim=4", "data.train.size=32",
+                                   "trainer.max_steps=6", "trainer.log_every_n_steps=1", "module.dead_code_restart_every=3", "logger=default",
+                                   "logger.tensorboard=null", "callbacks.reconstruction_grid=null"])
+    result = run(cfg)
+    tok = argen.load(result["export_dir"])
+    assert tok.layout.kind == "scales" and tok.layout.length == 1 + 4 + 16 + 256
+    assert tok.encode(torch.rand(2, 3, 32, 32) * 2 - 1).shape == (2, 277)
+    assert not torch.allclose(tok.quantize.usage_ema_scales[0], tok.quantize.usage_ema_scales[-1])
+    logged = (Path(result["run_dir"]) / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/perplexity_scale0", "train/perplexity_scale3", "train/restarted_codes"} <= set(logged)
