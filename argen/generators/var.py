@@ -264,32 +264,29 @@ class VARGenerator(nn.Module):
         if query.numel() and (int(query.min()) < lo or int(query.max()) >= hi):
             raise ValueError(f"query positions must lie in scale {nxt} ({lo}..{hi - 1}), the scale this step "
                              f"computes; got {query.tolist()[:8]}")
-        cond_vec = state.extras["cond"]
+        cond_vec, f_hat = state.extras["cond"], state.extras["f_hat"]
         if state.pending is not None:
             x = state.pending
         else:
             if tokens.device.type == "cpu":
                 self.check_tokens(tokens)
             quantizer = self.residual(tokens.device)
-            f_hat = quantizer.accumulate(state.extras["f_hat"], nxt - 1, tokens)
+            f_hat = quantizer.accumulate(f_hat, nxt - 1, tokens)  # the tokenizer's step (algorithms.md 1.2)
             inputs = quantizer.next_input(f_hat, nxt - 1)  # (B, pn^2, D)
-            state.extras["f_hat"] = f_hat
             x = self.word_embed(inputs.to(self.word_embed.weight.dtype))
             x = x + (self.lvl_embed(self.levels[lo:hi]) + self.pos_1LC[0, lo:hi])[None]
         start, n = state.length, x.shape[1]
-        mask = None
-        if state.pending is not None and (self.prefix_len or state.key_valid is not None):
+        mask = None  # a later scale sees every cached slot; masks only for the prefix block and padding
+        if (state.pending is not None and self.prefix_len) or state.key_valid is not None:
             levels = self.slot_levels[: start + n]
             valid = None if state.key_valid is None else state.key_valid[:, : start + n]
             mask = level_mask(levels[start:], levels, valid)
-        elif state.key_valid is not None:  # a later scale sees every cached slot that is not padding
-            levels = self.slot_levels[: start + n]
-            mask = level_mask(levels[start:], levels, state.key_valid[:, : start + n])
         for block, cache in zip(self.blocks, state.caches):
             x = block(x, cond_vec, mask=mask, cache=cache, start=start)
         state.pending = None
         state.length += n
         state.fed += f
+        state.extras["f_hat"] = f_hat  # committed with the cache, after the blocks ran
         hidden = x[:, (query - lo + (n - (hi - lo))).to(x.device)]  # (B, Q, C)
         return StepOutput(logits=self._head(hidden, cond_vec), hidden=hidden)
 
