@@ -89,7 +89,8 @@ class MultiScaleQuantizer(nn.Module):
         self.phi = nn.ModuleList(Phi(embed_dim, phi_ratio) if abs(phi_ratio) > 1e-6 else nn.Identity()
                                  for _ in range(count))
         self.embedding = nn.Embedding(codebook_size, embed_dim)
-        # VAR's ``eini=-1`` default: uniform in +-1/V.
+        # Uniform in +-1/V: VAR's ``eini(-1)`` option (its VAE training code, which would pick one, is
+        # unreleased). Dead-code restarts (trainer option) re-seed codes the encoder never reaches.
         nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
         # Per-code and per-scale usage fractions (EMA), filled by the trainer from counts reduced over
         # processes; ``usage_ema`` drives dead-code restarts, ``usage_ema_scales`` the per-scale logs
