@@ -1,0 +1,153 @@
+"""Acceptance rules of speculative decoding, as pure functions (algorithms.md sections 7 and 8).
+
+Exact speculative acceptance (Leviathan et al. 2023; Chen et al. 2023; SJD, Teng et al. 2024):
+a draft x drawn from q is accepted with probability ``min(1, p(x) / q(x))``; on the first
+rejection the position is resampled from ``normalise(max(0, p - q))``. The output is then
+distributed exactly as p. For SJD's random drafts q is one-hot on the drawn token, so the
+acceptance probability is p(x) and the residual is p with x removed.
+
+LANTERN (Jang et al. 2024, sec. 8.3): for a draft x, the latent proximity set A is the largest
+prefix of x's k nearest codes (by codebook distance) whose target mass stays <= delta (or
+<= (delta - 1) p(x) for the relative bound, delta > 1). The relaxed target moves A's mass onto x,
+so ``p~(x) = p(x) + p(A)`` and ``TVD(p, p~) = p(A) <= delta``. On rejection x and, when A is not
+empty, its k nearest codes are removed from p before resampling, as the reference code does.
+
+Probabilities here are after guidance and the logits processors (temperature, top-k, top-p), as
+in both references.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+# ---- exact speculative acceptance ---------------------------------------------------------------
+def accept_exact(p_draft: Tensor, q_draft: Tensor, uniform: Tensor) -> Tensor:
+    """Per-position acceptance (B, W) bool: ``u < p(x) / q(x)``, i.e. probability min(1, p/q).
+    p_draft, q_draft: target / draft probability of each drafted token (B, W); uniform: U(0, 1)."""
+    return uniform * q_draft < p_draft
+
+
+def accepted_length(accepted: Tensor) -> Tensor:
+    """(B, W) bool -> (B,) number of leading accepted positions (verification stops at the first
+    rejection)."""
+    return accepted.long().cumprod(dim=-1).sum(dim=-1)
+
+
+def residual(p: Tensor, q: Tensor) -> Tensor:
+    """``normalise(max(0, p - q))`` over the last axis: where a rejected position is resampled from.
+    Where p == q (nothing left) it returns p, which is then the correct distribution anyway."""
+    r = (p - q).clamp_min(0)
+    total = r.sum(-1, keepdim=True)
+    return torch.where(total > 0, r / total.clamp_min(1e-30), p)
+
+
+def one_hot_probs(tokens: Tensor, vocab_size: int) -> Tensor:
+    """The draft distribution of tokens drawn deterministically (SJD's random or copied drafts)."""
+    return torch.nn.functional.one_hot(tokens, vocab_size).to(torch.float32)
+
+
+# ---- LANTERN's relaxed acceptance ---------------------------------------------------------------
+@dataclass
+class Relaxed:
+    """probability: p~(x) (B, W); mass: p(A) moved onto x (the TVD of this step); size: |A|."""
+
+    probability: Tensor
+    mass: Tensor
+    size: Tensor
+
+
+def lantern_relax(p: Tensor, draft: Tensor, neighbours: Tensor, delta: float) -> Relaxed:
+    """p: (B, W, V) target probabilities at the draft positions; draft: (B, W) tokens; neighbours:
+    (V, k) nearest codes of each code, closest first (:func:`neighbour_table`). delta <= 1 bounds
+    p(A) absolutely, delta > 1 relatively (p(A) <= (delta - 1) p(x), LANTERN++'s lambda)."""
+    if delta < 0:
+        raise ValueError(f"delta must be >= 0, got {delta}")
+    near = neighbours.to(draft.device)[draft]  # (B, W, k)
+    p_near = p.gather(-1, near)  # (B, W, k), closest first
+    cumulative = p_near.cumsum(-1)
+    p_x = p.gather(-1, draft[..., None])[..., 0]  # (B, W)
+    bound = torch.full_like(p_x, delta) if delta <= 1 else (delta - 1) * p_x
+    # cumulative mass is non-decreasing, so the largest prefix within the bound is a count
+    size = (cumulative <= bound[..., None]).long().sum(-1)  # (B, W)
+    mass = torch.where(size > 0, cumulative.gather(-1, (size - 1).clamp_min(0)[..., None])[..., 0],
+                       torch.zeros_like(p_x))
+    return Relaxed(probability=p_x + mass, mass=mass, size=size)
+
+
+def accept_lantern(relaxed: Relaxed, uniform: Tensor) -> Tensor:
+    """(B, W) bool: accept x with probability p~(x) (the draft is q = one-hot on x)."""
+    return uniform < relaxed.probability
+
+
+def lantern_residual(p: Tensor, draft: Tensor, neighbours: Tensor, relaxed: Relaxed) -> Tensor:
+    """The distribution a rejected position is resampled from: p without x and, where A was not
+    empty, without x's k nearest codes (LANTERN's reference code), renormalised. p: (B, W, V)."""
+    keep = torch.ones_like(p, dtype=torch.bool)
+    keep.scatter_(-1, draft[..., None], False)
+    near = neighbours.to(draft.device)[draft]  # (B, W, k)
+    drop_near = (relaxed.size > 0)[..., None].expand_as(near)
+    keep.scatter_(-1, near, ~drop_near & keep.gather(-1, near))
+    r = torch.where(keep, p, torch.zeros_like(p))
+    total = r.sum(-1, keepdim=True)
+    return torch.where(total > 0, r / total.clamp_min(1e-30), p)
+
+
+# ---- latent proximity: the neighbour table ------------------------------------------------------
+def codebook_sha256(codebook: Tensor) -> str:
+    return hashlib.sha256(codebook.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def neighbour_table(codebook: Tensor, k: int, *, chunk: int = 4096) -> Tensor:
+    """(V, D) code vectors -> (V, k) int64: each code's k nearest other codes in L2, closest first
+    (the diagonal is excluded, as LANTERN's ``generate_codebook``)."""
+    v = codebook.shape[0]
+    if not 1 <= k < v:
+        raise ValueError(f"k must be in [1, {v - 1}] for a codebook of {v} codes, got {k}")
+    codes = codebook.detach().float()
+    rows = []
+    for start in range(0, v, chunk):
+        d = torch.cdist(codes[start:start + chunk], codes)  # (c, V)
+        d[torch.arange(d.shape[0]), torch.arange(start, start + d.shape[0])] = float("inf")
+        rows.append(d.topk(k, dim=-1, largest=False).indices)
+    return torch.cat(rows)
+
+
+def load_neighbours(codebook: Tensor, k: int, cache_dir: str | Path | None = None) -> Tensor:
+    """The k-neighbour table of ``codebook``, built once and cached as safetensors in ``cache_dir``
+    (named by the codebook's sha256, so a table is never reused for another tokenizer)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    sha = codebook_sha256(codebook)
+    if cache_dir is None:
+        return neighbour_table(codebook, k)
+    path = Path(cache_dir) / f"neighbours_{sha[:16]}.safetensors"
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            table = f.get_tensor("neighbours")
+        check_neighbours(meta, sha, table, k, path)
+        return table[:, :k].long()
+    table = neighbour_table(codebook, k)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"neighbours": table.to(torch.int32).contiguous()}, str(tmp),
+              metadata={"codebook_sha256": sha, "k": str(k)})
+    tmp.replace(path)
+    return table
+
+
+def check_neighbours(meta: dict[str, str], sha: str, table: Tensor, k: int, path: Path | str) -> None:
+    if meta.get("codebook_sha256") != sha:
+        raise ValueError(f"neighbour table {path} was built for another tokenizer (codebook sha256 "
+                         f"{str(meta.get('codebook_sha256'))[:12]}…, this one {sha[:12]}…); delete it or point "
+                         f"the cache elsewhere")
+    if table.shape[1] < k:
+        raise ValueError(f"neighbour table {path} holds {table.shape[1]} neighbours per code, {k} requested; "
+                         f"delete it to rebuild with more")

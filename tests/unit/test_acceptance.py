@@ -1,0 +1,129 @@
+"""Acceptance rules: exact speculative acceptance is lossless, LANTERN bounds the TVD by delta and
+reduces to exact acceptance at delta = 0, the neighbour table is tied to its codebook."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from argen.samplers.acceptance import (
+    accept_exact,
+    accept_lantern,
+    accepted_length,
+    lantern_relax,
+    lantern_residual,
+    load_neighbours,
+    neighbour_table,
+    one_hot_probs,
+    residual,
+)
+
+P = torch.tensor([0.05, 0.40, 0.25, 0.20, 0.10])
+Q = torch.tensor([0.30, 0.10, 0.10, 0.20, 0.30])
+
+
+def speculative_draws(p: torch.Tensor, q: torch.Tensor, n: int, rule: str, seed: int = 0) -> torch.Tensor:
+    """n one-token speculative steps: draft x ~ q, accept by ``rule``, else resample the residual."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.multinomial(q, n, replacement=True, generator=g)
+    u = torch.rand(n, generator=g)
+    if rule == "exact":
+        ok = accept_exact(p[x], q[x], u)
+    else:  # a plausible-looking wrong rule: accept with p(x), ignoring q
+        ok = u < p[x]
+    fallback = torch.multinomial(residual(p, q), n, replacement=True, generator=g)
+    return torch.where(ok, x, fallback)
+
+
+def test_exact_acceptance_is_lossless_by_enumeration() -> None:
+    accept = torch.minimum(torch.ones_like(P), P / Q)  # P(accept | x)
+    rejected = 1 - (Q * accept).sum()
+    out = Q * accept + rejected * residual(P, Q)
+    assert torch.allclose(out, P, atol=1e-6)
+
+
+@pytest.mark.parametrize(("rule", "lossless"), [("exact", True), ("wrong", False)])
+def test_chi_square_accepts_the_exact_rule_and_rejects_a_wrong_one(rule: str, lossless: bool) -> None:
+    n = 40_000
+    counts = torch.bincount(speculative_draws(P, Q, n, rule), minlength=5).double()
+    pvalue = chisquare(counts.numpy(), (P.double() * n).numpy()).pvalue
+    assert (pvalue > 1e-3) if lossless else (pvalue < 1e-6)
+
+
+def test_accepted_length_stops_at_the_first_rejection() -> None:
+    ok = torch.tensor([[True, True, False, True], [False, True, True, True], [True, True, True, True]])
+    assert accepted_length(ok).tolist() == [2, 0, 4]
+
+
+def test_one_hot_drafts_accept_with_p_and_resample_p_without_the_draft() -> None:
+    draft = torch.tensor(2)
+    q = one_hot_probs(draft, 5)
+    assert bool(accept_exact(P[2:3], q[2:3], torch.tensor([0.24]))) and not bool(
+        accept_exact(P[2:3], q[2:3], torch.tensor([0.26])))
+    expected = P.clone()
+    expected[2] = 0
+    assert torch.allclose(residual(P, q), expected / expected.sum())
+
+
+def random_case(b: int = 4, w: int = 3, v: int = 12, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    p = torch.softmax(torch.randn(b, w, v, generator=g) * 2, dim=-1)
+    draft = torch.randint(0, v, (b, w), generator=g)
+    codebook = torch.randn(v, 4, generator=g)
+    return p, draft, neighbour_table(codebook, k=5)
+
+
+@pytest.mark.parametrize("delta", [0.05, 0.1, 0.3])
+def test_lantern_moves_at_most_delta_of_mass(delta: float) -> None:
+    p, draft, nb = random_case()
+    relaxed = lantern_relax(p, draft, nb, delta)
+    # the relaxed target p~: A's mass moved onto x; its TVD to p is p(A), measured explicitly
+    near = nb[draft]
+    in_set = torch.arange(5)[None, None, :] < relaxed.size[..., None]
+    moved = torch.zeros_like(p).scatter_add(-1, near, torch.where(in_set, p.gather(-1, near), 0.0))
+    p_tilde = p - moved
+    p_tilde.scatter_add_(-1, draft[..., None], moved.sum(-1, keepdim=True))
+    tvd = 0.5 * (p_tilde - p).abs().sum(-1)
+    assert torch.all(tvd <= delta + 1e-6) and torch.allclose(tvd, relaxed.mass, atol=1e-6)
+    assert torch.allclose(relaxed.probability, p_tilde.gather(-1, draft[..., None])[..., 0], atol=1e-6)
+    assert bool((relaxed.size > 0).any())  # the bound is exercised, not vacuous
+
+
+def test_lantern_relative_bound() -> None:
+    p, draft, nb = random_case(seed=1)
+    relaxed = lantern_relax(p, draft, nb, delta=1.5)  # p(A) <= 0.5 p(x)
+    p_x = p.gather(-1, draft[..., None])[..., 0]
+    assert torch.all(relaxed.mass <= 0.5 * p_x + 1e-7)
+
+
+def test_lantern_with_delta_zero_is_exact_acceptance() -> None:
+    p, draft, nb = random_case(seed=2)
+    relaxed = lantern_relax(p, draft, nb, delta=0.0)
+    u = torch.rand(draft.shape, generator=torch.Generator().manual_seed(3))
+    q = one_hot_probs(draft, p.shape[-1])
+    exact = accept_exact(p.gather(-1, draft[..., None])[..., 0], torch.ones_like(u), u)
+    assert torch.equal(accept_lantern(relaxed, u), exact)
+    assert torch.allclose(lantern_residual(p, draft, nb, relaxed), residual(p, q), atol=1e-6)
+
+
+def test_neighbour_table_is_nearest_first_and_cached_per_codebook(tmp_path: Path) -> None:
+    codebook = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
+    assert neighbour_table(codebook, 2).tolist() == [[1, 2], [0, 2], [1, 0], [2, 1]]
+    table = load_neighbours(codebook, 2, tmp_path)
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and torch.equal(load_neighbours(codebook, 1, tmp_path), table[:, :1])
+    other = codebook + 0.5
+    assert load_neighbours(other, 2, tmp_path).shape == (4, 2) and len(list(tmp_path.iterdir())) == 2
+    with pytest.raises(ValueError, match="holds 2 neighbours per code, 3 requested"):
+        load_neighbours(codebook, 3, tmp_path)
+    # a table file that belongs to another codebook is refused
+    from safetensors.torch import save_file
+
+    save_file({"neighbours": table.int()}, str(files[0]), metadata={"codebook_sha256": "0" * 64, "k": "2"})
+    with pytest.raises(ValueError, match="built for another tokenizer"):
+        load_neighbours(codebook, 2, tmp_path)
+    with pytest.raises(ValueError, match="k must be in"):
+        neighbour_table(codebook, 4)
