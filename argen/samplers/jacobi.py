@@ -1,0 +1,139 @@
+"""Speculative Jacobi Decoding (Teng et al. 2024, algorithms.md section 7) for any generator whose
+one pass gives logits for a causal window and whose decode state rolls back.
+
+Each pass feeds the last accepted token and the W - 1 drafts that follow it, and gets the target
+distributions p of the W positions. Drafts are verified left to right with the exact rule of
+:mod:`argen.samplers.acceptance` (accept with min(1, p/q); on the first rejection resample from
+``normalise(max(0, p - q))``); when every draft passes, the last position's p gives one more token.
+The state is truncated to the accepted prefix, and the positions still undecided are re-drafted from
+this pass's p (the Jacobi iteration: q becomes that p), the window refilled with random tokens
+(one-hot q, SJD's ``random`` init) or with the token one row above (``row``, SJD's
+``repeat_horizon``).
+
+``window`` counts the positions a pass can decide (W - 1 drafts + 1), so ``window=1`` is ancestral
+sampling, token for token under the same seeds; SJD's 16 drafts are ``window=17``.
+Deliberate difference from SJD: rows of a batch advance together by the shortest accepted prefix
+(any prefix of verified tokens is a valid sample, so this stays lossless; the other rows re-verify
+their later drafts in the next pass), because the KV cache keeps one length per batch. The residual
+is resampled exactly, without re-applying top-k/top-p to it (SJD re-applies the warper, which is
+not lossless with top-p).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+
+from argen.core import Condition, Requirements, SampleResult, SamplingStats, check_compatible
+from argen.samplers.acceptance import accept_exact, accepted_length, one_hot_probs, residual
+from argen.samplers.guidance import Guidance
+from argen.samplers.logits import LogitsProcessor
+from argen.samplers.random import RowRandom
+
+
+class JacobiSampler:
+    """window: positions decided per pass at most (>= 1); init: ``random`` | ``row`` (copy the token
+    one grid row above, random where there is none); temperature / top_k / top_p / cfg_scale /
+    cfg_schedule: as :class:`~argen.samplers.ancestral.AncestralSampler`."""
+
+    requires = Requirements(discrete=True, causal_window=True, rollback=True)
+    name = "sjd"
+
+    def __init__(self, *, window: int = 17, init: str = "random", temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, cfg_scale: float = 1.0, cfg_schedule: str = "constant") -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1 (1 = ancestral sampling), got {window}")
+        if init not in ("random", "row"):
+            raise ValueError(f"init must be 'random' or 'row', got {init!r}")
+        self.window, self.init = window, init
+        self.processor = LogitsProcessor(temperature=temperature, top_k=top_k, top_p=top_p)
+        self.guidance = Guidance(scale=cfg_scale, schedule=cfg_schedule)
+
+    def settings(self) -> dict[str, object]:
+        p, g = self.processor, self.guidance
+        return {"sampler": self.name, "window": self.window, "init": self.init, "temperature": p.temperature,
+                "top_k": p.top_k, "top_p": p.top_p, "cfg_scale": g.scale, "cfg_schedule": g.schedule}
+
+    def _fresh_drafts(self, rng: RowRandom, tokens: Tensor, positions: Tensor, vocab: int,
+                      width: int | None) -> Tensor:
+        """Draft tokens (B, F) for ``positions`` that have no proposal yet."""
+        drafts = rng.randint(vocab, len(positions), device=tokens.device)
+        if self.init == "row" and width is not None:
+            above = positions - width
+            ok = above >= 0
+            if bool(ok.any()):  # the row above is decided or drafted already (raster order)
+                drafts[:, ok.to(tokens.device)] = tokens[:, above[ok].to(tokens.device)]
+        return drafts
+
+    @torch.no_grad()
+    def sample(self, generator: object, cond: Condition, *, seeds: Tensor) -> SampleResult:
+        check_compatible(self, generator)
+        if len(seeds) != len(cond):
+            raise ValueError(f"{len(seeds)} seeds for {len(cond)} conditions")
+        start_time = time.perf_counter()
+        rng = RowRandom(seeds)
+        layout = generator.layout  # type: ignore[attr-defined]
+        length, vocab = layout.length, int(layout.vocab_size)
+        width = layout.shapes[0][1] if layout.kind == "grid" else None
+        device = next(generator.parameters()).device  # type: ignore[attr-defined]
+        state = generator.start(self.guidance.double(generator, cond.to(device)))  # type: ignore[attr-defined]
+        b = len(cond)
+        tokens = torch.zeros(b, length, dtype=torch.long, device=device)  # decided, then drafted
+        q = torch.zeros(b, 0, vocab, device=device)  # draft distributions of positions n .. n + len(q) - 1
+        stats = SamplingStats()
+        n = 0
+        while n < length:
+            w = min(self.window, length - n)
+            have = q.shape[1]
+            if have < w - 1:  # refill the window with fresh drafts (one-hot proposals)
+                new = torch.arange(n + have, n + w - 1)
+                tokens[:, new.to(device)] = self._fresh_drafts(rng, tokens, new, vocab, width)
+                q = torch.cat([q, one_hot_probs(tokens[:, new.to(device)], vocab)], dim=1)
+            q = q[:, : w - 1]
+            fed = torch.arange(max(n - 1, 0), n + w - 1)
+            feed = tokens[:, fed.to(device)]
+            if self.guidance.active:
+                feed = torch.cat([feed, feed])
+            query = torch.arange(n, n + w)
+            out = generator.step(state, feed, fed, query)  # type: ignore[attr-defined]
+            progress = query.float() / max(length - 1, 1)
+            p = self.processor.probs(self.guidance.mix(out.logits, progress))  # (B, w, V)
+            stats.forward_passes += 1
+            if w > 1:
+                drafts = tokens[:, n:n + w - 1]
+                p_draft = p[:, : w - 1].gather(-1, drafts[..., None])[..., 0]
+                q_draft = q.gather(-1, drafts[..., None])[..., 0]
+                accepted = accepted_length(accept_exact(p_draft, q_draft, rng.uniform(w - 1, device=device)))
+            else:
+                accepted = torch.zeros(b, dtype=torch.long, device=device)
+            # next token per row: the residual at the first rejection, or p at the bonus position
+            rows = torch.arange(b, device=device)
+            at = accepted.clamp_max(w - 1)
+            p_at = p[rows, at]  # (B, V)
+            if w > 1:
+                rejected = (accepted < w - 1)[:, None]
+                p_at = torch.where(rejected, residual(p_at, q[rows, at.clamp_max(w - 2)]), p_at)
+            extra = rng.categorical(p_at[:, None])[:, 0]  # (B,)
+            advance = int(accepted.min()) + 1  # rows move together (see the module docstring)
+            keep_extra = accepted + 1 == advance  # rows whose last kept token is the sampled one
+            last = n + advance - 1
+            tokens[rows[keep_extra], last] = extra[keep_extra]
+            n += advance
+            stats.tokens += advance
+            if n >= length:
+                break
+            state.truncate(n - 1)
+            # Jacobi update: undecided positions of this window are re-drafted from this pass's p
+            rest = torch.arange(advance, w)  # window indices still undecided
+            if len(rest):
+                redraft = rng.categorical(p[:, rest.to(device)])
+                tokens[:, (n + torch.arange(len(rest))).to(device)] = redraft
+                q = p[:, rest.to(device)]
+            else:
+                q = torch.zeros(b, 0, vocab, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stats.wall_seconds = time.perf_counter() - start_time
+        return SampleResult(tokens=tokens, stats=stats)
