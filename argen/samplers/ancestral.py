@@ -8,10 +8,10 @@ import time
 import torch
 from torch import Tensor
 
-from argen.core import Condition, Requirements, SampleResult, SamplingStats, check_compatible
+from argen.core import Condition, Requirements, SampleResult, SamplingStats
+from argen.samplers.common import begin, finish
 from argen.samplers.guidance import Guidance
 from argen.samplers.logits import LogitsProcessor
-from argen.samplers.random import RowRandom
 
 
 class AncestralSampler:
@@ -34,15 +34,10 @@ class AncestralSampler:
     @torch.no_grad()
     def sample(self, generator: object, cond: Condition, *, seeds: Tensor) -> SampleResult:
         """cond: B conditions; seeds: (B,) per-row seeds (see :func:`argen.samplers.random.sample_seeds`)."""
-        check_compatible(self, generator)
-        if len(seeds) != len(cond):
-            raise ValueError(f"{len(seeds)} seeds for {len(cond)} conditions")
         start_time = time.perf_counter()
-        rng = RowRandom(seeds)
+        rng, device, state = begin(self, generator, cond, seeds)
         plan = generator.plan()  # type: ignore[attr-defined]
         length = generator.layout.length  # type: ignore[attr-defined]
-        device = next(generator.parameters()).device  # type: ignore[attr-defined]
-        state = generator.start(self.guidance.double(generator, cond.to(device)))  # type: ignore[attr-defined]
         b = len(cond)
         tokens = torch.zeros(b, length, dtype=torch.long, device=device)
         prev = torch.zeros(0, dtype=torch.long)
@@ -58,7 +53,4 @@ class AncestralSampler:
             prev = group
             stats.forward_passes += 1
             stats.tokens += len(group)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        stats.wall_seconds = time.perf_counter() - start_time
-        return SampleResult(tokens=tokens, stats=stats)
+        return SampleResult(tokens=tokens, stats=finish(stats, start_time, device))

@@ -26,8 +26,9 @@ import time
 import torch
 from torch import Tensor
 
-from argen.core import Condition, Requirements, SampleResult, SamplingStats, check_compatible
+from argen.core import Condition, Requirements, SampleResult, SamplingStats
 from argen.samplers.acceptance import accept_exact, accepted_length, one_hot_probs, residual
+from argen.samplers.common import begin, finish
 from argen.samplers.guidance import Guidance
 from argen.samplers.logits import LogitsProcessor
 from argen.samplers.random import RowRandom
@@ -69,16 +70,11 @@ class JacobiSampler:
 
     @torch.no_grad()
     def sample(self, generator: object, cond: Condition, *, seeds: Tensor) -> SampleResult:
-        check_compatible(self, generator)
-        if len(seeds) != len(cond):
-            raise ValueError(f"{len(seeds)} seeds for {len(cond)} conditions")
         start_time = time.perf_counter()
-        rng = RowRandom(seeds)
+        rng, device, state = begin(self, generator, cond, seeds)
         layout = generator.layout  # type: ignore[attr-defined]
         length, vocab = layout.length, int(layout.vocab_size)
         width = layout.shapes[0][1] if layout.kind == "grid" else None
-        device = next(generator.parameters()).device  # type: ignore[attr-defined]
-        state = generator.start(self.guidance.double(generator, cond.to(device)))  # type: ignore[attr-defined]
         b = len(cond)
         tokens = torch.zeros(b, length, dtype=torch.long, device=device)  # decided, then drafted
         q = torch.zeros(b, 0, vocab, device=device)  # draft distributions of positions n .. n + len(q) - 1
@@ -133,7 +129,4 @@ class JacobiSampler:
                 q = p[:, rest.to(device)]
             else:
                 q = torch.zeros(b, 0, vocab, device=device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        stats.wall_seconds = time.perf_counter() - start_time
-        return SampleResult(tokens=tokens, stats=stats)
+        return SampleResult(tokens=tokens, stats=finish(stats, start_time, device))

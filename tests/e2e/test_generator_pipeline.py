@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from argen.cli.common import ConfigError, compose_config
+from argen.core import IncompatibleError
 from argen.cli.sample import check_vocabulary
 from argen.cli.sample import run as sample_run
 from argen.cli.tokenize import run as tokenize_run
@@ -216,3 +217,18 @@ def test_var_refuses_grid_codes_and_grid_generators_refuse_scale_codes(var_pipel
         train_generator(tmp_path, var_pipeline["tokenizer"], var_pipeline["codes"], "shapes_raster", *TEXT_TINY)
     with pytest.raises(ValueError, match="layout mismatch"):
         check_vocabulary(load_pretrained(var_pipeline["tokenizer"]), load_pretrained(text_pipeline["generator"]))
+
+
+def test_sjd_sampler_through_argen_sample(text_pipeline: dict[str, Path], var_pipeline: dict[str, Path],
+                                          tmp_path: Path) -> None:
+    prompts = "prompts=[a photo of a red circle,a photo of two squares]"
+    sample(text_pipeline, tmp_path / "anc", prompts, "n_per_condition=2")
+    sample(text_pipeline, tmp_path / "w1", prompts, "n_per_condition=2", "sampler=sjd", "sampler.window=1")
+    with np.load(tmp_path / "anc" / "samples.npz") as a, np.load(tmp_path / "w1" / "samples.npz") as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"])  # window 1 is ancestral sampling
+    sample(text_pipeline, tmp_path / "sjd", prompts, "n_per_condition=2", "sampler=sjd", "sampler.window=8")
+    written = json.loads((tmp_path / "sjd" / "settings.json").read_text())
+    assert written["sampler"]["sampler"] == "sjd" and written["sampler"]["window"] == 8
+    assert written["stats"]["forward_passes_per_image"] <= 64
+    with pytest.raises(IncompatibleError, match="VARGenerator"):
+        sample(var_pipeline, tmp_path / "var", "prompts=[a photo of a red circle]", "sampler=sjd")
