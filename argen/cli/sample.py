@@ -292,6 +292,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     generator, tokenizer, info = load_models(cfg, device, dtype)
     sampler = build(cfg.sampler, "sampler")
     check_compatible(sampler, generator)
+    if hasattr(sampler, "attach_tokenizer"):  # LANTERN's latent proximity comes from the codebook
+        sampler.attach_tokenizer(tokenizer)
     conds = build_conditions(cfg, generator)
     if int(cfg.n_per_condition) < 1:
         raise ConfigError(f"n_per_condition must be >= 1, got {cfg.n_per_condition}")

@@ -80,6 +80,19 @@ def lantern_relax(p: Tensor, draft: Tensor, neighbours: Tensor, delta: float) ->
     return Relaxed(probability=p_x + mass, mass=mass, size=size)
 
 
+def lantern_target(p: Tensor, draft: Tensor, neighbours: Tensor, relaxed: Relaxed) -> Tensor:
+    """The relaxed target p~ (B, W, V) of each draft: p with the proximity set's mass moved onto x.
+    ``TVD(p, p~) = relaxed.mass``. Verifying a draft x ~ q against p~ with the exact rule (accept with
+    min(1, p~(x) / q(x)), resample ``max(0, p~ - q)``) is LANTERN's rule for any proposal q: for a
+    one-hot q it accepts with p(x) + p(A) and resamples p without x and A."""
+    k = neighbours.shape[1]
+    near = neighbours.to(draft.device)[draft]  # (B, W, k)
+    in_set = torch.arange(k, device=draft.device) < relaxed.size[..., None]
+    moved = torch.zeros_like(p).scatter_add(-1, near, torch.where(in_set, p.gather(-1, near), 0.0))
+    target = p - moved
+    return target.scatter_add(-1, draft[..., None], relaxed.mass[..., None].to(p.dtype))
+
+
 def accept_lantern(relaxed: Relaxed, uniform: Tensor) -> Tensor:
     """(B, W) bool: accept x with probability p~(x) (the draft is q = one-hot on x)."""
     return uniform < relaxed.probability

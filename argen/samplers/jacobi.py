@@ -27,7 +27,15 @@ import torch
 from torch import Tensor
 
 from argen.core import Condition, Requirements, SampleResult, SamplingStats
-from argen.samplers.acceptance import accept_exact, accepted_length, one_hot_probs, residual
+from argen.samplers.acceptance import (
+    accept_exact,
+    accepted_length,
+    lantern_relax,
+    lantern_target,
+    load_neighbours,
+    one_hot_probs,
+    residual,
+)
 from argen.samplers.common import begin, finish
 from argen.samplers.guidance import Guidance
 from argen.samplers.logits import LogitsProcessor
@@ -37,13 +45,27 @@ from argen.samplers.random import RowRandom
 class JacobiSampler:
     """window: positions decided per pass at most (>= 1); init: ``random`` | ``row`` (copy the token
     one grid row above, random where there is none); temperature / top_k / top_p / cfg_scale /
-    cfg_schedule: as :class:`~argen.samplers.ancestral.AncestralSampler`."""
+    cfg_schedule: as :class:`~argen.samplers.ancestral.AncestralSampler`.
+    acceptance: ``exact`` (SJD, lossless) or ``lantern`` (LANTERN's relaxed rule, SJD + LANTERN):
+    each draft x is verified against its relaxed target p~ (the mass of x's latent proximity set,
+    among its ``lantern_k`` nearest codes and at most ``lantern_delta``, moved onto x; see
+    :func:`~argen.samplers.acceptance.lantern_target`), so every step is within TVD delta of p.
+    LANTERN needs the tokenizer's codebook (:meth:`attach_tokenizer`; argen-sample does it); the
+    neighbour table is cached in ``neighbours_cache`` when set."""
 
     requires = Requirements(discrete=True, causal_window=True, rollback=True)
-    name = "sjd"
 
     def __init__(self, *, window: int = 17, init: str = "random", temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, cfg_scale: float = 1.0, cfg_schedule: str = "constant") -> None:
+                 top_p: float = 1.0, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
+                 acceptance: str = "exact", lantern_k: int = 1000, lantern_delta: float = 0.1,
+                 neighbours_cache: str | None = None) -> None:
+        if acceptance not in ("exact", "lantern"):
+            raise ValueError(f"acceptance must be 'exact' or 'lantern', got {acceptance!r}")
+        if lantern_delta < 0 or lantern_k < 1:
+            raise ValueError(f"need lantern_k >= 1 and lantern_delta >= 0, got {lantern_k}, {lantern_delta}")
+        self.acceptance, self.lantern_k, self.lantern_delta = acceptance, lantern_k, lantern_delta
+        self.neighbours_cache = neighbours_cache
+        self.neighbours: Tensor | None = None
         if window < 1:
             raise ValueError(f"window must be >= 1 (1 = ancestral sampling), got {window}")
         if init not in ("random", "row"):
@@ -52,10 +74,26 @@ class JacobiSampler:
         self.processor = LogitsProcessor(temperature=temperature, top_k=top_k, top_p=top_p)
         self.guidance = Guidance(scale=cfg_scale, schedule=cfg_schedule)
 
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return "sjd" if self.acceptance == "exact" else "lantern_jacobi"
+
     def settings(self) -> dict[str, object]:
         p, g = self.processor, self.guidance
-        return {"sampler": self.name, "window": self.window, "init": self.init, "temperature": p.temperature,
-                "top_k": p.top_k, "top_p": p.top_p, "cfg_scale": g.scale, "cfg_schedule": g.schedule}
+        out: dict[str, object] = {"sampler": self.name, "window": self.window, "init": self.init,
+                                  "temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p,
+                                  "cfg_scale": g.scale, "cfg_schedule": g.schedule}
+        if self.acceptance == "lantern":
+            out.update(k=self.lantern_k, delta=self.lantern_delta)
+        return out
+
+    def attach_tokenizer(self, tokenizer: object) -> None:
+        """LANTERN's latent proximity: the k-nearest-code table of the tokenizer's codebook."""
+        if self.acceptance != "lantern":
+            return
+        codebook = tokenizer.codebook()  # type: ignore[attr-defined]
+        k = min(self.lantern_k, codebook.shape[0] - 1)
+        self.neighbours = load_neighbours(codebook, k, self.neighbours_cache)
 
     def _fresh_drafts(self, rng: RowRandom, tokens: Tensor, positions: Tensor, vocab: int,
                       width: int | None) -> Tensor:
@@ -79,6 +117,13 @@ class JacobiSampler:
         tokens = torch.zeros(b, length, dtype=torch.long, device=device)  # decided, then drafted
         q = torch.zeros(b, 0, vocab, device=device)  # draft distributions of positions n .. n + len(q) - 1
         stats = SamplingStats()
+        tvd: list[Tensor] = []
+        if self.acceptance == "lantern" and self.neighbours is None:
+            raise RuntimeError("LANTERN acceptance needs the tokenizer's codebook: call sampler.attach_tokenizer("
+                               "tokenizer) first (argen-sample does)")
+        if self.neighbours is not None and int(self.neighbours.shape[0]) != vocab:
+            raise ValueError(f"the LANTERN neighbour table covers {self.neighbours.shape[0]} codes but the generator "
+                             f"predicts {vocab}: it was built for another tokenizer")
         n = 0
         while n < length:
             w = min(self.window, length - n)
@@ -97,11 +142,19 @@ class JacobiSampler:
             progress = query.float() / max(length - 1, 1)
             p = self.processor.probs(self.guidance.mix(out.logits, progress))  # (B, w, V)
             stats.forward_passes += 1
+            target = p[:, : w - 1]  # what the drafts are verified against: p, or LANTERN's p~
             if w > 1:
                 drafts = tokens[:, n:n + w - 1]
-                p_draft = p[:, : w - 1].gather(-1, drafts[..., None])[..., 0]
+                if self.neighbours is not None:
+                    relaxed = lantern_relax(target, drafts, self.neighbours, self.lantern_delta)
+                    target = lantern_target(target, drafts, self.neighbours, relaxed)
+                p_draft = target.gather(-1, drafts[..., None])[..., 0]
                 q_draft = q.gather(-1, drafts[..., None])[..., 0]
-                accepted = accepted_length(accept_exact(p_draft, q_draft, rng.uniform(w - 1, device=device)))
+                ok = accept_exact(p_draft, q_draft, rng.uniform(w - 1, device=device))
+                accepted = accepted_length(ok)
+                if self.neighbours is not None:  # TVD(p, p~) of every verified position
+                    verified = torch.arange(w - 1, device=device)[None] <= accepted[:, None]
+                    tvd.append(relaxed.mass[verified])
             else:
                 accepted = torch.zeros(b, dtype=torch.long, device=device)
             # next token per row: the residual at the first rejection, or p at the bonus position
@@ -110,7 +163,8 @@ class JacobiSampler:
             p_at = p[rows, at]  # (B, V)
             if w > 1:
                 rejected = (accepted < w - 1)[:, None]
-                p_at = torch.where(rejected, residual(p_at, q[rows, at.clamp_max(w - 2)]), p_at)
+                at_draft = at.clamp_max(w - 2)
+                p_at = torch.where(rejected, residual(target[rows, at_draft], q[rows, at_draft]), p_at)
             extra = rng.categorical(p_at[:, None])[:, 0]  # (B,)
             advance = int(accepted.min()) + 1  # rows move together (see the module docstring)
             keep_extra = accepted + 1 == advance  # rows whose last kept token is the sampled one
@@ -129,4 +183,8 @@ class JacobiSampler:
                 q = p[:, rest.to(device)]
             else:
                 q = torch.zeros(b, 0, vocab, device=device)
+        if tvd:
+            all_tvd = torch.cat(tvd)
+            stats.extra.update(max_tvd=float(all_tvd.max()) if all_tvd.numel() else 0.0,
+                               mean_tvd=float(all_tvd.mean()) if all_tvd.numel() else 0.0)
         return SampleResult(tokens=tokens, stats=finish(stats, start_time, device))

@@ -15,6 +15,7 @@ from argen.samplers.acceptance import (
     accepted_length,
     lantern_relax,
     lantern_residual,
+    lantern_target,
     load_neighbours,
     neighbour_table,
     one_hot_probs,
@@ -81,11 +82,8 @@ def test_lantern_moves_at_most_delta_of_mass(delta: float) -> None:
     p, draft, nb = random_case()
     relaxed = lantern_relax(p, draft, nb, delta)
     # the relaxed target p~: A's mass moved onto x; its TVD to p is p(A), measured explicitly
-    near = nb[draft]
-    in_set = torch.arange(5)[None, None, :] < relaxed.size[..., None]
-    moved = torch.zeros_like(p).scatter_add(-1, near, torch.where(in_set, p.gather(-1, near), 0.0))
-    p_tilde = p - moved
-    p_tilde.scatter_add_(-1, draft[..., None], moved.sum(-1, keepdim=True))
+    p_tilde = lantern_target(p, draft, nb, relaxed)
+    assert torch.allclose(p_tilde.sum(-1), torch.ones_like(relaxed.mass), atol=1e-6)
     tvd = 0.5 * (p_tilde - p).abs().sum(-1)
     assert torch.all(tvd <= delta + 1e-6) and torch.allclose(tvd, relaxed.mass, atol=1e-6)
     assert torch.allclose(relaxed.probability, p_tilde.gather(-1, draft[..., None])[..., 0], atol=1e-6)
@@ -107,6 +105,20 @@ def test_lantern_with_delta_zero_is_exact_acceptance() -> None:
     exact = accept_exact(p.gather(-1, draft[..., None])[..., 0], torch.ones_like(u), u)
     assert torch.equal(accept_lantern(relaxed, u), exact)
     assert torch.allclose(lantern_residual(p, draft, nb, relaxed), residual(p, q), atol=1e-6)
+    assert torch.allclose(lantern_target(p, draft, nb, relaxed), p, atol=1e-7)
+
+
+def test_relaxed_target_residual_is_lanterns_for_one_hot_drafts() -> None:
+    p, draft, nb = random_case(seed=4)
+    relaxed = lantern_relax(p, draft, nb, delta=0.2)
+    target = lantern_target(p, draft, nb, relaxed)
+    q = one_hot_probs(draft, p.shape[-1])
+    # accept with p~(x) / 1, and the residual of p~ against a one-hot draft removes x and its set A
+    assert torch.allclose(target.gather(-1, draft[..., None])[..., 0], relaxed.probability, atol=1e-6)
+    r = residual(target, q)
+    near = nb[draft]
+    in_set = torch.arange(5)[None, None, :] < relaxed.size[..., None]
+    assert torch.all(r.gather(-1, near)[in_set] == 0) and torch.all(r.gather(-1, draft[..., None]) == 0)
 
 
 def test_neighbour_table_is_nearest_first_and_cached_per_codebook(tmp_path: Path) -> None:

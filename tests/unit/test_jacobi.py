@@ -125,3 +125,38 @@ def test_sjd_distribution_with_small_batches_where_several_drafts_are_accepted()
     observed = torch.cat([counts[~rare], counts[rare].sum()[None]])
     expected = torch.cat([expected[~rare], expected[rare].sum()[None]])
     assert chisquare(observed.numpy(), expected.numpy()).pvalue > 1e-3
+
+
+def codebook_tokenizer(vocab: int, seed: int = 0) -> object:
+    class Codebook:
+        def __init__(self) -> None:
+            self.weight = torch.randn(vocab, 4, generator=torch.Generator().manual_seed(seed))
+
+        def codebook(self) -> torch.Tensor:
+            return self.weight
+
+    return Codebook()
+
+
+def test_lantern_with_delta_zero_is_sjd_token_for_token_and_tvd_stays_below_delta() -> None:
+    g = toy(16, grid=4, seed=3, head_std=0.8)
+    cond, seeds = Condition(labels=torch.tensor([0, 1, 2])), torch.tensor([4, 5, 6])
+    exact = JacobiSampler(window=6).sample(g, cond, seeds=seeds)
+    zero = JacobiSampler(window=6, acceptance="lantern", lantern_k=5, lantern_delta=0.0)
+    zero.attach_tokenizer(codebook_tokenizer(16))
+    assert torch.equal(zero.sample(g, cond, seeds=seeds).tokens, exact.tokens)
+    relaxed = JacobiSampler(window=6, acceptance="lantern", lantern_k=8, lantern_delta=0.2)
+    relaxed.attach_tokenizer(codebook_tokenizer(16))
+    out = relaxed.sample(g, cond, seeds=seeds)
+    assert 0 < out.stats.extra["max_tvd"] <= 0.2 and relaxed.settings()["sampler"] == "lantern_jacobi"
+    assert out.stats.forward_passes <= exact.stats.forward_passes + 2  # relaxing never costs much more
+
+
+def test_lantern_needs_the_matching_codebook() -> None:
+    g = toy(16, grid=4)
+    sampler = JacobiSampler(window=4, acceptance="lantern", lantern_k=3)
+    with pytest.raises(RuntimeError, match="attach_tokenizer"):
+        sampler.sample(g, Condition(labels=torch.tensor([0])), seeds=torch.tensor([0]))
+    sampler.attach_tokenizer(codebook_tokenizer(32))
+    with pytest.raises(ValueError, match="built for another tokenizer"):
+        sampler.sample(g, Condition(labels=torch.tensor([0])), seeds=torch.tensor([0]))
