@@ -200,6 +200,9 @@ def sample_shard(cfg: DictConfig, sampler: Any, generator: Any, tokenizer: Any, 
             Image.fromarray(image).save(out / "images" / f"{i:06d}.png")
         for key in ("forward_passes", "tokens", "wall_seconds"):
             stats[key] += float(getattr(result.stats, key))
+        for key, value in result.stats.extra.items():  # sampler-specific bounds, e.g. LANTERN's max_tvd
+            if key.startswith("max_"):
+                stats[key] = max(stats.get(key, float("-inf")), float(value))
         stats["images"] += len(ids)
         stats["batches"] += 1
         bar.update(len(ids))
@@ -264,7 +267,8 @@ def _save_grid(images: np.ndarray, path: Path, per_row: int) -> Path:
 
 def _settings(cfg: DictConfig, sampler: Any, info: dict[str, Any], stats: list[dict[str, float]], world: int,
               files: dict[str, Any]) -> dict[str, Any]:
-    total = {k: sum(s[k] for s in stats) for k in stats[0]}
+    total = {k: sum(s.get(k, 0.0) for s in stats) for k in stats[0] if not k.startswith("max_")}
+    bounds = {k: max(s[k] for s in stats if k in s) for k in {k for s in stats for k in s if k.startswith("max_")}}
     wall = max(s["wall_seconds"] for s in stats)
     images = total["images"]
     return {
@@ -276,7 +280,7 @@ def _settings(cfg: DictConfig, sampler: Any, info: dict[str, Any], stats: list[d
         "stats": {"forward_passes_per_image": total["forward_passes"] / max(total["batches"], 1) if world == 1
                   else stats[0]["forward_passes"] / max(stats[0]["batches"], 1),
                   "tokens_per_pass": total["tokens"] / max(total["forward_passes"], 1),
-                  "sampling_seconds": wall, "images_per_s": images / max(wall, 1e-9)},
+                  "sampling_seconds": wall, "images_per_s": images / max(wall, 1e-9), **bounds},
         "versions": {"torch": torch.__version__},
     }
 

@@ -232,3 +232,8 @@ def test_sjd_sampler_through_argen_sample(text_pipeline: dict[str, Path], var_pi
     assert written["stats"]["forward_passes_per_image"] <= 64
     with pytest.raises(IncompatibleError, match="VARGenerator"):
         sample(var_pipeline, tmp_path / "var", "prompts=[a photo of a red circle]", "sampler=sjd")
+    sample(text_pipeline, tmp_path / "lantern", prompts, "sampler=lantern_jacobi", "sampler.lantern_k=4",
+           "sampler.lantern_delta=0.2")
+    written = json.loads((tmp_path / "lantern" / "settings.json").read_text())
+    assert written["sampler"]["sampler"] == "lantern_jacobi" and written["sampler"]["k"] == 4
+    assert 0.0 <= written["stats"]["max_tvd"] <= 0.2
