@@ -64,10 +64,11 @@ class TokenLayout:
         )
 
 
-def check_token_ids(tokens: torch.Tensor, vocab_size: int, *, owner: str) -> None:
-    """Integer ids in [0, vocab_size), else a clear error naming ``owner`` (e.g. "generator") and the
-    likely cause: tokens from another tokenizer than the one ``owner`` was built for."""
-    if tokens.dtype not in (torch.int64, torch.int32, torch.int16):
+def check_token_ids(tokens: torch.Tensor, vocab_size: int, *, owner: str,
+                    dtypes: tuple[torch.dtype, ...] = (torch.int64, torch.int32, torch.int16)) -> None:
+    """Integer ids (of ``dtypes``) in [0, vocab_size), else a clear error naming ``owner`` (e.g.
+    "generator") and the likely cause: tokens from another tokenizer than the one ``owner`` was built for."""
+    if tokens.dtype not in dtypes:
         raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
         raise ValueError(f"token ids span [{int(tokens.min())}, {int(tokens.max())}] but the {owner}'s vocabulary "

@@ -100,7 +100,7 @@ class RasterGenerator(nn.Module):
         return cond.as_null()
 
     def check_tokens(self, tokens: Tensor) -> None:
-        check_token_ids(tokens, self.vocab_size, owner="generator")
+        check_token_ids(tokens, self.vocab_size, owner="generator", dtypes=(torch.int64, torch.int32))
 
     # ---- training ---------------------------------------------------------------------------
     def _trunk(self, h: Tensor, rope: Tensor, key_valid: Tensor | None, state: DecodeState | None = None,

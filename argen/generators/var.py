@@ -173,7 +173,7 @@ class VARGenerator(nn.Module):
         return self.head(self.head_nm(h, cond_vec)).float()  # (B, N, V)
 
     def check_tokens(self, tokens: Tensor) -> None:
-        check_token_ids(tokens, self.vocab_size, owner="generator")
+        check_token_ids(tokens, self.vocab_size, owner="generator", dtypes=(torch.int64, torch.int32))
 
     # ---- training -------------------------------------------------------------------------------
     def logits(self, tokens: Tensor, cond: Condition) -> Tensor:

@@ -24,9 +24,7 @@ state dict.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +33,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from argen.io.keymap import (
+    build_on_meta,
+    conversion_meta,
+    indexed_count,
+    inverse_table,
+    read_official_checkpoint,
+    rename_keys,
+    require_key,
+)
 from argen.nn.blocks import swiglu_hidden
 
 log = logging.getLogger(__name__)
@@ -115,63 +122,16 @@ GPT_DEFAULTS: dict[str, Any] = {
 }
 _LAYER_KEYS = ("attention.wqkv.weight", "attention.wo.weight", "feed_forward.w1.weight", "feed_forward.w3.weight",
                "feed_forward.w2.weight", "attention_norm.weight", "ffn_norm.weight")
-_WRAPPERS = ("model", "module", "state_dict", "ema")  # LlamaGen's sample scripts try the first three
-_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers
-
-
-# ---- key renaming -------------------------------------------------------------------------------
-def _compile(pattern: str) -> re.Pattern[str]:
-    parts = re.split(r"(\{i\}|\*)", pattern)
-    body = "".join(r"(?P<i>\d+)" if p == "{i}" else r"(?P<rest>.+)" if p == "*" else re.escape(p) for p in parts)
-    return re.compile(body + r"\Z")
-
-
-def _fill(pattern: str, match: re.Match[str]) -> str:
-    groups = match.groupdict()
-    return pattern.replace("{i}", groups.get("i") or "").replace("*", groups.get("rest") or "")
-
-
-def _rename(state: Mapping[str, Tensor], table: Mapping[str, str | None], drop: tuple[str, ...],
-            what: str) -> tuple[dict[str, Tensor], list[str]]:
-    """Rename ``state`` by ``table`` (pattern -> pattern | None); keys matching ``drop`` or mapped
-    to None are left out and returned; any other unmatched key is an error."""
-    rules = [(_compile(src), dst) for src, dst in table.items()] + [(_compile(p), None) for p in drop]
-    out: dict[str, Tensor] = {}
-    dropped: list[str] = []
-    unknown: list[str] = []
-    for key, value in state.items():
-        for rx, dst in rules:
-            m = rx.match(key)
-            if m:
-                if dst is None:
-                    dropped.append(key)
-                else:
-                    out[_fill(dst, m)] = value
-                break
-        else:
-            unknown.append(key)
-    if unknown:
-        raise KeyError(f"{len(unknown)} key(s) have no entry in the {what} conversion table, e.g. "
-                       f"{sorted(unknown)[:8]}: is this the right kind of checkpoint (GPT vs VQ tokenizer)?")
-    if dropped:
-        log.info("%s conversion dropped %d non-weight key(s): %s", what, len(dropped), sorted(dropped)[:8])
-    return out, dropped
-
-
-def _inverse(table: Mapping[str, str | None]) -> dict[str, str]:
-    return {dst: src for src, dst in table.items() if dst is not None}
-
-
 def gpt_to_argen(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """LlamaGen GPT state dict -> RasterGenerator state dict (drops ``freqs_cis`` and caches)."""
-    return _rename(state, GPT_KEY_MAP, (), "LlamaGen->argen GPT")[0]
+    return rename_keys(state, GPT_KEY_MAP, (), "LlamaGen->argen GPT")[0]
 
 
 def argen_to_gpt(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """RasterGenerator state dict -> LlamaGen ``Transformer`` state dict (loads with LlamaGen's
     ``load_state_dict``, which does not expect ``freqs_cis``). A jointly trained argen text
     encoder has no LlamaGen counterpart and is dropped with a warning."""
-    out, dropped = _rename(state, _inverse(GPT_KEY_MAP), GPT_ARGEN_ONLY, "argen->LlamaGen GPT")
+    out, dropped = rename_keys(state, inverse_table(GPT_KEY_MAP), GPT_ARGEN_ONLY, "argen->LlamaGen GPT")
     if dropped:
         log.warning("dropped %d argen-only text-encoder key(s): LlamaGen reads T5 features instead", len(dropped))
     return out
@@ -179,8 +139,8 @@ def argen_to_gpt(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def vq_to_argen(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """LlamaGen VQ state dict -> VQTokenizer state dict (``codebook_used`` -> ``usage_ema`` = 1/V)."""
-    out, _ = _rename(state, VQ_KEY_MAP, (), "LlamaGen->argen VQ")
-    codebook = _require(out, "quantize.embedding.weight", "the VQ codebook")
+    out, _ = rename_keys(state, VQ_KEY_MAP, (), "LlamaGen->argen VQ")
+    codebook = require_key(out, "quantize.embedding.weight", "the VQ codebook")
     size = codebook.shape[0]
     out["quantize.usage_ema"] = torch.full((size,), 1.0 / size, dtype=torch.float32, device=codebook.device)
     return out
@@ -189,76 +149,14 @@ def vq_to_argen(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def argen_to_vq(state: Mapping[str, Tensor], *, codebook_used: bool = True) -> dict[str, Tensor]:
     """VQTokenizer state dict -> LlamaGen ``VQModel`` state dict. ``codebook_used``: add LlamaGen's
     zero-filled usage FIFO (its models register it when ``codebook_show_usage``, the default)."""
-    out, _ = _rename(state, _inverse(VQ_KEY_MAP), VQ_ARGEN_ONLY, "argen->LlamaGen VQ")
+    out, _ = rename_keys(state, inverse_table(VQ_KEY_MAP), VQ_ARGEN_ONLY, "argen->LlamaGen VQ")
     if codebook_used:
         out["quantize.codebook_used"] = torch.zeros(LLAMAGEN_USAGE_SLOTS)
     return out
 
 
 # ---- reading official files ---------------------------------------------------------------------
-def _require(state: Mapping[str, Tensor], key: str, what: str) -> Tensor:
-    if key not in state:
-        raise KeyError(f"the state dict has no '{key}' ({what}); found e.g. {sorted(state)[:6]}")
-    return state[key]
-
-
-def unwrap_state_dict(obj: Any, *, source: str = "checkpoint", entry: str | None = None) -> dict[str, Tensor]:
-    """The tensor dict inside a loaded checkpoint: ``obj[entry]``, else the first of "model",
-    "module", "state_dict", "ema" present (DDP checkpoints), else ``obj`` itself (FSDP ones);
-    DDP/compile prefixes ("module.", "_orig_mod.") are stripped."""
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"{source} holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)")
-    if entry is not None:
-        if entry not in obj:
-            raise KeyError(f"{source} has no entry '{entry}'; it has {sorted(map(str, obj))[:10]}")
-        obj = obj[entry]
-    else:
-        obj = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), obj)
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"{source}: entry '{entry}' is a {type(obj).__name__}, not a state dict")
-    bad = [str(k) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, Tensor))]
-    if bad or not obj:
-        raise TypeError(f"{source} is not a state dict: entries {bad[:6] or '(none)'} are not name -> tensor; "
-                        f"pick the weights with entry=... (top-level entries: {sorted(map(str, obj))[:10]})")
-    state = dict(obj)
-    for prefix in _PREFIXES:
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def read_official_checkpoint(path: str | Path, *, entry: str | None = None) -> dict[str, Tensor]:
-    """Load an official LlamaGen ``.pt`` on the CPU without executing pickled code
-    (``weights_only=True``; an ``args`` Namespace saved by LlamaGen's trainers is allowed)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"LlamaGen checkpoint '{path}' not found; download it first (e.g. c2i_B_256.pt or "
-                                f"vq_ds16_c2i.pt from the LlamaGen release) and pass its path")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path} contains pickled objects other than tensors, which argen refuses to load "
-                         f"(weights_only=True). If you trust the file, re-save only its weights: "
-                         f"torch.save({{'model': torch.load(p, weights_only=False)['model']}}, p2). Cause: {e}") from e
-    return unwrap_state_dict(obj, source=str(path), entry=entry)
-
-
 # ---- config inference ---------------------------------------------------------------------------
-def indexed_count(state: Mapping[str, Tensor], prefix: str, names: tuple[str, ...], model: str) -> int:
-    """Number of ``{prefix}.{i}.*`` blocks, after checking every block has all of ``names``."""
-    ids = {int(m.group(1)) for k in state if (m := re.match(rf"{re.escape(prefix)}\.(\d+)\.", k))}
-    if not ids:
-        raise KeyError(f"the state dict has no '{prefix}.{{i}}.*' keys: not a {model} checkpoint")
-    count = max(ids) + 1
-    for i in range(count):
-        for name in names:
-            if f"{prefix}.{i}.{name}" not in state:
-                raise KeyError(f"the {model} state dict lacks '{prefix}.{i}.{name}' ({prefix} 0..{count - 1} "
-                               f"inferred from the keys): truncated or not a {model} checkpoint")
-    return count
-
-
 def _layer_count(state: Mapping[str, Tensor]) -> int:
     """Number of transformer layers, after checking every layer has all its weights."""
     return indexed_count(state, "layers", _LAYER_KEYS, "LlamaGen GPT")
@@ -286,7 +184,7 @@ def _condition_node(state: Mapping[str, Tensor], dim: int, text_encoder: str | N
                 "dropout": 0.1}
     if "cls_embedding.cap_proj.fc1.weight" in state:
         fc1 = state["cls_embedding.cap_proj.fc1.weight"]  # (dim, caption_dim)
-        slots = _require(state, "cls_embedding.uncond_embedding", "the t2i null caption").shape[0]
+        slots = require_key(state, "cls_embedding.uncond_embedding", "the t2i null caption").shape[0]
         if fc1.shape[0] != dim:
             raise ValueError(f"cap_proj.fc1 projects to {fc1.shape[0]} features but the model width is {dim}")
         encoder = {"_target_": "argen.nn.text.HFTextEncoder", "path": text_encoder or "???", "kind": "t5",
@@ -305,8 +203,8 @@ def infer_gpt_config(state: Mapping[str, Tensor], *, grid_size: int, n_head: int
     ``text_encoder``: local FLAN-T5 folder for t2i checkpoints."""
     if grid_size < 1:
         raise ValueError(f"grid_size must be >= 1, got {grid_size}")
-    tok = _require(state, "tok_embeddings.weight", "token embeddings")
-    out = _require(state, "output.weight", "output head")
+    tok = require_key(state, "tok_embeddings.weight", "token embeddings")
+    out = require_key(state, "output.weight", "output head")
     vocab, dim = int(out.shape[0]), int(tok.shape[1])
     if tuple(tok.shape) != (vocab, dim):
         raise ValueError(f"tok_embeddings {tuple(tok.shape)} and output {tuple(out.shape)} disagree")
@@ -329,10 +227,10 @@ def infer_vq_config(state: Mapping[str, Tensor], *, image_size: int = 256, norm_
     weights, so taken as given: ``image_size`` (sets the token grid; the convolutions work at any
     multiple of the downsampling factor), ``norm_groups`` (LlamaGen: 32) and the l2-normalised
     codebook (``codebook_l2_norm=True`` in every released VQ model)."""
-    codebook = _require(state, "quantize.embedding.weight", "the codebook")
-    base = int(_require(state, "encoder.conv_in.weight", "the encoder stem").shape[0])
+    codebook = require_key(state, "quantize.embedding.weight", "the codebook")
+    base = int(require_key(state, "encoder.conv_in.weight", "the encoder stem").shape[0])
     levels = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.conv_blocks\.(\d+)\.", k))}
-    widths = [int(_require(state, f"encoder.conv_blocks.{i}.res.0.conv1.weight", f"encoder level {i}").shape[0])
+    widths = [int(require_key(state, f"encoder.conv_blocks.{i}.res.0.conv1.weight", f"encoder level {i}").shape[0])
               for i in range(len(levels))]
     if not widths or any(w % base for w in widths):
         raise ValueError(f"encoder level widths {widths} are not multiples of the stem width {base}")
@@ -340,7 +238,7 @@ def infer_vq_config(state: Mapping[str, Tensor], *, image_size: int = 256, norm_
     return {"_target_": "tokenizers_vq.vq.VQTokenizer", "image_size": int(image_size),
             "codebook_size": int(codebook.shape[0]), "embed_dim": int(codebook.shape[1]), "base_channels": base,
             "channel_multipliers": [w // base for w in widths], "num_res_blocks": len(blocks),
-            "z_channels": int(_require(state, "quant_conv.weight", "quant_conv").shape[1]),
+            "z_channels": int(require_key(state, "quant_conv.weight", "quant_conv").shape[1]),
             "attention": "encoder.mid.1.q.weight" in state,  # the mid attention exists iff attention is on
             "norm_groups": int(norm_groups), "dropout": 0.0, "l2_normalize": True, "commitment_weight": 0.25,
             "entropy_weight": 0.0, "entropy_temperature": 0.01}
@@ -363,15 +261,13 @@ def _build_generator(config: dict[str, Any]) -> nn.Module:
     """The module ``config`` describes, on the meta device (filled by ``load_state_dict(assign=True)``)."""
     import functools
 
-    from hydra.utils import instantiate
-
     from argen.generators.raster import RasterGenerator
     from argen.nn.conditioning import TextConditioner
 
+    cond = config["condition"]
+    if "encoder" not in cond:
+        return build_on_meta(config)
     with torch.device("meta"):
-        cond = config["condition"]
-        if "encoder" not in cond:
-            return instantiate(config, _convert_="all")
         stub = _CaptionSlots(max_length=cond["encoder"]["max_length"], out_dim=cond["encoder"]["out_dim"])
         kwargs = {k: v for k, v in config.items() if k not in ("_target_", "condition")}
         return RasterGenerator(**kwargs, condition=functools.partial(TextConditioner, encoder=stub,
@@ -379,10 +275,7 @@ def _build_generator(config: dict[str, Any]) -> nn.Module:
 
 
 def _meta(path: Path, kind: str, layout: Any, dropped: list[str], **extra: Any) -> dict[str, Any]:
-    from argen import __version__
-
-    return {"kind": kind, "layout": layout.to_dict(), "source": str(path), "converted_from": "llamagen",
-            "argen_version": __version__, "dropped_keys": sorted(dropped), **extra}
+    return conversion_meta(path, kind, layout, dropped, "llamagen", **extra)
 
 
 def convert_gpt(path: str | Path, out_dir: str | Path, *, grid_size: int, n_head: int | None = None,
@@ -396,7 +289,7 @@ def convert_gpt(path: str | Path, out_dir: str | Path, *, grid_size: int, n_head
 
     path = Path(path).expanduser()
     raw = read_official_checkpoint(path, entry=entry)
-    state, dropped = _rename(raw, GPT_KEY_MAP, (), "LlamaGen->argen GPT")
+    state, dropped = rename_keys(raw, GPT_KEY_MAP, (), "LlamaGen->argen GPT")
     config = infer_gpt_config(state, grid_size=grid_size, n_head=n_head, multiple_of=multiple_of,
                               text_encoder=text_encoder)
     if "encoder" in config["condition"] and text_encoder is None:

@@ -36,15 +36,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from argen.io.llamagen import (
-    _build_generator,
-    _compile,
-    _inverse,
-    _meta,
-    _rename,
-    _require,
+from argen.io.keymap import (
+    build_on_meta,
+    compile_pattern,
+    conversion_meta,
     indexed_count,
+    inverse_table,
     read_official_checkpoint,
+    rename_keys,
+    require_key,
 )
 
 log = logging.getLogger(__name__)
@@ -182,10 +182,10 @@ def _usage_from_hits(hits: Tensor | None, num_scales: int, vocab: int) -> dict[s
     return {"quantize.usage_ema": usage, "quantize.usage_ema_scales": scales}
 
 
-def _checked_rename(state: Mapping[str, Tensor], table: Mapping[str, str | None], drop: tuple[str, ...],
+def _checkedrename_keys(state: Mapping[str, Tensor], table: Mapping[str, str | None], drop: tuple[str, ...],
                     what: str) -> tuple[dict[str, Tensor], list[str]]:
     try:
-        return _rename(state, table, drop, what)
+        return rename_keys(state, table, drop, what)
     except KeyError as e:
         raise KeyError(f"{e.args[0].split(': is this')[0]}: is this the right kind of checkpoint "
                        f"(--kind var for var_d*.pth, --kind vae for vae_ch160v4096z32.pth)?") from None
@@ -193,7 +193,7 @@ def _checked_rename(state: Mapping[str, Tensor], table: Mapping[str, str | None]
 
 # ---- VAR transformer ----------------------------------------------------------------------------
 def _refuse_shared_aln(state: Mapping[str, Tensor]) -> None:
-    keys = sorted(k for k in state if any(_compile(p).match(k) for p in VAR_SHARED_ALN))
+    keys = sorted(k for k in state if any(compile_pattern(p).match(k) for p in VAR_SHARED_ALN))
     if keys:
         raise ValueError(f"this VAR uses shared adaLN (saln=1, e.g. VAR-d36-s): keys {keys[:4]} (one "
                          f"shared_ada_lin plus a per-block ada_gss offset) have no argen counterpart; argen's "
@@ -203,7 +203,7 @@ def _refuse_shared_aln(state: Mapping[str, Tensor]) -> None:
 def var_to_argen(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """VAR state dict -> VARGenerator state dict (drops ``lvl_1L`` and ``attn_bias_for_masking``)."""
     _refuse_shared_aln(state)
-    return _checked_rename(state, VAR_KEY_MAP, (), "VAR->argen")[0]
+    return _checkedrename_keys(state, VAR_KEY_MAP, (), "VAR->argen")[0]
 
 
 def var_buffers(scales: Sequence[int]) -> dict[str, Tensor]:
@@ -221,9 +221,9 @@ def argen_to_var(state: Mapping[str, Tensor], *, scales: Sequence[int] = VAR_SCA
     extra = sorted(k for k in state if k.startswith("cond_embed.") and k != "cond_embed.embedding_table.weight")
     if extra:
         raise ValueError(f"VAR is class-conditional only; this generator has text-condition keys {extra[:4]}")
-    out, _ = _checked_rename(state, _inverse(VAR_KEY_MAP), (), "argen->VAR")
+    out, _ = _checkedrename_keys(state, inverse_table(VAR_KEY_MAP), (), "argen->VAR")
     if buffers:
-        _check_scales(scales, _require(out, "pos_1LC", "the position table"), out.get("lvl_embed.weight"),
+        _check_scales(scales, require_key(out, "pos_1LC", "the position table"), out.get("lvl_embed.weight"),
                       out.get("pos_start"))
         out.update(var_buffers(scales))
     return out
@@ -255,12 +255,12 @@ def infer_var_config(state: Mapping[str, Tensor], *, scales: Sequence[int] = VAR
     table = state.get("class_emb.weight", state.get("cond_embed.embedding_table.weight"))
     if table is None:
         raise KeyError("the state dict has no class_emb.weight (cond_embed.embedding_table.weight): not a VAR")
-    word = _require(state, "word_embed.weight", "the input projection")
-    head = _require(state, "head.weight", "the output head")
+    word = require_key(state, "word_embed.weight", "the input projection")
+    head = require_key(state, "head.weight", "the output head")
     width, input_dim, vocab = int(word.shape[0]), int(word.shape[1]), int(head.shape[0])
     depth = _block_count(state)
-    _check_scales(scales, _require(state, "pos_1LC", "the position table"),
-                  _require(state, "lvl_embed.weight", "the level embedding"), _require(state, "pos_start", "SOS"))
+    _check_scales(scales, require_key(state, "pos_1LC", "the position table"),
+                  require_key(state, "lvl_embed.weight", "the level embedding"), require_key(state, "pos_start", "SOS"))
     scale_mul = state.get("blocks.0.attn.scale_mul_1H11")
     heads = n_head if n_head is not None else depth
     if scale_mul is not None:
@@ -286,12 +286,12 @@ def infer_var_config(state: Mapping[str, Tensor], *, scales: Sequence[int] = VAR
 def vae_to_argen(state: Mapping[str, Tensor], *, num_scales: int | None = None) -> dict[str, Tensor]:
     """VAR VQVAE state dict -> MultiScaleVQTokenizer state dict. ``num_scales``: the tokenizer's
     scale count (default: the rows of ``ema_vocab_hit_SV``)."""
-    out, _ = _checked_rename(state, {**VAE_KEY_MAP, **PHI_KEY_MAP}, (), "VAR->argen VAE")
+    out, _ = _checkedrename_keys(state, {**VAE_KEY_MAP, **PHI_KEY_MAP}, (), "VAR->argen VAE")
     out = _split_qkv(_flip_decoder(out))
     hits = state.get("quantize.ema_vocab_hit_SV")
     if num_scales is None:
-        num_scales = int(_require(state, "quantize.ema_vocab_hit_SV", "the scale count: pass num_scales").shape[0])
-    vocab = int(_require(out, "quantize.embedding.weight", "the codebook").shape[0])
+        num_scales = int(require_key(state, "quantize.ema_vocab_hit_SV", "the scale count: pass num_scales").shape[0])
+    vocab = int(require_key(out, "quantize.embedding.weight", "the codebook").shape[0])
     out.update(_usage_from_hits(hits, num_scales, vocab))
     return out
 
@@ -306,9 +306,9 @@ def argen_to_vae(state: Mapping[str, Tensor], *, share_quant_resi: int | None = 
         raise ValueError(f"share_quant_resi={share} does not fit {count} phi convs")
     phi = {0: "quantize.quant_resi.{i}.*", 1: "quantize.quant_resi.qresi.*"}.get(
         share, "quantize.quant_resi.qresi_ls.{i}.*")
-    table = {**_inverse(VAE_KEY_MAP), "quantize.phi.{i}.*": phi}
-    out, _ = _checked_rename(_fuse_qkv(_flip_decoder(state)), table, VAE_ARGEN_ONLY, "argen->VAR VAE")
-    out["quantize.ema_vocab_hit_SV"] = _require(state, "quantize.usage_ema_scales", "per-scale usage").clone()
+    table = {**inverse_table(VAE_KEY_MAP), "quantize.phi.{i}.*": phi}
+    out, _ = _checkedrename_keys(_fuse_qkv(_flip_decoder(state)), table, VAE_ARGEN_ONLY, "argen->VAR VAE")
+    out["quantize.ema_vocab_hit_SV"] = require_key(state, "quantize.usage_ema_scales", "per-scale usage").clone()
     return out
 
 
@@ -333,15 +333,15 @@ def infer_vae_config(state: Mapping[str, Tensor], *, scales: Sequence[int] = VAR
     """The MultiScaleVQTokenizer config node for an official (VAR-named) VQVAE state dict. Not in the
     weights, so given: ``scales``, ``phi_ratio`` (VAR's quant_resi, 0.5), ``norm_groups`` (32 in VAR);
     ``image_size`` defaults to ``scales[-1] * f``."""
-    codebook = _require(state, "quantize.embedding.weight", "the codebook")
-    base = int(_require(state, "encoder.conv_in.weight", "the encoder stem").shape[0])
+    codebook = require_key(state, "quantize.embedding.weight", "the codebook")
+    base = int(require_key(state, "encoder.conv_in.weight", "the encoder stem").shape[0])
     levels = len({m.group(1) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.", k))})
-    widths = [int(_require(state, f"encoder.down.{i}.block.0.conv1.weight", f"encoder level {i}").shape[0])
+    widths = [int(require_key(state, f"encoder.down.{i}.block.0.conv1.weight", f"encoder level {i}").shape[0])
               for i in range(levels)]
     if not widths or any(w % base for w in widths):
         raise ValueError(f"encoder level widths {widths} are not multiples of the stem width {base}")
     blocks = len({m.group(1) for k in state if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k))})
-    quant_conv = _require(state, "quant_conv.weight", "quant_conv")
+    quant_conv = require_key(state, "quant_conv.weight", "quant_conv")
     if tuple(quant_conv.shape[-2:]) != (3, 3):
         raise ValueError(f"quant_conv is {tuple(quant_conv.shape[-2:])}: argen's quant convs are 3x3 (quant_conv_ks=3)")
     level_attn = any(k.startswith(f"encoder.down.{levels - 1}.attn.") for k in state)
@@ -360,7 +360,7 @@ def infer_vae_config(state: Mapping[str, Tensor], *, scales: Sequence[int] = VAR
             "codebook_size": int(codebook.shape[0]), "embed_dim": int(codebook.shape[1]),
             "scales": [int(s) for s in scales], "num_phi": num_phi, "phi_ratio": float(phi_ratio),
             "base_channels": base, "channel_multipliers": [w // base for w in widths], "num_res_blocks": blocks,
-            "z_channels": int(_require(state, "encoder.conv_out.weight", "encoder.conv_out").shape[0]),
+            "z_channels": int(require_key(state, "encoder.conv_out.weight", "encoder.conv_out").shape[0]),
             "attention": mid_attn, "norm_groups": int(norm_groups), "dropout": 0.0, "commitment_weight": 0.25}
 
 
@@ -398,23 +398,23 @@ def convert_var(path: str | Path, out_dir: str | Path, *, scales: Sequence[int] 
     scales = list(scales or (tok_config or {}).get("scales") or VAR_SCALES)
     path, raw = _read(path, entry, "var_d16.pth (or d20, d24, d30)")
     _refuse_shared_aln(raw)
-    state, dropped = _checked_rename(raw, VAR_KEY_MAP, (), "VAR->argen")
+    state, dropped = _checkedrename_keys(raw, VAR_KEY_MAP, (), "VAR->argen")
     config = infer_var_config(state, scales=scales, n_head=n_head)
     if depth is not None and depth != config["depth"]:
         raise ValueError(f"{path} holds a depth-{config['depth']} VAR, not depth {depth}")
-    module = _build_generator(config)
+    module = build_on_meta(config)
     _check_names(raw, argen_to_var(module.state_dict(), scales=scales), set(var_buffers(scales)), "VAR")
     module.load_state_dict(state, strict=True, assign=True)
     preset = VAR_PRESETS.get(config["depth"]) if config["width"] == 64 * config["depth"] else None
-    extra: dict[str, Any] = {"converted_from": "var", "preset": preset, "checkpoint_entry": entry}
+    extra: dict[str, Any] = {"preset": preset, "checkpoint_entry": entry}
     if tokenizer is not None and tok_config is not None:
         got = (tok_config.get("codebook_size"), tok_config.get("embed_dim"), list(tok_config.get("scales") or []))
         want = (config["vocab_size"], config["input_dim"], config["scales"])
         if got != want:
             raise ValueError(f"tokenizer {tokenizer} has (codes, code width, scales) {got}; this VAR needs {want}")
         extra["tokenizer"] = {"path": str(Path(tokenizer).resolve()), "sha256": read_meta(tokenizer)["sha256"]}
-    out = save_pretrained(module, out_dir, config=config, meta=_meta(path, "generator", module.layout, dropped, **extra),
-                          overwrite=overwrite)
+    meta = conversion_meta(path, "generator", module.layout, dropped, "var", **extra)
+    out = save_pretrained(module, out_dir, config=config, meta=meta, overwrite=overwrite)
     log.info("converted %s (%s, depth %d, width %d) to %s", path, preset or "custom", config["depth"],
              config["width"], out)
     return out
@@ -438,7 +438,7 @@ def convert_vae(path: str | Path, out_dir: str | Path, *, scales: Sequence[int] 
     expected = argen_to_vae(module.state_dict(), share_quant_resi=share)
     _check_names(raw, expected, {"quantize.ema_vocab_hit_SV"}, "VAE")
     module.load_state_dict(state, strict=True, assign=True)
-    meta = _meta(path, "tokenizer", module.layout, [], converted_from="var", image_size=config["image_size"],
+    meta = conversion_meta(path, "tokenizer", module.layout, [], "var", image_size=config["image_size"],
                  share_quant_resi=share, checkpoint_entry=entry)
     out = save_pretrained(module, out_dir, config=config, meta=meta, overwrite=overwrite)
     log.info("converted %s (%d codes, %d scales, f=%d) to %s", path, config["codebook_size"], len(scales),

@@ -100,7 +100,10 @@ def accept_lantern(relaxed: Relaxed, uniform: Tensor) -> Tensor:
 
 def lantern_residual(p: Tensor, draft: Tensor, neighbours: Tensor, relaxed: Relaxed) -> Tensor:
     """The distribution a rejected position is resampled from: p without x and, where A was not
-    empty, without x's k nearest codes (LANTERN's reference code), renormalised. p: (B, W, V)."""
+    empty, without x's k nearest codes (LANTERN's reference code), renormalised. p: (B, W, V).
+    The Jacobi sampler resamples ``residual(p~, q)`` instead (:func:`lantern_target`): that removes x
+    and A only, is defined for any proposal q, and keeps the step within TVD delta of p; this
+    function documents, and tests pin, the reference's stricter variant for comparison."""
     keep = torch.ones_like(p, dtype=torch.bool)
     keep.scatter_(-1, draft[..., None], False)
     near = neighbours.to(draft.device)[draft]  # (B, W, k)

@@ -97,13 +97,15 @@ class JacobiSampler:
 
     def _fresh_drafts(self, rng: RowRandom, tokens: Tensor, positions: Tensor, vocab: int,
                       width: int | None) -> Tensor:
-        """Draft tokens (B, F) for ``positions`` that have no proposal yet."""
-        drafts = rng.randint(vocab, len(positions), device=tokens.device)
-        if self.init == "row" and width is not None:
-            above = positions - width
-            ok = above >= 0
-            if bool(ok.any()):  # the row above is decided or drafted already (raster order)
-                drafts[:, ok.to(tokens.device)] = tokens[:, above[ok].to(tokens.device)]
+        """Write draft tokens for ``positions`` (consecutive, none proposed yet) into ``tokens`` and
+        return them (B, F). ``row`` copies the token one grid row above (decided, or drafted, possibly
+        earlier in this same refill); random where there is none."""
+        device = tokens.device
+        drafts = rng.randint(vocab, len(positions), device=device)
+        for j, pos in enumerate(positions.tolist()):
+            if self.init == "row" and width is not None and pos >= width:
+                drafts[:, j] = tokens[:, pos - width]
+            tokens[:, pos] = drafts[:, j]
         return drafts
 
     @torch.no_grad()
@@ -130,8 +132,7 @@ class JacobiSampler:
             have = q.shape[1]
             if have < w - 1:  # refill the window with fresh drafts (one-hot proposals)
                 new = torch.arange(n + have, n + w - 1)
-                tokens[:, new.to(device)] = self._fresh_drafts(rng, tokens, new, vocab, width)
-                q = torch.cat([q, one_hot_probs(tokens[:, new.to(device)], vocab)], dim=1)
+                q = torch.cat([q, one_hot_probs(self._fresh_drafts(rng, tokens, new, vocab, width), vocab)], dim=1)
             q = q[:, : w - 1]
             fed = torch.arange(max(n - 1, 0), n + w - 1)
             feed = tokens[:, fed.to(device)]

@@ -160,3 +160,14 @@ def test_lantern_needs_the_matching_codebook() -> None:
     sampler.attach_tokenizer(codebook_tokenizer(32))
     with pytest.raises(ValueError, match="built for another tokenizer"):
         sampler.sample(g, Condition(labels=torch.tensor([0])), seeds=torch.tensor([0]))
+
+
+def test_row_init_copies_the_row_above_including_fresh_drafts() -> None:
+    sampler = JacobiSampler(window=9, init="row")
+    tokens = torch.zeros(1, 16, dtype=torch.long)
+    tokens[0, :3] = torch.tensor([5, 6, 7])  # decided: positions 0..2 of a 4-wide grid
+    from argen.samplers.random import RowRandom
+
+    drafts = sampler._fresh_drafts(RowRandom(torch.tensor([0])), tokens, torch.arange(3, 11), 16, width=4)
+    assert tokens[0, 4:7].tolist() == [5, 6, 7] and tokens[0, 8] == tokens[0, 4] == 5  # a draft copies a draft
+    assert torch.equal(drafts[0], tokens[0, 3:11])
