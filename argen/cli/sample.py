@@ -296,6 +296,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     generator, tokenizer, info = load_models(cfg, device, dtype)
     sampler = build(cfg.sampler, "sampler")
     check_compatible(sampler, generator)
+    drafted_for = getattr(sampler, "target_sha256", None)  # a drafter is trained for one generator
+    if drafted_for and drafted_for != info["generator"].get("sha256"):
+        raise ConfigError(f"the sampler's drafter was trained for generator {drafted_for[:12]}…, not "
+                          f"{cfg.generator_path} ({str(info['generator'].get('sha256'))[:12]}…); train a drafter "
+                          f"for this generator (argen-train experiment=shapes_raster_drafter target_path=...)")
     if hasattr(sampler, "attach_tokenizer"):  # LANTERN's latent proximity comes from the codebook
         sampler.attach_tokenizer(tokenizer)
     conds = build_conditions(cfg, generator)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from argen.cli.common import CONFIG_DIR, ConfigError, build, to_plain
 from argen.data.base import collate_samples
-from argen.data.codes import CACHE_VERSION, MANIFEST
+from argen.data.codes import CACHE_VERSION, MANIFEST, publish_cache
 from argen.io.export import load
 from tokenizers_vq.io import read_meta
 
@@ -102,9 +102,7 @@ def run(cfg: DictConfig) -> Path:
         "preprocessing": {"datasets": {s: data_cfg.get(s) for s in cfg.splits}, "augmentation": None},
         "splits": splits,
     }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    publish_cache(tmp, out, manifest)
     log.info("wrote code cache %s: %s", out, {s: v["count"] for s, v in splits.items()})
     return out
 

@@ -57,7 +57,14 @@ def build_stage(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModu
     """Instantiate the Lightning module and data module of ``cfg.stage``."""
     if cfg.stage not in STAGES:
         raise ConfigError(f"unknown stage {cfg.stage!r}; expected one of {STAGES}")
-    if cfg.stage == "generator":
+    if cfg.stage == "generator" and cfg.get("target_path"):  # a drafter over a frozen target generator
+        from argen.training.prepare import attach_target, prepare_drafter_config
+
+        prepare_drafter_config(cfg)  # sizes from the target, codes of the target's tokenizer
+        drafter = build(cfg.generator, "generator")
+        attach_target(drafter, cfg.target_path)
+        module = build(cfg.module, "module", generator=drafter)
+    elif cfg.stage == "generator":
         from argen.training.prepare import attach_tokenizer, prepare_generator_config
 
         prepare_generator_config(cfg)  # sizes from the code cache, tokenizer hash, text vocabulary

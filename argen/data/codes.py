@@ -55,6 +55,17 @@ def check_manifest(manifest: dict[str, Any], *, root: str | Path, tokenizer_sha2
             f"{preprocessing}; re-run argen-tokenize with the current data config")
 
 
+def publish_cache(tmp: Path, out: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest`` into the fully written cache folder ``tmp`` and move it to ``out`` (replacing
+    an old cache only now, so a crash never leaves a half-written cache under ``out``)."""
+    import shutil
+
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
 class CodeDataset(Dataset):
     """Rows of one split of a code cache: ``tokens`` (L,) int64, ``label``, ``caption``, ``metadata``, ``index``.
 

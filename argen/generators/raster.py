@@ -111,6 +111,11 @@ class RasterGenerator(nn.Module):
 
     def logits(self, tokens: Tensor, cond: Condition) -> Tensor:
         """Teacher-forced logits (B, L, V) for every position in one causal pass."""
+        return self.output(self.features(tokens, cond)).float()
+
+    def features(self, tokens: Tensor, cond: Condition) -> Tensor:
+        """Teacher-forced final features (B, L, C) (after the last norm, what ``output`` reads):
+        feature i predicts token i. The same features :meth:`step` returns as ``hidden``."""
         b, length = tokens.shape
         if length != self.seq_len:
             raise ValueError(f"expected {self.seq_len} tokens per image ({self.layout.kind} {self.layout.shapes}), "
@@ -123,7 +128,7 @@ class RasterGenerator(nn.Module):
         if valid is not None:
             key_valid = torch.cat([valid, valid.new_ones(b, length - 1)], dim=1)
         h = self._trunk(h, self.rope[: h.shape[1]], key_valid)
-        return self.output(h[:, self.prefix_len - 1:]).float()  # (B, L, V)
+        return h[:, self.prefix_len - 1:]  # (B, L, C)
 
     def loss(self, tokens: Tensor, cond: Condition) -> LossOutput:
         if self.training:

@@ -81,6 +81,8 @@ def export_run(run_dir: str | Path, *, ckpt: str = "last", out: str | Path | Non
     if stage == "generator":  # the tokenizer the codes came from: argen-sample decodes with it and checks it
         meta["tokenizer"] = {"path": str(Path(cfg["tokenizer_path"]).resolve()), "sha256": cfg.get("tokenizer_sha256")}
         meta["codes_dir"] = cfg.get("codes_dir")
+        if cfg.get("target_path"):  # a drafter: the generator it drafts for (speculative samplers check it)
+            meta["target"] = {"path": str(Path(cfg["target_path"]).resolve()), "sha256": cfg.get("target_sha256")}
     out_dir = Path(out) if out else run_dir / "export"
     save_pretrained(module, out_dir, config=node, meta=meta, overwrite=overwrite)
     log.info("exported %s (%s weights, step %d) to %s", stage, meta["weights"], meta["global_step"], out_dir)

@@ -27,19 +27,12 @@ import torch
 from torch import Tensor
 
 from argen.core import Condition, Requirements, SampleResult, SamplingStats
-from argen.samplers.acceptance import (
-    accept_exact,
-    accepted_length,
-    lantern_relax,
-    lantern_target,
-    load_neighbours,
-    one_hot_probs,
-    residual,
-)
+from argen.samplers.acceptance import one_hot_probs
 from argen.samplers.common import begin, finish
 from argen.samplers.guidance import Guidance
 from argen.samplers.logits import LogitsProcessor
 from argen.samplers.random import RowRandom
+from argen.samplers.verify import Verifier
 
 
 class JacobiSampler:
@@ -59,13 +52,8 @@ class JacobiSampler:
                  top_p: float = 1.0, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
                  acceptance: str = "exact", lantern_k: int = 1000, lantern_delta: float = 0.1,
                  neighbours_cache: str | None = None) -> None:
-        if acceptance not in ("exact", "lantern"):
-            raise ValueError(f"acceptance must be 'exact' or 'lantern', got {acceptance!r}")
-        if lantern_delta < 0 or lantern_k < 1:
-            raise ValueError(f"need lantern_k >= 1 and lantern_delta >= 0, got {lantern_k}, {lantern_delta}")
-        self.acceptance, self.lantern_k, self.lantern_delta = acceptance, lantern_k, lantern_delta
-        self.neighbours_cache = neighbours_cache
-        self.neighbours: Tensor | None = None
+        self.verifier = Verifier(acceptance=acceptance, lantern_k=lantern_k, lantern_delta=lantern_delta,
+                                 neighbours_cache=neighbours_cache)
         if window < 1:
             raise ValueError(f"window must be >= 1 (1 = ancestral sampling), got {window}")
         if init not in ("random", "row"):
@@ -76,24 +64,19 @@ class JacobiSampler:
 
     @property
     def name(self) -> str:  # type: ignore[override]
-        return "sjd" if self.acceptance == "exact" else "lantern_jacobi"
+        return "lantern_jacobi" if self.verifier.relaxed else "sjd"
 
     def settings(self) -> dict[str, object]:
         p, g = self.processor, self.guidance
         out: dict[str, object] = {"sampler": self.name, "window": self.window, "init": self.init,
                                   "temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p,
                                   "cfg_scale": g.scale, "cfg_schedule": g.schedule}
-        if self.acceptance == "lantern":
-            out.update(k=self.lantern_k, delta=self.lantern_delta)
+        out.update(self.verifier.settings())
         return out
 
     def attach_tokenizer(self, tokenizer: object) -> None:
-        """LANTERN's latent proximity: the k-nearest-code table of the tokenizer's codebook."""
-        if self.acceptance != "lantern":
-            return
-        codebook = tokenizer.codebook()  # type: ignore[attr-defined]
-        k = min(self.lantern_k, codebook.shape[0] - 1)
-        self.neighbours = load_neighbours(codebook, k, self.neighbours_cache)
+        """LANTERN's latent proximity comes from the tokenizer's codebook (see :class:`Verifier`)."""
+        self.verifier.attach_tokenizer(tokenizer)
 
     def _fresh_drafts(self, rng: RowRandom, tokens: Tensor, positions: Tensor, vocab: int,
                       width: int | None) -> Tensor:
@@ -119,13 +102,7 @@ class JacobiSampler:
         tokens = torch.zeros(b, length, dtype=torch.long, device=device)  # decided, then drafted
         q = torch.zeros(b, 0, vocab, device=device)  # draft distributions of positions n .. n + len(q) - 1
         stats = SamplingStats()
-        tvd: list[Tensor] = []
-        if self.acceptance == "lantern" and self.neighbours is None:
-            raise RuntimeError("LANTERN acceptance needs the tokenizer's codebook: call sampler.attach_tokenizer("
-                               "tokenizer) first (argen-sample does)")
-        if self.neighbours is not None and int(self.neighbours.shape[0]) != vocab:
-            raise ValueError(f"the LANTERN neighbour table covers {self.neighbours.shape[0]} codes but the generator "
-                             f"predicts {vocab}: it was built for another tokenizer")
+        self.verifier.begin(vocab)
         n = 0
         while n < length:
             w = min(self.window, length - n)
@@ -143,30 +120,9 @@ class JacobiSampler:
             progress = query.float() / max(length - 1, 1)
             p = self.processor.probs(self.guidance.mix(out.logits, progress))  # (B, w, V)
             stats.forward_passes += 1
-            target = p[:, : w - 1]  # what the drafts are verified against: p, or LANTERN's p~
-            if w > 1:
-                drafts = tokens[:, n:n + w - 1]
-                if self.neighbours is not None:
-                    relaxed = lantern_relax(target, drafts, self.neighbours, self.lantern_delta)
-                    target = lantern_target(target, drafts, self.neighbours, relaxed)
-                p_draft = target.gather(-1, drafts[..., None])[..., 0]
-                q_draft = q.gather(-1, drafts[..., None])[..., 0]
-                ok = accept_exact(p_draft, q_draft, rng.uniform(w - 1, device=device))
-                accepted = accepted_length(ok)
-                if self.neighbours is not None:  # TVD(p, p~) of every verified position
-                    verified = torch.arange(w - 1, device=device)[None] <= accepted[:, None]
-                    tvd.append(relaxed.mass[verified])
-            else:
-                accepted = torch.zeros(b, dtype=torch.long, device=device)
-            # next token per row: the residual at the first rejection, or p at the bonus position
+            verdict = self.verifier(p, tokens[:, n:n + w - 1], q, rng)
+            accepted, extra = verdict.accepted, verdict.token
             rows = torch.arange(b, device=device)
-            at = accepted.clamp_max(w - 1)
-            p_at = p[rows, at]  # (B, V)
-            if w > 1:
-                rejected = (accepted < w - 1)[:, None]
-                at_draft = at.clamp_max(w - 2)
-                p_at = torch.where(rejected, residual(target[rows, at_draft], q[rows, at_draft]), p_at)
-            extra = rng.categorical(p_at[:, None])[:, 0]  # (B,)
             advance = int(accepted.min()) + 1  # rows move together (see the module docstring)
             keep_extra = accepted + 1 == advance  # rows whose last kept token is the sampled one
             last = n + advance - 1
@@ -184,8 +140,5 @@ class JacobiSampler:
                 q = p[:, rest.to(device)]
             else:
                 q = torch.zeros(b, 0, vocab, device=device)
-        if tvd:
-            all_tvd = torch.cat(tvd)
-            stats.extra.update(max_tvd=float(all_tvd.max()) if all_tvd.numel() else 0.0,
-                               mean_tvd=float(all_tvd.mean()) if all_tvd.numel() else 0.0)
+        stats.extra.update(self.verifier.stats())
         return SampleResult(tokens=tokens, stats=finish(stats, start_time, device))

@@ -119,3 +119,51 @@ def _prepare_condition(cond: DictConfig, codes_dir: str) -> None:
         if int(labels.min()) < 0:
             raise ConfigError(f"the code cache {codes_dir} has no class labels (ids < 0): use a text-conditional "
                               f"generator (generator/condition=words)")
+
+
+# the target's settings an EAGLE drafter must share (its layer, rotary table and head are the target's)
+DRAFTER_SHARED_KEYS = ("vocab_size", "dim", "n_head", "grid_size", "sequence_length", "multiple_of",
+                       "ffn_dim_multiplier", "norm_eps", "rope_base")
+
+
+def prepare_drafter_config(cfg: DictConfig) -> None:
+    """A drafter stage (``target_path`` set): the drafter's sizes come from the exported target, the
+    code cache must hold the target's tokenizer's codes, and the tokenizer is the target's."""
+    target_dir = Path(str(cfg.target_path)).expanduser()
+    if not (target_dir / "meta.json").is_file():
+        raise ConfigError(f"target_path '{target_dir}' is not an exported generator (no meta.json); train and "
+                          f"export the target first (argen-train experiment=shapes_raster)")
+    meta = read_meta(target_dir)
+    if meta.get("kind") != "generator":
+        raise ConfigError(f"target_path '{target_dir}' is an exported {meta.get('kind')}, not a generator")
+    recorded = meta.get("tokenizer") or {}
+    if not cfg.get("codes_dir"):
+        raise ConfigError("a drafter trains on a code cache: set codes_dir=<self-distilled codes from argen-distill>")
+    manifest = read_manifest(cfg.codes_dir)
+    check_manifest(manifest, root=cfg.codes_dir, tokenizer_sha256=recorded.get("sha256"))
+    target_cfg = tokenizer_config(target_dir)  # the export's resolved config.yaml
+    gen = cfg.generator
+    with open_dict(cfg):
+        cfg.tokenizer_path = cfg.get("tokenizer_path") or recorded.get("path")
+        cfg.tokenizer_sha256 = recorded.get("sha256")
+        cfg.target_sha256 = meta.get("sha256")
+        for split in ("train", "val", "test"):
+            node = cfg.data.get(split)
+            if node is not None and "tokenizer_sha256" in node:
+                node.tokenizer_sha256 = recorded.get("sha256")
+        for key in DRAFTER_SHARED_KEYS:
+            if target_cfg.get(key) is not None:
+                _fill(gen, key, target_cfg[key], f"the drafter must match its target {target_dir}")
+        if gen.get("condition_dropout") is None:  # train the null-condition features CFG needs as often
+            dropout = (target_cfg.get("condition") or {}).get("dropout")
+            gen.condition_dropout = 0.1 if dropout is None else dropout
+
+
+def attach_target(drafter: Any, target_path: str | Path) -> None:
+    """Load the exported target generator and attach it (frozen) to the drafter."""
+    import torch
+
+    from tokenizers_vq.io import load_pretrained
+
+    with torch.device("cpu"):
+        drafter.attach_target(load_pretrained(target_path))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from PIL import Image
 
 from argen.cli.common import CONFIG_DIR, ConfigError, build, compose_config
@@ -69,6 +70,20 @@ def test_var_presets_have_var_sizes(preset: str, millions: int) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:.*meta parameter")
+def tiny_target(root: Path, cache: list[str]) -> Path:
+    """An exported (untrained) tiny shapes_raster generator for the drafter experiments."""
+    from tokenizers_vq.io import read_meta, save_pretrained
+
+    cfg = compose_config("train", ["experiment=shapes_raster", f"paths.output_root={root}", *cache,
+                                   "generator.dim=32", "generator.n_layer=1", "generator.n_head=2",
+                                   "generator.multiple_of=16"])
+    module, _ = build_stage(cfg)
+    tokenizer = cache[0].split("=", 1)[1]
+    meta = {"kind": "generator", "tokenizer": {"path": tokenizer, "sha256": read_meta(tokenizer)["sha256"]}}
+    return save_pretrained(module.generator, root / "target", config=OmegaConf.to_container(cfg.generator,
+                                                                                           resolve=True), meta=meta)
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(experiment: str, tmp_path: Path, image_root: Path) -> None:
     weights = tmp_path / "weights"
@@ -77,12 +92,15 @@ def test_experiment_composes_and_instantiates(experiment: str, tmp_path: Path, i
     if experiment in GENERATOR_EXPERIMENTS:  # generators need a tokenizer and its code cache
         extra = tiny_code_cache(tmp_path, "digits" if experiment.startswith("digits") else "shapes",
                                 scales=experiment.endswith("_var"))
+    if experiment.endswith("_drafter"):  # drafters need the exported target (and its tokenizer's codes)
+        cache = tiny_code_cache(tmp_path, "shapes")
+        extra = [f"target_path={tiny_target(tmp_path, cache)}", cache[1]]
     cfg = compose_config("train", [f"experiment={experiment}", f"paths.output_root={tmp_path}",
                                    f"paths.weights_dir={weights}", *extra])
     assert cfg.name == experiment
     with torch.device("meta"):  # full-size presets (VQ-16) without allocating their weights
         module, datamodule = build_stage(cfg)
-    model = module.generator if experiment in GENERATOR_EXPERIMENTS else module.tokenizer
+    model = module.generator if experiment in GENERATOR_EXPERIMENTS or "drafter" in experiment else module.tokenizer
     assert model.layout.length > 0
     assert len(datamodule.train_set) > 0
     for key, node in cfg.callbacks.items():
@@ -106,6 +124,19 @@ def test_trainer_presets_instantiate(trainer: str, tmp_path: Path) -> None:
 def test_other_entry_configs_compose(tmp_path: Path) -> None:
     cfg = compose_config("tokenize", ["tokenizer_path=x", f"paths.output_root={tmp_path}"])
     assert cfg.splits == ["train", "val"]
+    cfg = compose_config("distill", ["generator_path=x", "codes_dir=y", f"paths.output_root={tmp_path}"])
+    assert cfg.output_dir == f"{tmp_path}/codes/distilled" and cfg.sampler.cfg_scale == 2.0
+
+
+@pytest.mark.parametrize("sampler", sorted(p.stem for p in (Path(CONFIG_DIR) / "sampler").glob("*.yaml")))
+def test_every_sampler_config_builds(sampler: str, tmp_path: Path) -> None:
+    cfg = compose_config("sample", ["generator_path=x", f"sampler={sampler}", f"paths.output_root={tmp_path}"])
+    if "drafter" in cfg.sampler:  # needs a trained drafter: the missing one is named
+        with pytest.raises(ConfigError, match="not an exported drafter"):
+            build(cfg.sampler, "sampler")
+        return
+    built = build(cfg.sampler, "sampler")
+    assert built.settings()["sampler"] in (sampler, "ancestral")
     assert compose_config("export", ["run_dir=x"]).weights == "ema"
 
 

@@ -237,3 +237,40 @@ def test_sjd_sampler_through_argen_sample(text_pipeline: dict[str, Path], var_pi
     written = json.loads((tmp_path / "lantern" / "settings.json").read_text())
     assert written["sampler"]["sampler"] == "lantern_jacobi" and written["sampler"]["k"] == 4
     assert 0.0 <= written["stats"]["max_tvd"] <= 0.2
+
+
+def test_drafter_distills_trains_and_drives_speculative_sampling(text_pipeline: dict[str, Path],
+                                                                 class_pipeline: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    from argen.cli.distill import run as distill_run
+
+    cfg = compose_config("distill", [f"generator_path={text_pipeline['generator']}",
+                                     f"codes_dir={text_pipeline['codes']}", f"output_dir={tmp_path / 'distilled'}",
+                                     "splits={train: 24, val: 8}", "batch_size=16", "sampler.cfg_scale=3.0"])
+    distilled = distill_run(cfg)
+    manifest = json.loads((distilled / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["count"] == 24 and manifest["preprocessing"]["distilled"]["sampler"]
+    train = compose_config("train", ["experiment=shapes_raster_drafter", f"paths.output_root={tmp_path}",
+                                     f"target_path={text_pipeline['generator']}", f"codes_dir={distilled}",
+                                     *GEN_TINY])
+    drafter = Path(train_run(train)["export_dir"])
+    meta = json.loads((drafter / "meta.json").read_text())
+    target_meta = json.loads((text_pipeline["generator"] / "meta.json").read_text())
+    assert meta["target"]["sha256"] == target_meta["sha256"]
+    prompts = "prompts=[a photo of a red circle,a photo of two squares]"
+    sample(text_pipeline, tmp_path / "anc", prompts, "n_per_condition=2")
+    sample(text_pipeline, tmp_path / "d0", prompts, "n_per_condition=2", "sampler=speculative",
+           f"sampler.drafter={drafter}", "sampler.draft_len=0")
+    with np.load(tmp_path / "anc" / "samples.npz") as a, np.load(tmp_path / "d0" / "samples.npz") as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"])  # no drafts is ancestral sampling
+    sample(text_pipeline, tmp_path / "lantern", prompts, "sampler=speculative_lantern", f"sampler.drafter={drafter}",
+           "sampler.lantern_k=4", "sampler.lantern_delta=0.2")
+    written = json.loads((tmp_path / "lantern" / "settings.json").read_text())
+    assert written["sampler"]["sampler"] == "speculative_lantern" and written["sampler"]["window"] == 5
+    assert 0.0 <= written["stats"]["max_tvd"] <= 0.2
+    with pytest.raises(ConfigError, match="drafter was trained for generator"):
+        sample(class_pipeline, tmp_path / "other", "classes=[1]", "sampler=speculative", f"sampler.drafter={drafter}")
+    with pytest.raises(ConfigError, match="target_path .* is not an exported generator"):
+        train_run(compose_config("train", ["experiment=shapes_raster_drafter", f"paths.output_root={tmp_path}",
+                                           f"target_path={tmp_path / 'nothing'}", f"codes_dir={distilled}",
+                                           "name=bad", *GEN_TINY]))

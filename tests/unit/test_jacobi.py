@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-import argen.samplers.jacobi as jacobi
+import argen.samplers.verify as verify
 from argen.core import Condition, IncompatibleError
 from argen.generators.raster import RasterGenerator
 from argen.nn.conditioning import ClassEmbedder
@@ -60,10 +60,14 @@ def sjd_pvalue(g: RasterGenerator, n: int, window: int) -> float:
     expected = exact_distribution(g, 1, vocab, length)
     out = JacobiSampler(window=window).sample(g, Condition(labels=torch.ones(n, dtype=torch.long)),
                                               seeds=torch.arange(n))
-    counts = sequence_counts(out.tokens, vocab)
     assert out.stats.tokens == length
-    expected = expected * n
-    rare = expected < 5  # pool the rare sequences into one cell so the chi-square approximation holds
+    return pooled_chisquare(sequence_counts(out.tokens, vocab), expected * n)
+
+
+def pooled_chisquare(counts: torch.Tensor, expected: torch.Tensor) -> float:
+    """p-value of observed sequence counts against expected counts, the rare sequences (expected < 5)
+    pooled into one cell so the chi-square approximation holds."""
+    rare = expected < 5
     observed = torch.cat([counts[~rare], counts[rare].sum()[None]])
     expected = torch.cat([expected[~rare], expected[rare].sum()[None]])
     return float(chisquare(observed.numpy(), expected.numpy()).pvalue)
@@ -78,7 +82,7 @@ def test_a_wrong_acceptance_rule_is_detected(monkeypatch: pytest.MonkeyPatch) ->
     """Accepting with p(x) regardless of q is exact for one-hot random drafts but not for the Jacobi
     re-drafts (q = the previous pass's p): the test must see the difference."""
     g = toy(3, length=4, seed=1, head_std=HEAD_STD)
-    monkeypatch.setattr(jacobi, "accept_exact", lambda p, q, u: u < p)
+    monkeypatch.setattr(verify, "accept_exact", lambda p, q, u: u < p)
     assert sjd_pvalue(g, 30_000, window=3) < 1e-6
 
 

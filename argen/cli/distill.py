@@ -1,0 +1,126 @@
+"""argen-distill: self-distilled training data for a drafter (EAGLE / LANTERN train their drafters on
+what the target generates). The exported generator samples tokens for the conditions of an existing
+code cache, and the samples become a new code cache made "by" the same tokenizer.
+
+    argen-distill generator_path=outputs/runs/shapes_raster/export codes_dir=outputs/codes/shapes \\
+        name=shapes_distilled sampler.cfg_scale=3.0
+    argen-train experiment=shapes_raster_drafter
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from argen.cli.common import CONFIG_DIR, ConfigError, build, to_plain
+from argen.cli.tokenize import _write_shard
+from argen.core import Condition
+from argen.data.codes import CACHE_VERSION, MANIFEST, CodeDataset, check_manifest, publish_cache, read_manifest
+from argen.samplers.random import sample_seeds
+from tokenizers_vq.io import load_pretrained, read_meta
+
+log = logging.getLogger("argen")
+
+SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
+
+
+def _conditions(source: CodeDataset, count: int, class_conditional: bool) -> tuple[list[Any], list[int]]:
+    """The first ``count`` conditions of ``source`` (cycled): class ids or captions, and source rows."""
+    rows = [i % len(source) for i in range(count)]
+    if class_conditional:
+        labels = source.labels
+        if int(labels.min()) < 0:
+            raise ConfigError(f"the generator is class-conditional but {source.root} has no class labels")
+        return [int(labels[i]) for i in rows], rows
+    captions = [source.extras[i].get("caption", "") for i in rows]
+    if not all(captions):
+        raise ConfigError(f"the generator is text-conditional but {source.root} has rows without captions")
+    return captions, rows
+
+
+@torch.no_grad()
+def distill_split(cfg: DictConfig, sampler: Any, generator: Any, source: CodeDataset, count: int, out: Path,
+                  seed: int, device: torch.device) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    class_conditional = getattr(generator, "num_classes", None) is not None
+    conds, rows = _conditions(source, count, class_conditional)
+    buffer: dict[str, list[Any]] = {k: [] for k in ("tokens", "label", "index", "caption", "metadata")}
+    shards, pending, written = [], 0, 0
+    bar = tqdm(total=count, desc=f"distill {out.name}", unit="img")
+    for start in range(0, count, int(cfg.batch_size)):
+        ids = list(range(start, min(start + int(cfg.batch_size), count)))
+        part = [conds[i] for i in ids]
+        cond = Condition(labels=torch.tensor(part, device=device)) if class_conditional else Condition(texts=part)
+        result = sampler.sample(generator, cond, seeds=sample_seeds(seed, ids).to(device))
+        buffer["tokens"].append(result.tokens.cpu())
+        buffer["label"].append(torch.tensor(part) if class_conditional else torch.full((len(ids),), -1))
+        buffer["index"].append(torch.tensor([int(source.indices[rows[i]]) for i in ids]))
+        buffer["caption"].extend("" if class_conditional else c for c in part)
+        buffer["metadata"].extend({"sample": i} for i in ids)
+        pending += len(ids)
+        bar.update(len(ids))
+        if pending >= int(cfg.shard_size) or ids[-1] == count - 1:
+            shards.append(f"shard_{len(shards):05d}")
+            _write_shard(out, shards[-1], buffer)
+            written += pending
+            buffer, pending = {k: [] for k in buffer}, 0
+    bar.close()
+    return {"shards": shards, "count": written, "skipped": 0}
+
+
+def run(cfg: DictConfig) -> Path:
+    out = Path(cfg.output_dir)
+    if (out / MANIFEST).exists() and not cfg.overwrite:
+        raise FileExistsError(f"code cache '{out}' already exists; pass overwrite=true to rebuild it")
+    gen_dir = Path(cfg.generator_path)
+    meta = read_meta(gen_dir)
+    if meta.get("kind") != "generator":
+        raise ConfigError(f"{gen_dir} is an exported {meta.get('kind')}, not a generator")
+    tokenizer = meta.get("tokenizer") or {}
+    manifest = read_manifest(cfg.codes_dir)
+    check_manifest(manifest, root=cfg.codes_dir, tokenizer_sha256=tokenizer.get("sha256"))
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if cfg.device == "auto" else cfg.device))
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(str(cfg.dtype))
+    if dtype is None:
+        raise ConfigError(f"dtype must be float32 or bfloat16, got {cfg.dtype!r}")
+    generator = load_pretrained(gen_dir).to(device=device, dtype=dtype).eval()
+    sampler = build(cfg.sampler, "sampler")
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    splits: dict[str, Any] = {}
+    for split, count in cfg.splits.items():
+        if split not in SPLIT_SEED_OFFSET:
+            raise ConfigError(f"unknown split {split!r}; choose among {list(SPLIT_SEED_OFFSET)}")
+        source = CodeDataset(root=cfg.codes_dir, split=split)
+        splits[split] = distill_split(cfg, sampler, generator, source, int(count), tmp / split,
+                                      int(cfg.seed) + SPLIT_SEED_OFFSET[split], device)
+    new_manifest = {
+        "version": CACHE_VERSION,
+        "tokenizer": manifest["tokenizer"],
+        "layout": manifest["layout"],
+        "preprocessing": {"distilled": {"generator": str(gen_dir.resolve()), "generator_sha256": meta.get("sha256"),
+                                        "conditions_from": str(Path(cfg.codes_dir).resolve()),
+                                        "sampler": sampler.settings(), "seed": int(cfg.seed)},
+                          "config": to_plain(cfg)},
+        "splits": splits,
+    }
+    publish_cache(tmp, out, new_manifest)
+    log.info("wrote self-distilled code cache %s: %s", out, {s: v["count"] for s, v in splits.items()})
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="distill")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

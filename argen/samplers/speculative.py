@@ -1,0 +1,167 @@
+"""Speculative decoding with an EAGLE-style drafter (:class:`~argen.generators.drafter.EagleDrafter`),
+verified exactly (plain speculative sampling, lossless) or with LANTERN's relaxed rule
+(algorithms.md section 8).
+
+Each round the drafter catches up on the target features of the tokens decided last round, then
+proposes a chain of ``draft_len`` tokens from its own features (guided and processed like the
+target's logits, so classifier-free guidance runs on the drafter's doubled batch as in LANTERN).
+One target pass feeds the last decided token and the chain and returns the target distributions
+of the chain's positions and the one after; :class:`~argen.samplers.verify.Verifier` keeps the
+leading accepted drafts and one more token (resampled at the first rejection, or the bonus).
+The target's features of the kept positions feed the drafter next round; both states roll back.
+
+draft: ``sample`` draws each draft from the drafter's distribution q and verifies with
+min(1, p/q) (Leviathan et al.); ``greedy`` takes q's most likely token with q = one-hot, so a
+draft is accepted with probability p(x) as in EAGLE's and LANTERN's tree code (a chain here; trees
+are not built). As in :mod:`argen.samplers.jacobi`, the rows of a batch advance together by the
+shortest accepted prefix, which stays lossless.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from argen.core import Condition, Requirements, SampleResult, SamplingStats
+from argen.samplers.acceptance import one_hot_probs
+from argen.samplers.common import begin, finish
+from argen.samplers.guidance import Guidance
+from argen.samplers.logits import LogitsProcessor
+from argen.samplers.verify import Verifier
+
+
+def load_drafter(path: str | Path) -> nn.Module:
+    """An exported drafter (``argen-train experiment=shapes_raster_drafter``), with the sha256 of the
+    target it was trained on in ``drafter.target_sha256`` (from its meta.json; None if unknown)."""
+    from tokenizers_vq.io import load_pretrained, read_meta
+
+    folder = Path(str(path)).expanduser()
+    if not (folder / "meta.json").is_file():
+        raise FileNotFoundError(f"drafter_path '{folder}' is not an exported drafter (no meta.json); train one with "
+                                f"argen-train experiment=shapes_raster_drafter, or fix sampler.drafter_path=...")
+    meta = read_meta(folder)
+    drafter = load_pretrained(folder)
+    if not hasattr(drafter, "attach_target"):
+        raise TypeError(f"{folder} holds a {type(drafter).__name__}, not a drafter")
+    drafter.target_sha256 = (meta.get("target") or {}).get("sha256")
+    return drafter
+
+
+class SpeculativeSampler:
+    """drafter: an :class:`~argen.generators.drafter.EagleDrafter` or the folder of an exported one;
+    draft_len: drafts per target pass (the chain length); draft: ``sample`` | ``greedy``;
+    temperature / top_k / top_p / cfg_scale / cfg_schedule: as
+    :class:`~argen.samplers.ancestral.AncestralSampler` (applied to target and drafter alike);
+    acceptance / lantern_k / lantern_delta / neighbours_cache: see :class:`Verifier`."""
+
+    requires = Requirements(discrete=True, causal_window=True, rollback=True)
+
+    def __init__(self, *, drafter: Any, draft_len: int = 4, draft: str = "sample", temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
+                 acceptance: str = "exact", lantern_k: int = 1000, lantern_delta: float = 0.1,
+                 neighbours_cache: str | None = None) -> None:
+        if draft_len < 0:
+            raise ValueError(f"draft_len must be >= 0 (0 = ancestral sampling), got {draft_len}")
+        if draft not in ("sample", "greedy"):
+            raise ValueError(f"draft must be 'sample' or 'greedy', got {draft!r}")
+        self.drafter = load_drafter(drafter) if isinstance(drafter, (str, Path)) else drafter
+        self.draft_len, self.draft = draft_len, draft
+        self.verifier = Verifier(acceptance=acceptance, lantern_k=lantern_k, lantern_delta=lantern_delta,
+                                 neighbours_cache=neighbours_cache)
+        self.processor = LogitsProcessor(temperature=temperature, top_k=top_k, top_p=top_p)
+        self.guidance = Guidance(scale=cfg_scale, schedule=cfg_schedule)
+
+    @property
+    def name(self) -> str:
+        return "speculative_lantern" if self.verifier.relaxed else "speculative"
+
+    @property
+    def target_sha256(self) -> str | None:
+        """sha256 of the exported generator the drafter was trained on (argen-sample checks it)."""
+        return getattr(self.drafter, "target_sha256", None)
+
+    def settings(self) -> dict[str, object]:
+        p, g = self.processor, self.guidance
+        out: dict[str, object] = {"sampler": self.name, "window": self.draft_len + 1, "draft_len": self.draft_len,
+                                  "draft": self.draft, "temperature": p.temperature, "top_k": p.top_k,
+                                  "top_p": p.top_p, "cfg_scale": g.scale, "cfg_schedule": g.schedule}
+        out.update(self.verifier.settings())
+        return out
+
+    def attach_tokenizer(self, tokenizer: object) -> None:
+        self.verifier.attach_tokenizer(tokenizer)
+
+    def _draft_probs(self, logits: Tensor, position: int, length: int) -> Tensor:
+        progress = torch.full((logits.shape[1],), position / max(length - 1, 1))
+        return self.processor.probs(self.guidance.mix(logits, progress))
+
+    @torch.no_grad()
+    def sample(self, generator: Any, cond: Condition, *, seeds: Tensor) -> SampleResult:
+        start_time = time.perf_counter()
+        rng, device, state = begin(self, generator, cond, seeds)
+        drafter = self.drafter
+        param = next(generator.parameters())
+        drafter.to(device=param.device, dtype=param.dtype).eval()
+        drafter.attach_target(generator)
+        length, vocab = generator.layout.length, int(generator.layout.vocab_size)
+        b = len(cond)
+        double = self.guidance.active
+
+        def rows2(x: Tensor) -> Tensor:  # the tokens of the guided rows and of their null twins
+            return torch.cat([x, x]) if double else x
+
+        self.verifier.begin(vocab)
+        stats = SamplingStats()
+        tokens = torch.zeros(b, length, dtype=torch.long, device=device)
+        dstate = drafter.start(state.batch_size)
+        none = torch.zeros(0, dtype=torch.long)
+        out = generator.step(state, tokens[:, :0].repeat(2 if double else 1, 1), none, torch.tensor([0]))
+        stats.forward_passes += 1
+        tokens[:, 0] = rng.categorical(self._draft_probs(out.logits, 0, length))[:, 0]
+        feats = out.hidden  # target features of positions n_prev .. n - 1 (here: position 0)
+        n, drafted = 1, 0
+        while n < length:
+            d = min(self.draft_len, length - n - 1)  # drafts; the target pass also scores the position after
+            qs = []
+            if d:  # the drafter catches up on the tokens decided last round and their target features
+                if feats.shape[1] != n - dstate.fed:
+                    raise RuntimeError(f"drafter out of step: it has read {dstate.fed} positions, {n} are decided "
+                                       f"and {feats.shape[1]} new features are at hand")
+                g = drafter.step(dstate, rows2(tokens[:, dstate.fed:n]), feats)[:, -1:]
+            for i in range(d):
+                q = self._draft_probs(drafter.head(g), n + i, length)  # (B, 1, V)
+                if self.draft == "greedy":
+                    x = q.argmax(-1)
+                    q = one_hot_probs(x, vocab)
+                else:
+                    x = rng.categorical(q)
+                tokens[:, n + i] = x[:, 0]
+                qs.append(q)
+                if i < d - 1:
+                    g = drafter.step(dstate, rows2(x), g)
+            drafted += d
+            fed = torch.arange(n - 1, n + d)
+            out = generator.step(state, rows2(tokens[:, n - 1:n + d]), fed, torch.arange(n, n + d + 1))
+            stats.forward_passes += 1
+            p = self.processor.probs(self.guidance.mix(out.logits, torch.arange(n, n + d + 1).float()
+                                                       / max(length - 1, 1)))  # (B, d + 1, V)
+            q_all = torch.cat(qs, dim=1) if qs else p[:, :0]
+            verdict = self.verifier(p, tokens[:, n:n + d], q_all, rng)
+            advance = int(verdict.accepted.min()) + 1  # rows move together (lossless; see the docstring)
+            keep = verdict.accepted + 1 == advance  # rows whose last kept token is the sampled one
+            tokens[torch.arange(b, device=device)[keep], n + advance - 1] = verdict.token[keep]
+            # target features of positions n .. n + advance - 1 (their inputs are all decided tokens)
+            feats = torch.cat([feats, out.hidden[:, :advance]], dim=1) if not d else out.hidden[:, :advance]
+            if d:
+                dstate.truncate(n)  # drop the drafter's own chain; it re-reads the target's features
+            n += advance
+            stats.tokens += advance
+            if n < length:
+                state.truncate(n - 1)
+        stats.tokens += 1  # token 0
+        stats.extra.update(self.verifier.stats(), drafted_per_pass=drafted / max(stats.forward_passes - 1, 1))
+        return SampleResult(tokens=tokens, stats=finish(stats, start_time, device))

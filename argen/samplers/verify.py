@@ -1,0 +1,107 @@
+"""Verification of a draft window against the target, shared by every speculative sampler (Jacobi
+drafts, drafter chains): the acceptance rule of :mod:`argen.samplers.acceptance` (exact, or
+LANTERN's relaxed target), the leading accepted drafts, and the token that follows them (resampled
+at the first rejection, or the bonus token from the position after the last draft)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from argen.samplers.acceptance import (
+    accept_exact,
+    accepted_length,
+    lantern_relax,
+    lantern_target,
+    load_neighbours,
+    residual,
+)
+from argen.samplers.random import RowRandom
+
+
+@dataclass
+class Verdict:
+    """accepted: (B,) leading drafts accepted; token: (B,) the next token after them."""
+
+    accepted: Tensor
+    token: Tensor
+
+
+class Verifier:
+    """acceptance: ``exact`` (lossless) or ``lantern`` (each draft x verified against its relaxed
+    target p~: the mass of x's latent proximity set, among its ``lantern_k`` nearest codes and at
+    most ``lantern_delta``, moved onto x; every step stays within TVD delta of p). LANTERN needs the
+    tokenizer's codebook (:meth:`attach_tokenizer`); the neighbour table is cached in
+    ``neighbours_cache`` when set. Records the TVD of every verified position."""
+
+    def __init__(self, *, acceptance: str = "exact", lantern_k: int = 1000, lantern_delta: float = 0.1,
+                 neighbours_cache: str | None = None) -> None:
+        if acceptance not in ("exact", "lantern"):
+            raise ValueError(f"acceptance must be 'exact' or 'lantern', got {acceptance!r}")
+        if lantern_delta < 0 or lantern_k < 1:
+            raise ValueError(f"need lantern_k >= 1 and lantern_delta >= 0, got {lantern_k}, {lantern_delta}")
+        self.acceptance, self.lantern_k, self.lantern_delta = acceptance, lantern_k, lantern_delta
+        self.neighbours_cache = neighbours_cache
+        self.neighbours: Tensor | None = None
+        self.tvd: list[Tensor] = []
+
+    @property
+    def relaxed(self) -> bool:
+        return self.acceptance == "lantern"
+
+    def settings(self) -> dict[str, object]:
+        return {"k": self.lantern_k, "delta": self.lantern_delta} if self.relaxed else {}
+
+    def attach_tokenizer(self, tokenizer: object) -> None:
+        """LANTERN's latent proximity: the k-nearest-code table of the tokenizer's codebook."""
+        if not self.relaxed:
+            return
+        codebook = tokenizer.codebook()  # type: ignore[attr-defined]
+        k = min(self.lantern_k, codebook.shape[0] - 1)
+        self.neighbours = load_neighbours(codebook, k, self.neighbours_cache)
+
+    def begin(self, vocab: int) -> None:
+        """Check the rule can verify a generator predicting ``vocab`` codes; reset the TVD record."""
+        self.tvd = []
+        if self.relaxed and self.neighbours is None:
+            raise RuntimeError("LANTERN acceptance needs the tokenizer's codebook: call sampler.attach_tokenizer("
+                               "tokenizer) first (argen-sample does)")
+        if self.neighbours is not None and int(self.neighbours.shape[0]) != vocab:
+            raise ValueError(f"the LANTERN neighbour table covers {self.neighbours.shape[0]} codes but the generator "
+                             f"predicts {vocab}: it was built for another tokenizer")
+
+    def __call__(self, p: Tensor, drafts: Tensor, q: Tensor, rng: RowRandom) -> Verdict:
+        """p: (B, D + 1, V) target distributions at the D draft positions and the one after; drafts:
+        (B, D); q: (B, D, V) the distributions the drafts were drawn from. Draws D uniforms (none when
+        D = 0), then one categorical."""
+        b, d = drafts.shape
+        device = p.device
+        rows = torch.arange(b, device=device)
+        if d == 0:
+            return Verdict(accepted=torch.zeros(b, dtype=torch.long, device=device),
+                           token=rng.categorical(p[:, :1])[:, 0])
+        target = p[:, :d]
+        if self.neighbours is not None:
+            relaxed = lantern_relax(target, drafts, self.neighbours, self.lantern_delta)
+            target = lantern_target(target, drafts, self.neighbours, relaxed)
+        p_draft = target.gather(-1, drafts[..., None])[..., 0]
+        q_draft = q.gather(-1, drafts[..., None])[..., 0]
+        accepted = accepted_length(accept_exact(p_draft, q_draft, rng.uniform(d, device=device)))
+        if self.neighbours is not None:  # TVD(p, p~) of every verified position
+            verified = torch.arange(d, device=device)[None] <= accepted[:, None]
+            self.tvd.append(relaxed.mass[verified])
+        # the residual of the first rejected position, or p after the last draft when all passed
+        at = accepted.clamp_max(d - 1)
+        nxt = torch.where((accepted < d)[:, None], residual(target[rows, at], q[rows, at]), p[rows, accepted])
+        return Verdict(accepted=accepted, token=rng.categorical(nxt[:, None])[:, 0])
+
+    def stats(self) -> dict[str, float]:
+        """max_tvd / mean_tvd over the verified positions since :meth:`begin` (LANTERN only)."""
+        if not self.tvd:
+            return {}
+        tvd = torch.cat(self.tvd)
+        if not tvd.numel():
+            return {"max_tvd": 0.0, "mean_tvd": 0.0}
+        return {"max_tvd": float(tvd.max()), "mean_tvd": float(tvd.mean())}
