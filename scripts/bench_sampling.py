@@ -404,8 +404,11 @@ def merge_report(path: Path, top: dict[str, Any], runs: list[dict[str, Any]]) ->
 
 
 def run_label(r: dict[str, Any]) -> str:
-    """Plot label: VAR runs by preset, grid and scale count; raster runs by preset and token count."""
-    if r.get("family") == "var":
+    """Plot label: VAR runs by preset, grid and scale count; raster runs by preset and token count;
+    trained-model sweep runs by generator and sampler setting."""
+    if r.get("setting"):
+        label = f"{r['generator']} (trained) {r['setting']}"
+    elif r.get("family") == "var":
         label = f"VAR {r.get('preset')} {r.get('grid')} ({len(r.get('scales') or ())} scales), {r['sampler']}"
     else:
         grid = f"{r['grid']} " if r.get("grid") else ""
@@ -502,6 +505,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale of the extra CFG run (1 = none)")
     p.add_argument("--cfg-batch", type=int, default=8, help="batch of the extra CFG run (0 = skip it)")
     p.add_argument("--matmul-budget", type=float, default=None, help="seconds for the matmul peak probe")
+    t = p.add_argument_group("trained-model sampler sweep (scripts/bench_speculative.py): replaces the runs above")
+    t.add_argument("--trained", default=None, help="exported shapes generator: sweep samplers on it (speed + quality)")
+    t.add_argument("--drafter", default=None, help="exported drafter for the speculative settings")
+    t.add_argument("--sweep", default=None, help="';'-separated settings, e.g. 'ancestral; sjd:window=17; "
+                                                  "speculative_lantern:draft_len=4,k=50,delta=0.1' (default: the "
+                                                  "issue-6 sweep)")
+    t.add_argument("--cfg-scale-trained", type=float, default=3.0, help="guidance scale of every sweep setting")
+    t.add_argument("--suite-per-tag", type=int, default=20, help="ShapesEval prompts per task (suite_per_tag)")
+    t.add_argument("--n-per-prompt", type=int, default=4, help="ShapesEval images per prompt")
+    t.add_argument("--fd-prompts", type=int, default=1000, help="fd_shapes test captions (0 = skip fd_shapes)")
+    t.add_argument("--fd-batch", type=int, default=8, help="batch of the fd_shapes runs (their speed figures too)")
+    t.add_argument("--feature-net", default="outputs/feature_nets/shapes", help="shapes feature network export")
+    t.add_argument("--seed", type=int, default=0, help="argen-sample seed of every sweep run")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0 = torch's default); 1 avoids the thread-barrier stalls that "
                         "multi-threaded kernels suffer when other processes load the CPUs")
@@ -585,12 +601,37 @@ def log_record(r: dict[str, Any]) -> None:
              r["repeats"])
 
 
+def main_trained(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
+    """--trained: the sampler sweep of scripts/bench_speculative.py, merged into sampling.json."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_speculative as spec
+
+    started, load_before = time.time(), os.getloadavg()
+    runs = spec.run_trained(args, lambda r: log.info("%s", r["setting"]))
+    path = args.out / "sampling.json"
+    report = merge_report(path, {}, runs)
+    spec.fill_ratios(report["runs"])
+    report["trained_sweep"] = {
+        "command": "python scripts/bench_sampling.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "elapsed_s": round(time.time() - started, 1),
+        "machine": machine_info(make_settings(args), load_before)}
+    write_json_atomic(path, report)
+    if any(not r.get("trained") for r in report["runs"]):
+        plot(report, args.out / "sampling.png")
+    spec.plot_quality(report["runs"], args.out / "speculative.png")
+    for line in spec.summary_lines(report["runs"]):
+        log.info("%s", line)
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    settings, (specs, batches) = make_settings(args), select(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.trained:
+        return main_trained(args, argv)
+    settings, (specs, batches) = make_settings(args), select(args)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     started, load_before = time.time(), os.getloadavg()

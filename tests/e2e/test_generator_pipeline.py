@@ -274,3 +274,28 @@ def test_drafter_distills_trains_and_drives_speculative_sampling(text_pipeline: 
         train_run(compose_config("train", ["experiment=shapes_raster_drafter", f"paths.output_root={tmp_path}",
                                            f"target_path={tmp_path / 'nothing'}", f"codes_dir={distilled}",
                                            "name=bad", *GEN_TINY]))
+
+
+def test_bench_sampling_sweeps_samplers_on_a_trained_generator(text_pipeline: dict[str, Path], tmp_path: Path) -> None:
+    from tests.unit.test_bench_sampling import load_script
+
+    bench = load_script()
+    out = tmp_path / "bench"
+    report = bench.main(["--out", str(out), "--trained", str(text_pipeline["generator"]), "--suite-per-tag", "1",
+                         "--n-per-prompt", "1", "--fd-prompts", "0", "--threads", "1",
+                         "--sweep", "ancestral; sjd:window=4; lantern_jacobi:window=4,k=4,delta=0.2"])
+    runs = {r["setting"]: r for r in report["runs"]}
+    assert set(runs) == {"ancestral", "sjd[window=4]", "lantern_jacobi[window=4,k=4,delta=0.2]"}
+    assert runs["ancestral"]["forward_passes_per_image"] == 64 and runs["ancestral"]["passes_vs_ancestral"] == 1.0
+    sjd = runs["sjd[window=4]"]
+    assert sjd["sampler"] == "sjd" and sjd["window"] == 4 and sjd["drafts_per_pass"] == 3 and sjd["batch"] == 1
+    assert sjd["forward_passes_per_image"] * sjd["accepted_per_pass"] == 64
+    assert sjd["passes_vs_ancestral"] == 64 / sjd["forward_passes_per_image"]
+    assert 0.0 <= sjd["shapes_overall"] <= 1.0 and sjd["quality_batches"] == {"shapes_overall": 1}
+    lantern = runs["lantern_jacobi[window=4,k=4,delta=0.2]"]
+    assert lantern["k"] == 4 and lantern["delta"] == 0.2 and 0.0 <= lantern["max_tvd"] <= 0.2
+    assert (out / "speculative.png").is_file() and (out / "sampling.json").is_file()
+    with pytest.raises(SystemExit, match="unknown sampler"):
+        bench.main(["--out", str(out), "--trained", str(text_pipeline["generator"]), "--sweep", "beam:width=2"])
+    with pytest.raises(SystemExit, match="needs --drafter"):
+        bench.main(["--out", str(out), "--trained", str(text_pipeline["generator"]), "--sweep", "speculative"])
