@@ -13,8 +13,14 @@ The target's features of the kept positions feed the drafter next round; both st
 draft: ``sample`` draws each draft from the drafter's distribution q and verifies with
 min(1, p/q) (Leviathan et al.); ``greedy`` takes q's most likely token with q = one-hot, so a
 draft is accepted with probability p(x) as in EAGLE's and LANTERN's tree code (a chain here; trees
-are not built). As in :mod:`argen.samplers.jacobi`, the rows of a batch advance together by the
-shortest accepted prefix, which stays lossless.
+are not built).
+
+Batches: the KV cache keeps one length per batch, so the state advances by the shortest accepted
+prefix of the batch. Rows that got further keep their extra tokens (accepted drafts and the token
+after them, all decided) and feed them again at the start of the next round's chain, where target
+and proposal are one-hot on them: they are accepted by construction, the drafter continues from
+the target's true features there, and nothing a row decided is thrown away. Lossless: every kept
+token was decided by the exact (or LANTERN) rule once.
 """
 
 from __future__ import annotations
@@ -124,6 +130,10 @@ class SpeculativeSampler:
         tokens[:, 0] = rng.categorical(self._draft_probs(out.logits, 0, length))[:, 0]
         feats = out.hidden  # target features of positions n_prev .. n - 1 (here: position 0)
         n, drafted = 1, 0
+        # Rows that accepted more than the batch advanced keep those tokens, decided, "ahead" of n: they
+        # are fed again next round and accepted by construction (target and proposal one-hot on them).
+        ahead = torch.zeros(b, dtype=torch.long, device=device)
+        ahead_feats = feats[:, :0]  # target features of positions n .. n + max(ahead) - 1
         while n < length:
             d = min(self.draft_len, length - n - 1)  # drafts; the target pass also scores the position after
             qs = []
@@ -139,9 +149,14 @@ class SpeculativeSampler:
                     q = one_hot_probs(x, vocab)
                 else:
                     x = rng.categorical(q)
+                forced = (ahead > i)[:, None]  # (B, 1): the row decided this position already
+                x = torch.where(forced, tokens[:, n + i:n + i + 1], x)
+                q = torch.where(forced[..., None], one_hot_probs(x, vocab), q)
                 tokens[:, n + i] = x[:, 0]
                 qs.append(q)
                 if i < d - 1:
+                    if i < ahead_feats.shape[1]:  # decided positions continue from the target's own feature
+                        g = torch.where(rows2(forced)[..., None], ahead_feats[:, i:i + 1], g)
                     g = drafter.step(dstate, rows2(x), g)
             drafted += d
             fed = torch.arange(n - 1, n + d)
@@ -149,13 +164,18 @@ class SpeculativeSampler:
             stats.forward_passes += 1
             p = self.processor.probs(self.guidance.mix(out.logits, torch.arange(n, n + d + 1).float()
                                                        / max(length - 1, 1)))  # (B, d + 1, V)
+            decided = torch.arange(d + 1, device=device)[None] < ahead[:, None]  # (B, d + 1)
+            if bool(decided.any()):
+                p = torch.where(decided[..., None], one_hot_probs(tokens[:, n:n + d + 1], vocab), p)
             q_all = torch.cat(qs, dim=1) if qs else p[:, :0]
             verdict = self.verifier(p, tokens[:, n:n + d], q_all, rng)
-            advance = int(verdict.accepted.min()) + 1  # rows move together (lossless; see the docstring)
-            keep = verdict.accepted + 1 == advance  # rows whose last kept token is the sampled one
-            tokens[torch.arange(b, device=device)[keep], n + advance - 1] = verdict.token[keep]
+            rows = torch.arange(b, device=device)
+            tokens[rows, n + verdict.accepted] = verdict.token  # every row's next token (decided)
+            advance = int(verdict.accepted.min()) + 1  # the KV cache keeps one length for the batch
+            ahead = verdict.accepted + 1 - advance
             # target features of positions n .. n + advance - 1 (their inputs are all decided tokens)
             feats = torch.cat([feats, out.hidden[:, :advance]], dim=1) if not d else out.hidden[:, :advance]
+            ahead_feats = out.hidden[:, advance:advance + int(ahead.max())]
             if d:
                 dstate.truncate(n)  # drop the drafter's own chain; it re-reads the target's features
             n += advance
