@@ -59,8 +59,10 @@ def check_compatible(sampler: Any, generator: Any) -> None:
     missing = [name for name in ("discrete", "causal_window", "rollback")
                if getattr(req, name) and not getattr(caps, name)]
     if missing:
-        raise IncompatibleError(f"sampler {type(sampler).__name__} needs {', '.join(missing)} but generator "
-                                f"{type(generator).__name__} does not provide it (capabilities: {caps}); "
+        def name(x: Any) -> str:  # instances or classes
+            return x.__name__ if isinstance(x, type) else type(x).__name__
+        raise IncompatibleError(f"sampler {name(sampler)} needs {', '.join(missing)} but generator "
+                                f"{name(generator)} does not provide it (capabilities: {caps}); "
                                 f"pick another sampler, e.g. sampler=ancestral")
 
 
