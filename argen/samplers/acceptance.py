@@ -136,7 +136,8 @@ def neighbour_table(codebook: Tensor, k: int, *, chunk: int = 4096) -> Tensor:
 
 def load_neighbours(codebook: Tensor, k: int, cache_dir: str | Path | None = None) -> Tensor:
     """The k-neighbour table of ``codebook``, built once and cached as safetensors in ``cache_dir``
-    (named by the codebook's sha256, so a table is never reused for another tokenizer)."""
+    (named by the codebook's sha256, so a table is never reused for another tokenizer). A cached table
+    with fewer than k neighbours per code is rebuilt with k (the larger one serves every smaller k)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -148,8 +149,9 @@ def load_neighbours(codebook: Tensor, k: int, cache_dir: str | Path | None = Non
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             table = f.get_tensor("neighbours")
-        check_neighbours(meta, sha, table, k, path)
-        return table[:, :k].long()
+        check_neighbours(meta, sha, path)
+        if table.shape[1] >= k:
+            return table[:, :k].long()
     table = neighbour_table(codebook, k)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -159,11 +161,8 @@ def load_neighbours(codebook: Tensor, k: int, cache_dir: str | Path | None = Non
     return table
 
 
-def check_neighbours(meta: dict[str, str], sha: str, table: Tensor, k: int, path: Path | str) -> None:
+def check_neighbours(meta: dict[str, str], sha: str, path: Path | str) -> None:
     if meta.get("codebook_sha256") != sha:
         raise ValueError(f"neighbour table {path} was built for another tokenizer (codebook sha256 "
                          f"{str(meta.get('codebook_sha256'))[:12]}…, this one {sha[:12]}…); delete it or point "
                          f"the cache elsewhere")
-    if table.shape[1] < k:
-        raise ValueError(f"neighbour table {path} holds {table.shape[1]} neighbours per code, {k} requested; "
-                         f"delete it to rebuild with more")
