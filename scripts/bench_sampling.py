@@ -92,7 +92,7 @@ log = logging.getLogger("argen.bench")
 # A record's identity for merging: records agreeing on all of these (missing = None) replace each
 # other. Later samplers add their own knobs here (window, k, delta, ...).
 IDENTITY_KEYS = ("generator", "family", "preset", "scales", "tokens_per_image", "sampler", "batch", "device",
-                 "dtype", "cfg_scale", "window", "k", "delta", "draft", "num_steps")
+                 "dtype", "cfg_scale", "window", "k", "delta", "draft", "num_steps", "drafter")
 # A VAR run and its raster counterpart agree on these (besides the final grid) for speedup_vs_raster.
 MATCH_KEYS = ("sampler", "batch", "device", "dtype", "cfg_scale", "cfg_schedule", "window", "k", "delta", "draft",
               "num_steps", "threads")

@@ -36,7 +36,7 @@ DEFAULT_SWEEP = ("ancestral; sjd:window=5; sjd:window=9; sjd:window=17; sjd:wind
 def parse_sweep(text: str) -> list[dict[str, Any]]:
     """``"sjd:window=5; speculative:draft_len=4,k=50"`` -> [{"sampler": "sjd", "window": 5}, ...]."""
     settings = []
-    for item in (s.strip() for s in text.split(";")):
+    for item in (part.strip() for part in text.split(";")):
         if not item:
             continue
         name, _, rest = item.partition(":")
@@ -110,6 +110,7 @@ def record(setting: dict[str, Any], written: dict[str, Any], batch: int, meta: d
         "images": images, "seconds_per_image": stats["sampling_seconds"] / images,
         "images_per_s": stats["images_per_s"], "tokens_per_s": stats["images_per_s"] * meta["tokens"],
         "max_tvd": stats.get("max_tvd"), "wall_s": stats["sampling_seconds"],
+        "drafter": (written["config"].get("sampler") or {}).get("drafter"),
     }
 
 
@@ -181,7 +182,8 @@ def run_trained(args: Any, on_record: Any) -> list[dict[str, Any]]:
         q = quality(suite, fd, 1, args.fd_batch)
         for written, batch in ((suite, 1), (fd, args.fd_batch)):
             if written is not None:
-                r = {**record(setting, written, batch, meta), **q, "setting": label(setting)}
+                r = {**record(setting, written, batch, meta), **q}
+                r["setting"] = label(setting) + (f" @{Path(r['drafter']).parent.name}" if r["drafter"] else "")
                 runs.append(r)
                 on_record(r)
     fill_ratios(runs)
