@@ -518,6 +518,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     t.add_argument("--fd-batch", type=int, default=8, help="batch of the fd_shapes runs (their speed figures too)")
     t.add_argument("--feature-net", default="outputs/feature_nets/shapes", help="shapes feature network export")
     t.add_argument("--seed", type=int, default=0, help="argen-sample seed of every sweep run")
+    t.add_argument("--no-reuse", dest="reuse", action="store_false",
+                   help="re-sample settings whose samples (with the same config) are already in --out/samples")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0 = torch's default); 1 avoids the thread-barrier stalls that "
                         "multi-threaded kernels suffer when other processes load the CPUs")
@@ -607,15 +609,19 @@ def main_trained(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[s
     import bench_speculative as spec
 
     started, load_before = time.time(), os.getloadavg()
-    runs = spec.run_trained(args, lambda r: log.info("%s", r["setting"]))
     path = args.out / "sampling.json"
-    report = merge_report(path, {}, runs)
-    spec.fill_ratios(report["runs"])
-    report["trained_sweep"] = {
-        "command": "python scripts/bench_sampling.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "elapsed_s": round(time.time() - started, 1),
-        "machine": machine_info(make_settings(args), load_before)}
-    write_json_atomic(path, report)
+
+    def save(runs: list[dict[str, Any]]) -> dict[str, Any]:
+        report = merge_report(path, {}, runs)
+        spec.fill_ratios(report["runs"])
+        report["trained_sweep"] = {
+            "command": "python scripts/bench_sampling.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "elapsed_s": round(time.time() - started, 1),
+            "machine": machine_info(make_settings(args), load_before)}
+        write_json_atomic(path, report)
+        return report
+
+    report = save(spec.run_trained(args, lambda r: log.info("%s", r["setting"]), save))
     if any(not r.get("trained") for r in report["runs"]):
         plot(report, args.out / "sampling.png")
     spec.plot_quality(report["runs"], args.out / "speculative.png")

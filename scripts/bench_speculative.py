@@ -85,12 +85,19 @@ def write_fd_prompts(path: Path, count: int) -> Path:
     return path
 
 
-def sample_once(generator: str, out: Path, extra: list[str]) -> dict[str, Any]:
-    from argen.cli.common import compose_config
+def sample_once(generator: str, out: Path, extra: list[str], reuse: bool = True) -> dict[str, Any]:
+    """argen-sample into ``out``; a finished run there with exactly this config is reused (a killed
+    sweep resumes where it stopped), unless ``reuse`` is False."""
+    from argen.cli.common import compose_config, to_plain
     from argen.cli.sample import run as sample_run
 
     cfg = compose_config("sample", [f"generator_path={generator}", f"output_dir={out}", "overwrite=true",
                                     "save_images=false", *extra])
+    done = out / "settings.json"
+    if reuse and done.is_file():
+        written = json.loads(done.read_text())
+        if written.get("config") == json.loads(json.dumps(to_plain(cfg), default=str)):
+            return written
     return sample_run(cfg)
 
 
@@ -146,8 +153,9 @@ def fill_ratios(runs: list[dict[str, Any]]) -> None:
                  time_vs_ancestral=base["seconds_per_image"] / r["seconds_per_image"])
 
 
-def run_trained(args: Any, on_record: Any) -> list[dict[str, Any]]:
-    """Every sweep setting: ShapesEval at batch 1 and fd_shapes at ``args.fd_batch``."""
+def run_trained(args: Any, on_record: Any, save: Any) -> list[dict[str, Any]]:
+    """Every sweep setting: ShapesEval at batch 1 and fd_shapes at ``args.fd_batch``; ``save(runs)``
+    after each setting, so a crash loses nothing measured."""
     import torch
     from tqdm.auto import tqdm
 
@@ -173,12 +181,13 @@ def run_trained(args: Any, on_record: Any) -> list[dict[str, Any]]:
         name = folder_name(setting)
         suite = sample_once(str(export), samples / f"{name}_suite",
                             [*extra, "suite=shapes", f"suite_per_tag={args.suite_per_tag}",
-                             f"n_per_condition={args.n_per_prompt}", "eval=shapes", "batch_size=1"])
+                             f"n_per_condition={args.n_per_prompt}", "eval=shapes", "batch_size=1"], args.reuse)
         fd = None
         if fd_prompts is not None:
             fd = sample_once(str(export), samples / f"{name}_fd",
                              [*extra, f"prompt_file={fd_prompts}", "n_per_condition=1", "eval=fd_shapes",
-                              f"eval.extractor.path={args.feature_net}", f"batch_size={args.fd_batch}"])
+                              f"eval.extractor.path={args.feature_net}", f"batch_size={args.fd_batch}"],
+                             args.reuse)
         q = quality(suite, fd, 1, args.fd_batch)
         for written, batch in ((suite, 1), (fd, args.fd_batch)):
             if written is not None:
@@ -186,6 +195,7 @@ def run_trained(args: Any, on_record: Any) -> list[dict[str, Any]]:
                 r["setting"] = label(setting) + (f" @{Path(r['drafter']).parent.name}" if r["drafter"] else "")
                 runs.append(r)
                 on_record(r)
+        save(runs)
     fill_ratios(runs)
     return runs
 

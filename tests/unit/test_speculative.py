@@ -154,3 +154,24 @@ def test_unsupported_generators_and_mismatched_drafters_are_refused() -> None:
     s.attach_tokenizer(Codebook(32))
     with pytest.raises(ValueError, match="another tokenizer"):
         s.sample(g, Condition(labels=torch.tensor([0])), seeds=torch.tensor([0]))
+
+
+def test_guided_sequence_distribution_is_exact_for_both_speculative_samplers() -> None:
+    """Under classifier-free guidance the target is the guided product of conditionals; SJD and the
+    drafter sampler (both batches of 30000 rows, so rows advance together and carry tokens) match it."""
+    import itertools
+
+    from argen.samplers.jacobi import JacobiSampler
+
+    g = toy(3, length=4, seed=1, head_std=HEAD_STD)
+    seqs = torch.tensor(list(itertools.product(range(3), repeat=4)))
+    cond = Condition(labels=torch.ones(len(seqs), dtype=torch.long))
+    with torch.no_grad():
+        lc, lu = g.logits(seqs, cond), g.logits(seqs, cond.as_null())
+    logp = (lu + 2.0 * (lc - lu)).double().log_softmax(-1).gather(-1, seqs[..., None])[..., 0].sum(-1)
+    n = 30_000
+    expected = logp.exp() / logp.exp().sum() * n
+    for sampler in (JacobiSampler(window=3, cfg_scale=2.0),
+                    SpeculativeSampler(drafter=drafter_for(g), draft_len=2, cfg_scale=2.0)):
+        out = sampler.sample(g, Condition(labels=torch.ones(n, dtype=torch.long)), seeds=torch.arange(n))
+        assert pooled_chisquare(sequence_counts(out.tokens, 3), expected) > 1e-3, type(sampler).__name__
