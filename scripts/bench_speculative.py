@@ -207,6 +207,7 @@ def plot_quality(runs: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     trained = [r for r in runs if r.get("trained")]
     if not trained:
@@ -224,7 +225,9 @@ def plot_quality(runs: list[dict[str, Any]], path: Path) -> None:
             ax.errorbar([x_of(r)], [r[key]], yerr=[[r[key] - ci[0]], [ci[1] - r[key]]],
                         marker=markers.get(r["sampler"], "x"), color=f"C{i % 10}", capsize=3, label=r["setting"])
         ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel)
-        ax.grid(True, alpha=0.3)
+        for formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
         else:
