@@ -9,8 +9,10 @@ acceptance probability is p(x) and the residual is p with x removed.
 LANTERN (Jang et al. 2024, sec. 8.3): for a draft x, the latent proximity set A is the largest
 prefix of x's k nearest codes (by codebook distance) whose target mass stays <= delta (or
 <= (delta - 1) p(x) for the relative bound, delta > 1). The relaxed target moves A's mass onto x,
-so ``p~(x) = p(x) + p(A)`` and ``TVD(p, p~) = p(A) <= delta``. On rejection x and, when A is not
-empty, its k nearest codes are removed from p before resampling, as the reference code does.
+so ``p~(x) = p(x) + p(A)`` and ``TVD(p, p~) = p(A) <= delta``. As in the reference code the draft is
+a candidate (q = 1): it is accepted with p~(x); on rejection the reference removes x and, when A is
+not empty, its k nearest codes from p before resampling (:func:`lantern_residual`); the samplers
+remove x and A only, which makes the step's output exactly p~ (:func:`lantern_target`).
 
 Probabilities here are after guidance and the logits processors (temperature, top-k, top-p), as
 in both references.
@@ -82,9 +84,10 @@ def lantern_relax(p: Tensor, draft: Tensor, neighbours: Tensor, delta: float) ->
 
 def lantern_target(p: Tensor, draft: Tensor, neighbours: Tensor, relaxed: Relaxed) -> Tensor:
     """The relaxed target p~ (B, W, V) of each draft: p with the proximity set's mass moved onto x.
-    ``TVD(p, p~) = relaxed.mass``. Verifying a draft x ~ q against p~ with the exact rule (accept with
-    min(1, p~(x) / q(x)), resample ``max(0, p~ - q)``) is LANTERN's rule for any proposal q: for a
-    one-hot q it accepts with p(x) + p(A) and resamples p without x and A."""
+    ``TVD(p, p~) = relaxed.mass``. Verifying the draft as a candidate (q one-hot on x) against p~ with
+    the exact rule (accept with p~(x), resample ``max(0, p~ - q)`` = p without x and A) is LANTERN's
+    rule, and the step's output is then exactly p~. With a sampled proposal q in min(1, p~(x) / q(x))
+    the output is not p~: p~ depends on the draft, and the total TVD can exceed delta."""
     k = neighbours.shape[1]
     near = neighbours.to(draft.device)[draft]  # (B, W, k)
     in_set = torch.arange(k, device=draft.device) < relaxed.size[..., None]
@@ -101,9 +104,9 @@ def accept_lantern(relaxed: Relaxed, uniform: Tensor) -> Tensor:
 def lantern_residual(p: Tensor, draft: Tensor, neighbours: Tensor, relaxed: Relaxed) -> Tensor:
     """The distribution a rejected position is resampled from: p without x and, where A was not
     empty, without x's k nearest codes (LANTERN's reference code), renormalised. p: (B, W, V).
-    The Jacobi sampler resamples ``residual(p~, q)`` instead (:func:`lantern_target`): that removes x
-    and A only, is defined for any proposal q, and keeps the step within TVD delta of p; this
-    function documents, and tests pin, the reference's stricter variant for comparison."""
+    The samplers resample ``residual(p~, one_hot(x))`` instead (:func:`lantern_target`): that removes
+    x and A only, so the step's output is exactly p~ (within TVD delta of p); this function documents,
+    and tests pin, the reference's stricter variant for comparison."""
     keep = torch.ones_like(p, dtype=torch.bool)
     keep.scatter_(-1, draft[..., None], False)
     near = neighbours.to(draft.device)[draft]  # (B, W, k)

@@ -16,6 +16,7 @@ from argen.samplers.acceptance import (
     lantern_relax,
     lantern_target,
     load_neighbours,
+    one_hot_probs,
     residual,
 )
 from argen.samplers.random import RowRandom
@@ -30,11 +31,17 @@ class Verdict:
 
 
 class Verifier:
-    """acceptance: ``exact`` (lossless) or ``lantern`` (each draft x verified against its relaxed
-    target p~: the mass of x's latent proximity set, among its ``lantern_k`` nearest codes and at
-    most ``lantern_delta``, moved onto x; every step stays within TVD delta of p). LANTERN needs the
-    tokenizer's codebook (:meth:`attach_tokenizer`); the neighbour table is cached in
-    ``neighbours_cache`` when set. Records the TVD of every verified position."""
+    """acceptance: ``exact`` (lossless: accept x ~ q with min(1, p(x)/q(x)), resample the residual)
+    or ``lantern`` (LANTERN's rule: x is a candidate, accepted with p~(x) = p(x) + p(A), A its latent
+    proximity set among its ``lantern_k`` nearest codes with mass at most ``lantern_delta``; on
+    rejection the token comes from p without x and A). LANTERN's rule treats every draft as a
+    candidate (q = 1, as the reference code does) whatever the proposal: given the draft, the step's
+    output is then exactly p~, within TVD delta of p, so every step is, whatever drafted it. (Using a
+    sampled proposal's q in min(1, p~(x)/q(x)) instead would let every token the drafter favours
+    borrow up to delta of its neighbours' mass at once: far more than delta in total, see
+    tests/unit/test_acceptance.py.) LANTERN needs the tokenizer's codebook (:meth:`attach_tokenizer`);
+    the neighbour table is cached in ``neighbours_cache`` when set. Records the TVD of every verified
+    position."""
 
     def __init__(self, *, acceptance: str = "exact", lantern_k: int = 1000, lantern_delta: float = 0.1,
                  neighbours_cache: str | None = None) -> None:
@@ -86,6 +93,7 @@ class Verifier:
         if self.neighbours is not None:
             relaxed = lantern_relax(target, drafts, self.neighbours, self.lantern_delta)
             target = lantern_target(target, drafts, self.neighbours, relaxed)
+            q = one_hot_probs(drafts, p.shape[-1])  # candidates: see the class docstring
         p_draft = target.gather(-1, drafts[..., None])[..., 0]
         q_draft = q.gather(-1, drafts[..., None])[..., 0]
         accepted = accepted_length(accept_exact(p_draft, q_draft, rng.uniform(d, device=device)))

@@ -121,6 +121,41 @@ def test_relaxed_target_residual_is_lanterns_for_one_hot_drafts() -> None:
     assert torch.all(r.gather(-1, near)[in_set] == 0) and torch.all(r.gather(-1, draft[..., None]) == 0)
 
 
+def relaxed_step_output(p: torch.Tensor, q: torch.Tensor, nb: torch.Tensor, delta: float,
+                        candidate: bool) -> torch.Tensor:
+    """The exact distribution of one verified position: draft x ~ q, checked against its relaxed target
+    p~_x, as a candidate (accept with p~_x(x), else p~_x without x) or with the sampled q (accept with
+    min(1, p~_x(x) / q(x)), else the residual of p~_x against q)."""
+    v = p.shape[0]
+    out = torch.zeros(v, dtype=torch.float64)
+    for x in range(v):
+        draft = torch.tensor([[x]])
+        relaxed = lantern_relax(p[None, None], draft, nb, delta)
+        target = lantern_target(p[None, None], draft, nb, relaxed)[0, 0].double()
+        proposal = one_hot_probs(torch.tensor(x), v).double() if candidate else q.double()
+        accept = min(1.0, float(target[x] / proposal[x]))
+        out += q[x] * (accept * one_hot_probs(torch.tensor(x), v).double()
+                       + (1 - accept) * residual(target, proposal))
+    return out
+
+
+def test_candidate_verification_keeps_the_step_within_delta_and_sampled_q_does_not() -> None:
+    """Why LANTERN's rule treats drafts as candidates (q = 1): with the sampled q in min(1, p~/q), every
+    token the drafter favours borrows its neighbours' mass at once, and the step drifts far past delta."""
+    codebook = torch.tensor([[0.0], [1.0], [2.0], [3.0], [10.0], [11.0]])
+    nb = neighbour_table(codebook, 3)
+    p = torch.tensor([0.05, 0.05, 0.05, 0.05, 0.40, 0.40])
+    q = torch.tensor([0.24, 0.24, 0.24, 0.24, 0.02, 0.02])  # the drafter favours the first cluster
+    delta = 0.1
+    candidate = relaxed_step_output(p, q, nb, delta, candidate=True)
+    sampled = relaxed_step_output(p, q, nb, delta, candidate=False)
+    tvd = lambda a: 0.5 * float((a - p.double()).abs().sum())  # noqa: E731
+    assert abs(float(candidate.sum()) - 1) < 1e-6 and abs(float(sampled.sum()) - 1) < 1e-6
+    assert tvd(candidate) <= delta + 1e-6
+    assert tvd(sampled) > 2 * delta
+    assert torch.allclose(relaxed_step_output(p, q, nb, 0.0, candidate=True), p.double(), atol=1e-6)
+
+
 def test_neighbour_table_is_nearest_first_and_cached_per_codebook(tmp_path: Path) -> None:
     codebook = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
     assert neighbour_table(codebook, 2).tolist() == [[1, 2], [0, 2], [1, 0], [2, 1]]
