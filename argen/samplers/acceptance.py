@@ -12,7 +12,11 @@ prefix of x's k nearest codes (by codebook distance) whose target mass stays <= 
 so ``p~(x) = p(x) + p(A)`` and ``TVD(p, p~) = p(A) <= delta``. As in the reference code the draft is
 a candidate (q = 1): it is accepted with p~(x); on rejection the reference removes x and, when A is
 not empty, its k nearest codes from p before resampling (:func:`lantern_residual`); the samplers
-remove x and A only, which makes the step's output exactly p~ (:func:`lantern_target`).
+remove x and A only, which makes the step's output exactly p~ (:func:`lantern_target`). p~ depends
+on the draft, so the rule is only sound for candidates: with a sampled q in min(1, p~(x) / q(x)) every
+code the drafter favours borrows its neighbours' mass at once and the output drifts far past delta.
+For sampled drafts, :func:`neighbour_transport` builds a draft-independent relaxed target instead
+(same neighbours, same delta), verified with the exact rule.
 
 Probabilities here are after guidance and the logits processors (temperature, top-k, top-p), as
 in both references.
@@ -94,6 +98,43 @@ def lantern_target(p: Tensor, draft: Tensor, neighbours: Tensor, relaxed: Relaxe
     moved = torch.zeros_like(p).scatter_add(-1, near, torch.where(in_set, p.gather(-1, near), 0.0))
     target = p - moved
     return target.scatter_add(-1, draft[..., None], relaxed.mass[..., None].to(p.dtype))
+
+
+def neighbour_transport(p: Tensor, q: Tensor, neighbours: Tensor, delta: float) -> tuple[Tensor, Tensor]:
+    """A relaxed target for drafts *sampled* from q (B, W, V), where LANTERN's candidate rule would
+    waste q: p^ moves target mass between latent neighbours only, from codes where p > q (surplus) to
+    codes where q > p (deficit), at most ``delta`` in all (delta > 1: at most (delta - 1) p(x) onto
+    each x). Each deficit code x asks its k nearest codes for up to q(x) - p(x), in proportion to
+    their surplus; a code asked for more than its surplus scales the grants down. p^ does not depend
+    on the draft, so the exact rule against it (min(1, p^(x) / q(x)), residual ``max(0, p^ - q)``)
+    outputs exactly p^, with ``TVD(p, p^) = moved <= delta``, and accepts ``sum min(p^, q) =
+    sum min(p, q) + moved``: never less than exact acceptance, equal to it at delta = 0.
+    Returns (p^ (B, W, V), moved (B, W)). This is argen's extension of LANTERN (whose relaxation is
+    defined for candidate drafts, q = 1) to sampled proposals."""
+    if delta < 0:
+        raise ValueError(f"delta must be >= 0, got {delta}")
+    nb = neighbours.to(p.device)
+    v, k = nb.shape
+    surplus, deficit = (p - q).clamp_min(0), (q - p).clamp_min(0)
+    s_near = surplus[..., nb.reshape(-1)].reshape(*p.shape[:-1], v, k)  # (B, W, V, k)
+    available = s_near.sum(-1)  # (B, W, V)
+    want = torch.minimum(deficit, available)
+    if delta > 1:
+        want = torch.minimum(want, (delta - 1) * p)
+    request = s_near * (want / available.clamp_min(1e-30))[..., None]  # (B, W, V, k)
+    asked = torch.zeros_like(p).scatter_add_(-1, nb.reshape(-1).expand(*p.shape[:-1], -1),
+                                             request.reshape(*p.shape[:-1], -1))
+    grant = (surplus / asked.clamp_min(1e-30)).clamp_max(1.0)  # per giving code
+    granted = request * grant[..., nb.reshape(-1)].reshape(*p.shape[:-1], v, k)
+    inflow = granted.sum(-1)
+    outflow = torch.zeros_like(p).scatter_add_(-1, nb.reshape(-1).expand(*p.shape[:-1], -1),
+                                               granted.reshape(*p.shape[:-1], -1))
+    moved = inflow.sum(-1)  # (B, W)
+    if delta <= 1:
+        scale = (delta / moved.clamp_min(1e-30)).clamp_max(1.0)[..., None]
+        inflow, outflow = inflow * scale, outflow * scale
+        moved = torch.minimum(moved * scale[..., 0], torch.full_like(moved, delta))  # float rounding
+    return (p + inflow - outflow).clamp_min(0), moved
 
 
 def accept_lantern(relaxed: Relaxed, uniform: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from argen.samplers.acceptance import (
     lantern_relax,
     lantern_target,
     load_neighbours,
-    one_hot_probs,
+    neighbour_transport,
     residual,
 )
 from argen.samplers.random import RowRandom
@@ -32,14 +32,16 @@ class Verdict:
 
 class Verifier:
     """acceptance: ``exact`` (lossless: accept x ~ q with min(1, p(x)/q(x)), resample the residual)
-    or ``lantern`` (LANTERN's rule: x is a candidate, accepted with p~(x) = p(x) + p(A), A its latent
-    proximity set among its ``lantern_k`` nearest codes with mass at most ``lantern_delta``; on
-    rejection the token comes from p without x and A). LANTERN's rule treats every draft as a
-    candidate (q = 1, as the reference code does) whatever the proposal: given the draft, the step's
-    output is then exactly p~, within TVD delta of p, so every step is, whatever drafted it. (Using a
-    sampled proposal's q in min(1, p~(x)/q(x)) instead would let every token the drafter favours
-    borrow up to delta of its neighbours' mass at once: far more than delta in total, see
-    tests/unit/test_acceptance.py.) LANTERN needs the tokenizer's codebook (:meth:`attach_tokenizer`);
+    or ``lantern`` (relaxed, every step within TVD ``lantern_delta`` of p, mass moved only between
+    latent neighbours: x's ``lantern_k`` nearest codes). LANTERN's own rule needs candidate drafts
+    (q one-hot on x: SJD's random drafts, greedy drafter chains, tokens already decided): x is accepted
+    with p~(x) = p(x) + p(A), A its latent proximity set of mass <= delta, else the token comes from p
+    without x and A, so the step outputs exactly p~. Drafts sampled from a proposal q (Jacobi's
+    re-drafts, sampled drafter chains) are verified with the exact rule against
+    :func:`~argen.samplers.acceptance.neighbour_transport`'s draft-independent p^ instead: LANTERN's
+    p~ with the sampled q would break the delta bound (tests/unit/test_acceptance.py), and treating
+    them as candidates would accept less than exact acceptance. At delta = 0 both are exact
+    acceptance, token for token. LANTERN needs the tokenizer's codebook (:meth:`attach_tokenizer`);
     the neighbour table is cached in ``neighbours_cache`` when set. Records the TVD of every verified
     position."""
 
@@ -90,16 +92,22 @@ class Verifier:
             return Verdict(accepted=torch.zeros(b, dtype=torch.long, device=device),
                            token=rng.categorical(p[:, :1])[:, 0])
         target = p[:, :d]
-        if self.neighbours is not None:
-            relaxed = lantern_relax(target, drafts, self.neighbours, self.lantern_delta)
-            target = lantern_target(target, drafts, self.neighbours, relaxed)
-            q = one_hot_probs(drafts, p.shape[-1])  # candidates: see the class docstring
-        p_draft = target.gather(-1, drafts[..., None])[..., 0]
         q_draft = q.gather(-1, drafts[..., None])[..., 0]
+        if self.neighbours is not None:  # see the class docstring
+            candidate = q_draft >= 1.0  # (B, d): one-hot proposals
+            relaxed = lantern_relax(target, drafts, self.neighbours, self.lantern_delta)
+            moved = relaxed.mass
+            relaxed_target = lantern_target(target, drafts, self.neighbours, relaxed)
+            if not bool(candidate.all()):
+                p_hat, transported = neighbour_transport(target, q, self.neighbours, self.lantern_delta)
+                relaxed_target = torch.where(candidate[..., None], relaxed_target, p_hat)
+                moved = torch.where(candidate, moved, transported)
+            target = relaxed_target
+        p_draft = target.gather(-1, drafts[..., None])[..., 0]
         accepted = accepted_length(accept_exact(p_draft, q_draft, rng.uniform(d, device=device)))
         if self.neighbours is not None:  # TVD(p, p~) of every verified position
             verified = torch.arange(d, device=device)[None] <= accepted[:, None]
-            self.tvd.append(relaxed.mass[verified])
+            self.tvd.append(moved[verified])
         # the residual of the first rejected position, or p after the last draft when all passed
         at = accepted.clamp_max(d - 1)
         nxt = torch.where((accepted < d)[:, None], residual(target[rows, at], q[rows, at]), p[rows, accepted])

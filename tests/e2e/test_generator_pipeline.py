@@ -236,7 +236,7 @@ def test_sjd_sampler_through_argen_sample(text_pipeline: dict[str, Path], var_pi
            "sampler.lantern_delta=0.2")
     written = json.loads((tmp_path / "lantern" / "settings.json").read_text())
     assert written["sampler"]["sampler"] == "lantern_jacobi" and written["sampler"]["k"] == 4
-    assert 0.0 <= written["stats"]["max_tvd"] <= 0.2
+    assert 0.0 <= written["stats"]["max_tvd"] <= 0.2 + 1e-6  # float32
 
 
 def test_drafter_distills_trains_and_drives_speculative_sampling(text_pipeline: dict[str, Path],
@@ -267,7 +267,7 @@ def test_drafter_distills_trains_and_drives_speculative_sampling(text_pipeline: 
            "sampler.lantern_k=4", "sampler.lantern_delta=0.2")
     written = json.loads((tmp_path / "lantern" / "settings.json").read_text())
     assert written["sampler"]["sampler"] == "speculative_lantern" and written["sampler"]["window"] == 5
-    assert 0.0 <= written["stats"]["max_tvd"] <= 0.2
+    assert 0.0 <= written["stats"]["max_tvd"] <= 0.2 + 1e-6  # float32
     with pytest.raises(ConfigError, match="drafter was trained for generator"):
         sample(class_pipeline, tmp_path / "other", "classes=[1]", "sampler=speculative", f"sampler.drafter={drafter}")
     with pytest.raises(ConfigError, match="target_path .* is not an exported generator"):
@@ -293,7 +293,7 @@ def test_bench_sampling_sweeps_samplers_on_a_trained_generator(text_pipeline: di
     assert sjd["passes_vs_ancestral"] == 64 / sjd["forward_passes_per_image"]
     assert 0.0 <= sjd["shapes_overall"] <= 1.0 and sjd["quality_batches"] == {"shapes_overall": 1}
     lantern = runs["lantern_jacobi[window=4,k=4,delta=0.2]"]
-    assert lantern["k"] == 4 and lantern["delta"] == 0.2 and 0.0 <= lantern["max_tvd"] <= 0.2
+    assert lantern["k"] == 4 and lantern["delta"] == 0.2 and 0.0 <= lantern["max_tvd"] <= 0.2 + 1e-6
     assert (out / "speculative.png").is_file() and (out / "sampling.json").is_file()
     with pytest.raises(SystemExit, match="unknown sampler"):
         bench.main(["--out", str(out), "--trained", str(text_pipeline["generator"]), "--sweep", "beam:width=2"])

@@ -18,6 +18,7 @@ from argen.samplers.acceptance import (
     lantern_target,
     load_neighbours,
     neighbour_table,
+    neighbour_transport,
     one_hot_probs,
     residual,
 )
@@ -122,17 +123,21 @@ def test_relaxed_target_residual_is_lanterns_for_one_hot_drafts() -> None:
 
 
 def relaxed_step_output(p: torch.Tensor, q: torch.Tensor, nb: torch.Tensor, delta: float,
-                        candidate: bool) -> torch.Tensor:
-    """The exact distribution of one verified position: draft x ~ q, checked against its relaxed target
-    p~_x, as a candidate (accept with p~_x(x), else p~_x without x) or with the sampled q (accept with
-    min(1, p~_x(x) / q(x)), else the residual of p~_x against q)."""
+                        rule: str) -> torch.Tensor:
+    """The exact distribution of one verified position, draft x ~ q. ``candidate``: LANTERN's p~_x with
+    x as a candidate (accept with p~_x(x), else p~_x without x); ``sampled``: LANTERN's p~_x with the
+    sampled q (accept with min(1, p~_x(x) / q(x)), else the residual of p~_x against q);
+    ``transport``: the exact rule against the draft-independent p^ of :func:`neighbour_transport`."""
     v = p.shape[0]
     out = torch.zeros(v, dtype=torch.float64)
+    p_hat = neighbour_transport(p[None, None], q[None, None], nb, delta)[0][0, 0].double()
     for x in range(v):
         draft = torch.tensor([[x]])
         relaxed = lantern_relax(p[None, None], draft, nb, delta)
         target = lantern_target(p[None, None], draft, nb, relaxed)[0, 0].double()
-        proposal = one_hot_probs(torch.tensor(x), v).double() if candidate else q.double()
+        if rule == "transport":
+            target = p_hat
+        proposal = one_hot_probs(torch.tensor(x), v).double() if rule == "candidate" else q.double()
         accept = min(1.0, float(target[x] / proposal[x]))
         out += q[x] * (accept * one_hot_probs(torch.tensor(x), v).double()
                        + (1 - accept) * residual(target, proposal))
@@ -147,13 +152,48 @@ def test_candidate_verification_keeps_the_step_within_delta_and_sampled_q_does_n
     p = torch.tensor([0.05, 0.05, 0.05, 0.05, 0.40, 0.40])
     q = torch.tensor([0.24, 0.24, 0.24, 0.24, 0.02, 0.02])  # the drafter favours the first cluster
     delta = 0.1
-    candidate = relaxed_step_output(p, q, nb, delta, candidate=True)
-    sampled = relaxed_step_output(p, q, nb, delta, candidate=False)
+    out = {rule: relaxed_step_output(p, q, nb, delta, rule) for rule in ("candidate", "sampled", "transport")}
     tvd = lambda a: 0.5 * float((a - p.double()).abs().sum())  # noqa: E731
-    assert abs(float(candidate.sum()) - 1) < 1e-6 and abs(float(sampled.sum()) - 1) < 1e-6
-    assert tvd(candidate) <= delta + 1e-6
-    assert tvd(sampled) > 2 * delta
-    assert torch.allclose(relaxed_step_output(p, q, nb, 0.0, candidate=True), p.double(), atol=1e-6)
+    assert all(abs(float(o.sum()) - 1) < 1e-6 for o in out.values())
+    assert tvd(out["candidate"]) <= delta + 1e-6 and tvd(out["transport"]) <= delta + 1e-6
+    assert tvd(out["sampled"]) > 2 * delta
+    p_hat, moved = neighbour_transport(p[None, None], q[None, None], nb, delta)
+    assert torch.allclose(out["transport"], p_hat[0, 0].double(), atol=1e-6)  # the output is p^ exactly
+    assert float(moved) == 0.0  # the favoured codes' neighbours have no surplus: nothing may move
+    for rule in ("candidate", "transport"):
+        assert torch.allclose(relaxed_step_output(p, q, nb, 0.0, rule), p.double(), atol=1e-6)
+    # where the neighbours have surplus, the transport accepts exactly delta more than exact acceptance
+    p = torch.tensor([0.20, 0.05, 0.05, 0.20, 0.25, 0.25])
+    q = torch.tensor([0.05, 0.30, 0.30, 0.05, 0.15, 0.15])
+    p_hat, moved = neighbour_transport(p[None, None], q[None, None], nb, delta)
+    assert float(moved) == pytest.approx(delta, abs=1e-6)
+    exact = float(torch.minimum(p, q).sum())
+    assert float(torch.minimum(p_hat[0, 0], q).sum()) == pytest.approx(exact + delta, abs=1e-6)
+    assert tvd(relaxed_step_output(p, q, nb, delta, "transport")) <= delta + 1e-6
+
+
+@pytest.mark.parametrize("delta", [0.0, 0.02, 0.1, 0.5, 3.0])
+def test_neighbour_transport_moves_between_neighbours_within_the_bound(delta: float) -> None:
+    g = torch.Generator().manual_seed(7)
+    v, k = 12, 3
+    nb = neighbour_table(torch.randn(v, 2, generator=g), k)
+    p = torch.softmax(torch.randn(4, 5, v, generator=g) * 2, -1)
+    q = torch.softmax(torch.randn(4, 5, v, generator=g) * 2, -1)
+    p_hat, moved = neighbour_transport(p, q, nb, delta)
+    assert torch.allclose(p_hat.sum(-1), torch.ones(4, 5), atol=1e-5) and bool((p_hat >= 0).all())
+    tvd = 0.5 * (p_hat - p).abs().sum(-1)
+    assert torch.allclose(tvd, moved, atol=1e-5)
+    if delta <= 1:
+        assert bool((moved <= delta + 1e-6).all())
+    else:  # relative bound: each code gains at most (delta - 1) p(x)
+        assert bool((p_hat - p <= (delta - 1) * p + 1e-6).all())
+    gained, lost = (p_hat - p) > 1e-6, (p - p_hat) > 1e-6
+    assert bool((q[gained] > p[gained]).all()) and bool((p[lost] > q[lost]).all())  # deficit <- surplus only
+    # a code only gains from its k nearest codes: with no surplus among them it gains nothing
+    no_surplus = ((p - q).clamp_min(0)[..., nb].sum(-1) == 0)
+    assert bool((p_hat[no_surplus] <= p[no_surplus] + 1e-7).all())
+    overlap = torch.minimum(p_hat, q).sum(-1) - torch.minimum(p, q).sum(-1)
+    assert torch.allclose(overlap, moved, atol=1e-5)
 
 
 def test_neighbour_table_is_nearest_first_and_cached_per_codebook(tmp_path: Path) -> None:

@@ -97,16 +97,6 @@ def test_speculative_samples_exactly_the_generators_sequence_distribution(draft:
     assert speculative_pvalue(g, 30_000, draft_len=2, draft=draft) > 1e-3
 
 
-def test_lantern_with_delta_zero_and_sampled_drafts_is_lossless() -> None:
-    g = toy(3, length=4, seed=1, head_std=HEAD_STD)
-    n = 30_000
-    s = SpeculativeSampler(drafter=drafter_for(g), draft_len=2, acceptance="lantern", lantern_k=2,
-                           lantern_delta=0.0)
-    s.attach_tokenizer(Codebook(3))
-    out = s.sample(g, Condition(labels=torch.ones(n, dtype=torch.long)), seeds=torch.arange(n))
-    assert pooled_chisquare(sequence_counts(out.tokens, 3), exact_distribution(g, 1, 3, 4) * n) > 1e-3
-
-
 def test_a_wrong_acceptance_rule_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
     """Accepting with p(x) regardless of the drafter's q is wrong for drafts sampled from q."""
     g = toy(3, length=4, seed=1, head_std=HEAD_STD)
@@ -122,23 +112,24 @@ class Codebook:
         return self.weight
 
 
-def test_lantern_delta_zero_is_exact_and_the_tvd_stays_within_delta() -> None:
-    """With candidate drafts (greedy, q = 1, as LANTERN's reference) delta 0 is exact acceptance token
-    for token; sampled drafts are verified as candidates too, which stays lossless at delta 0."""
+@pytest.mark.parametrize("draft", ["sample", "greedy"])
+def test_lantern_delta_zero_is_exact_and_the_tvd_stays_within_delta(draft: str) -> None:
+    """Greedy drafts are candidates (LANTERN's own rule), sampled ones go through the neighbour
+    transport; at delta 0 both are exact acceptance, token for token."""
     g = toy(16, grid=4, seed=2)
     cond = Condition(labels=torch.tensor([0, 1, 2]))
     seeds = torch.tensor([5, 6, 7])
-    exact = SpeculativeSampler(drafter=drafter_for(g), draft_len=3, cfg_scale=2.0, draft="greedy").sample(
+    exact = SpeculativeSampler(drafter=drafter_for(g), draft_len=3, cfg_scale=2.0, draft=draft).sample(
         g, cond, seeds=seeds)
     runs = {}
     for delta in (0.0, 0.3):
         s = SpeculativeSampler(drafter=drafter_for(g), draft_len=3, cfg_scale=2.0, acceptance="lantern",
-                               lantern_k=6, lantern_delta=delta, draft="greedy")
+                               lantern_k=6, lantern_delta=delta, draft=draft)
         s.attach_tokenizer(Codebook(16))
         runs[delta] = s.sample(g, cond, seeds=seeds)
     assert torch.equal(runs[0.0].tokens, exact.tokens)
     assert runs[0.0].stats.extra["max_tvd"] == 0.0
-    assert 0.0 < runs[0.3].stats.extra["max_tvd"] <= 0.3
+    assert 0.0 < runs[0.3].stats.extra["max_tvd"] <= 0.3 + 1e-6  # float32
     assert runs[0.3].stats.forward_passes <= exact.stats.forward_passes
 
 
