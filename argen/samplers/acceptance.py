@@ -100,35 +100,38 @@ def lantern_target(p: Tensor, draft: Tensor, neighbours: Tensor, relaxed: Relaxe
     return target.scatter_add(-1, draft[..., None], relaxed.mass[..., None].to(p.dtype))
 
 
-def neighbour_transport(p: Tensor, q: Tensor, neighbours: Tensor, delta: float) -> tuple[Tensor, Tensor]:
+def neighbour_transport(p: Tensor, q: Tensor, neighbours: Tensor, delta: float,
+                        max_codes: int = 16) -> tuple[Tensor, Tensor]:
     """A relaxed target for drafts *sampled* from q (B, W, V), where LANTERN's candidate rule would
     waste q: p^ moves target mass between latent neighbours only, from codes where p > q (surplus) to
     codes where q > p (deficit), at most ``delta`` in all (delta > 1: at most (delta - 1) p(x) onto
-    each x). Each deficit code x asks its k nearest codes for up to q(x) - p(x), in proportion to
-    their surplus; a code asked for more than its surplus scales the grants down. p^ does not depend
-    on the draft, so the exact rule against it (min(1, p^(x) / q(x)), residual ``max(0, p^ - q)``)
-    outputs exactly p^, with ``TVD(p, p^) = moved <= delta``, and accepts ``sum min(p^, q) =
-    sum min(p, q) + moved``: never less than exact acceptance, equal to it at delta = 0.
-    Returns (p^ (B, W, V), moved (B, W)). This is argen's extension of LANTERN (whose relaxation is
-    defined for candidate drafts, q = 1) to sampled proposals."""
+    each x). The ``max_codes`` codes with the largest deficit each ask their k nearest codes for up
+    to q(x) - p(x), in proportion to the neighbours' surplus; a code asked for more than its surplus
+    scales its grants down. p^ does not depend on the draft, so the exact rule against it
+    (min(1, p^(x) / q(x)), residual ``max(0, p^ - q)``) outputs exactly p^, with
+    ``TVD(p, p^) = moved <= delta``, and accepts ``sum min(p^, q) = sum min(p, q) + moved``: never
+    less than exact acceptance, equal to it at delta = 0. Returns (p^ (B, W, V), moved (B, W)).
+    This is argen's extension of LANTERN (whose relaxation is defined for candidate drafts, q = 1)
+    to sampled proposals."""
     if delta < 0:
         raise ValueError(f"delta must be >= 0, got {delta}")
     nb = neighbours.to(p.device)
-    v, k = nb.shape
+    k = nb.shape[1]
+    lead = p.shape[:-1]
     surplus, deficit = (p - q).clamp_min(0), (q - p).clamp_min(0)
-    s_near = surplus[..., nb.reshape(-1)].reshape(*p.shape[:-1], v, k)  # (B, W, V, k)
-    available = s_near.sum(-1)  # (B, W, V)
-    want = torch.minimum(deficit, available)
+    need, codes = deficit.topk(min(max_codes, p.shape[-1]), dim=-1)  # (B, W, m) the largest deficits
+    near = nb[codes].reshape(*lead, -1)  # (B, W, m * k) their neighbours
+    s_near = surplus.gather(-1, near).reshape(*codes.shape, k)  # (B, W, m, k)
+    available = s_near.sum(-1)  # (B, W, m)
+    want = torch.minimum(need, available)
     if delta > 1:
-        want = torch.minimum(want, (delta - 1) * p)
-    request = s_near * (want / available.clamp_min(1e-30))[..., None]  # (B, W, V, k)
-    asked = torch.zeros_like(p).scatter_add_(-1, nb.reshape(-1).expand(*p.shape[:-1], -1),
-                                             request.reshape(*p.shape[:-1], -1))
+        want = torch.minimum(want, (delta - 1) * p.gather(-1, codes))
+    request = s_near * (want / available.clamp_min(1e-30))[..., None]  # (B, W, m, k)
+    asked = torch.zeros_like(p).scatter_add_(-1, near, request.reshape(*lead, -1))
     grant = (surplus / asked.clamp_min(1e-30)).clamp_max(1.0)  # per giving code
-    granted = request * grant[..., nb.reshape(-1)].reshape(*p.shape[:-1], v, k)
-    inflow = granted.sum(-1)
-    outflow = torch.zeros_like(p).scatter_add_(-1, nb.reshape(-1).expand(*p.shape[:-1], -1),
-                                               granted.reshape(*p.shape[:-1], -1))
+    granted = request * grant.gather(-1, near).reshape(request.shape)
+    inflow = torch.zeros_like(p).scatter_add_(-1, codes, granted.sum(-1))
+    outflow = torch.zeros_like(p).scatter_add_(-1, near, granted.reshape(*lead, -1))
     moved = inflow.sum(-1)  # (B, W)
     if delta <= 1:
         scale = (delta / moved.clamp_min(1e-30)).clamp_max(1.0)[..., None]
