@@ -213,28 +213,34 @@ def plot_quality(runs: list[dict[str, Any]], path: Path) -> None:
     if not trained:
         return
     markers = {"ancestral": "o", "sjd": "s", "lantern_jacobi": "D", "speculative": "^", "speculative_lantern": "v"}
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    panels = ((axes[0], "shapes_overall", lambda r: r["forward_passes_per_image"], "shapes_overall",
+    settings = list(dict.fromkeys(r["setting"] for r in trained))
+    cmap = plt.get_cmap("tab20")
+    colour = {name: cmap(i % 20) for i, name in enumerate(settings)}
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5 + 0.16 * len(settings)))
+    panels = ((axes[0], "shapes_overall", lambda r: r["forward_passes_per_image"],
                "target forward passes per image (batch 1)", "ShapesEval overall (95% CI)"),
-              (axes[1], "fd_shapes", lambda r: r["seconds_per_image"], "fd_shapes",
+              (axes[1], "fd_shapes", lambda r: r["seconds_per_image"],
                "wall seconds per image (fd batch)", "fd_shapes (95% CI; lower is better)"))
-    for ax, metric, x_of, key, xlabel, ylabel in panels:
-        for i, r in enumerate(x for x in trained if x.get(key) is not None
-                              and x["batch"] == x.get("quality_batches", {}).get(metric)):
+    handles: dict[str, Any] = {}
+    for ax, key, x_of, xlabel, ylabel in panels:
+        for r in trained:
+            if r.get(key) is None or r["batch"] != r.get("quality_batches", {}).get(key):
+                continue
             ci = r.get(f"{key}_ci95") or [r[key], r[key]]
-            ax.errorbar([x_of(r)], [r[key]], yerr=[[r[key] - ci[0]], [ci[1] - r[key]]],
-                        marker=markers.get(r["sampler"], "x"), color=f"C{i % 10}", capsize=3, label=r["setting"])
+            handles[r["setting"]] = ax.errorbar([x_of(r)], [r[key]], yerr=[[r[key] - ci[0]], [ci[1] - r[key]]],
+                                                marker=markers.get(r["sampler"], "x"), color=colour[r["setting"]],
+                                                capsize=3, label=r["setting"])
         ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel)
         for formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
             formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-        else:
-            ax.text(0.5, 0.5, f"{metric} not measured", ha="center", va="center", transform=ax.transAxes)
+        if not ax.get_legend_handles_labels()[0]:
+            ax.text(0.5, 0.5, f"{key} not measured", ha="center", va="center", transform=ax.transAxes)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=2, fontsize=7, frameon=False)
     name = trained[0]["generator"]
     fig.suptitle(f"{name}: speed vs quality (cfg {trained[0]['cfg_scale']}, {trained[0]['device']})")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.09 * len(settings) / 8 if len(settings) > 2 else 0.1, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
