@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
@@ -15,6 +16,25 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("argen")
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def pick_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; cuda -> this process's GPU (LOCAL_RANK under torchrun)."""
+    import os
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
+
+
+def pick_dtype(name: str) -> torch.dtype:
+    """float32 | bfloat16, else a clear error."""
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(str(name))
+    if dtype is None:
+        raise ConfigError(f"dtype must be float32 or bfloat16, got {name!r}")
+    return dtype
 
 
 class ConfigError(ValueError):

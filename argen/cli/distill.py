@@ -19,10 +19,9 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from argen.cli.common import CONFIG_DIR, ConfigError, build, to_plain
-from argen.cli.tokenize import _write_shard
+from argen.cli.common import CONFIG_DIR, ConfigError, build, pick_device, pick_dtype, to_plain
 from argen.core import Condition
-from argen.data.codes import CACHE_VERSION, MANIFEST, CodeDataset, check_manifest, publish_cache, read_manifest
+from argen.data.codes import MANIFEST, CodeDataset, check_manifest, publish_cache, read_manifest, write_shard
 from argen.samplers.random import sample_seeds
 from tokenizers_vq.io import load_pretrained, read_meta
 
@@ -68,7 +67,7 @@ def distill_split(cfg: DictConfig, sampler: Any, generator: Any, source: CodeDat
         bar.update(len(ids))
         if pending >= int(cfg.shard_size) or ids[-1] == count - 1:
             shards.append(f"shard_{len(shards):05d}")
-            _write_shard(out, shards[-1], buffer)
+            write_shard(out, shards[-1], buffer)
             written += pending
             buffer, pending = {k: [] for k in buffer}, 0
     bar.close()
@@ -86,11 +85,7 @@ def run(cfg: DictConfig) -> Path:
     tokenizer = meta.get("tokenizer") or {}
     manifest = read_manifest(cfg.codes_dir)
     check_manifest(manifest, root=cfg.codes_dir, tokenizer_sha256=tokenizer.get("sha256"))
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if cfg.device == "auto" else cfg.device))
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(str(cfg.dtype))
-    if dtype is None:
-        raise ConfigError(f"dtype must be float32 or bfloat16, got {cfg.dtype!r}")
+    device, dtype = pick_device(str(cfg.device)), pick_dtype(cfg.dtype)
     generator = load_pretrained(gen_dir).to(device=device, dtype=dtype).eval()
     sampler = build(cfg.sampler, "sampler")
     tmp = out.with_name(f".{out.name}.partial")
@@ -102,17 +97,11 @@ def run(cfg: DictConfig) -> Path:
         source = CodeDataset(root=cfg.codes_dir, split=split)
         splits[split] = distill_split(cfg, sampler, generator, source, int(count), tmp / split,
                                       int(cfg.seed) + SPLIT_SEED_OFFSET[split], device)
-    new_manifest = {
-        "version": CACHE_VERSION,
-        "tokenizer": manifest["tokenizer"],
-        "layout": manifest["layout"],
-        "preprocessing": {"distilled": {"generator": str(gen_dir.resolve()), "generator_sha256": meta.get("sha256"),
-                                        "conditions_from": str(Path(cfg.codes_dir).resolve()),
-                                        "sampler": sampler.settings(), "seed": int(cfg.seed)},
-                          "config": to_plain(cfg)},
-        "splits": splits,
-    }
-    publish_cache(tmp, out, new_manifest)
+    distilled = {"generator": str(gen_dir.resolve()), "generator_sha256": meta.get("sha256"),
+                 "conditions_from": str(Path(cfg.codes_dir).resolve()), "sampler": sampler.settings(),
+                 "seed": int(cfg.seed)}
+    publish_cache(tmp, out, tokenizer=manifest["tokenizer"], layout=manifest["layout"],
+                  preprocessing={"distilled": distilled, "config": to_plain(cfg)}, splits=splits)
     log.info("wrote self-distilled code cache %s: %s", out, {s: v["count"] for s, v in splits.items()})
     return out
 

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 from tqdm import tqdm
 
-from argen.cli.common import CONFIG_DIR, ConfigError, build, to_plain
+from argen.cli.common import CONFIG_DIR, ConfigError, build, pick_device, pick_dtype, to_plain
 from argen.core import Condition, check_compatible
 from argen.data.base import tensor_to_uint8
 from argen.samplers.random import sample_seeds
@@ -168,14 +168,6 @@ def init_distributed(device_kind: str) -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(name)
-
-
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -289,9 +281,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Sample as configured; returns the settings written to settings.json (rank 0) or {}."""
     device = pick_device(str(cfg.device))
     rank, world = init_distributed(device.type)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(str(cfg.dtype))
-    if dtype is None:
-        raise ConfigError(f"dtype must be float32 or bfloat16, got {cfg.dtype!r}")
+    dtype = pick_dtype(cfg.dtype)
     out = Path(cfg.output_dir)
     generator, tokenizer, info = load_models(cfg, device, dtype)
     sampler = build(cfg.sampler, "sampler")

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -14,26 +13,16 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig, open_dict
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from argen.cli.common import CONFIG_DIR, ConfigError, build, to_plain
 from argen.data.base import collate_samples
-from argen.data.codes import CACHE_VERSION, MANIFEST, publish_cache
+from argen.data.codes import MANIFEST, publish_cache, write_shard
 from argen.io.export import load
 from tokenizers_vq.io import read_meta
 
 log = logging.getLogger("argen")
-
-
-def _write_shard(out: Path, name: str, rows: dict[str, list[Any]]) -> None:
-    tensors = {"tokens": torch.cat(rows["tokens"]).to(torch.int32).contiguous(),
-               "label": torch.cat(rows["label"]).long(), "index": torch.cat(rows["index"]).long()}
-    save_file(tensors, str(out / f"{name}.safetensors"))
-    with open(out / f"{name}.jsonl", "w") as f:
-        for caption, metadata in zip(rows["caption"], rows["metadata"]):
-            f.write(json.dumps({"caption": caption, "metadata": metadata}) + "\n")
 
 
 @torch.no_grad()
@@ -57,12 +46,12 @@ def encode_split(tokenizer: Any, dataset: Dataset, out: Path, *, batch_size: int
         pending += tokens.shape[0]
         if pending >= shard_size:
             shards.append(f"shard_{len(shards):05d}")
-            _write_shard(out, shards[-1], rows)
+            write_shard(out, shards[-1], rows)
             count += pending
             rows, pending = {k: [] for k in rows}, 0
     if pending:
         shards.append(f"shard_{len(shards):05d}")
-        _write_shard(out, shards[-1], rows)
+        write_shard(out, shards[-1], rows)
         count += pending
     if skipped:
         log.warning("%s: skipped %d unreadable images", desc, skipped)
@@ -95,14 +84,10 @@ def run(cfg: DictConfig) -> Path:
                               f"{size}x{size}; set the data image_size to {size}")
         splits[split] = encode_split(tokenizer, dataset, tmp / split, batch_size=cfg.batch_size,
                                      shard_size=cfg.shard_size, device=device, desc=f"tokenize {split}")
-    manifest = {
-        "version": CACHE_VERSION,
-        "tokenizer": {"sha256": meta["sha256"], "path": str(tokenizer_path.resolve()), "name": meta.get("name")},
-        "layout": tokenizer.layout.to_dict(),
-        "preprocessing": {"datasets": {s: data_cfg.get(s) for s in cfg.splits}, "augmentation": None},
-        "splits": splits,
-    }
-    publish_cache(tmp, out, manifest)
+    publish_cache(tmp, out, layout=tokenizer.layout.to_dict(),
+                  tokenizer={"sha256": meta["sha256"], "path": str(tokenizer_path.resolve()), "name": meta.get("name")},
+                  preprocessing={"datasets": {s: data_cfg.get(s) for s in cfg.splits}, "augmentation": None},
+                  splits=splits)
     log.info("wrote code cache %s: %s", out, {s: v["count"] for s, v in splits.items()})
     return out
 

@@ -55,11 +55,26 @@ def check_manifest(manifest: dict[str, Any], *, root: str | Path, tokenizer_sha2
             f"{preprocessing}; re-run argen-tokenize with the current data config")
 
 
-def publish_cache(tmp: Path, out: Path, manifest: dict[str, Any]) -> Path:
-    """Write ``manifest`` into the fully written cache folder ``tmp`` and move it to ``out`` (replacing
+def write_shard(out: Path, name: str, rows: dict[str, list[Any]]) -> None:
+    """One shard: ``rows`` holds lists of tokens / label / index tensors and of caption / metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {"tokens": torch.cat(rows["tokens"]).to(torch.int32).contiguous(),
+               "label": torch.cat(rows["label"]).long(), "index": torch.cat(rows["index"]).long()}
+    save_file(tensors, str(out / f"{name}.safetensors"))
+    with open(out / f"{name}.jsonl", "w") as f:
+        for caption, metadata in zip(rows["caption"], rows["metadata"]):
+            f.write(json.dumps({"caption": caption, "metadata": metadata}) + "\n")
+
+
+def publish_cache(tmp: Path, out: Path, *, tokenizer: dict[str, Any], layout: dict[str, Any],
+                  preprocessing: dict[str, Any], splits: dict[str, Any]) -> Path:
+    """Write the manifest into the fully written cache folder ``tmp`` and move it to ``out`` (replacing
     an old cache only now, so a crash never leaves a half-written cache under ``out``)."""
     import shutil
 
+    manifest = {"version": CACHE_VERSION, "tokenizer": tokenizer, "layout": layout,
+                "preprocessing": preprocessing, "splits": splits}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

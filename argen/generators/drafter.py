@@ -31,9 +31,8 @@ from torch import Tensor, nn
 
 from argen.core import Condition, DecodeState, KVCache, LossOutput
 from argen.core.state import round_up
+from argen.generators.raster import raster_layout
 from argen.nn.blocks import TransformerBlock, swiglu_hidden
-from argen.nn.rope import rope_1d, rope_2d
-from tokenizers_vq.layout import TokenLayout
 
 
 class _Shared:
@@ -58,8 +57,6 @@ class EagleDrafter(nn.Module):
                  norm_eps: float = 1e-5, rope_base: float = 10000.0, feature_noise: float = 0.2,
                  logit_weight: float = 0.1, condition_dropout: float = 0.1, initializer_range: float = 0.02) -> None:
         super().__init__()
-        if (grid_size is None) == (sequence_length is None):
-            raise ValueError("give exactly one of grid_size (2D raster) and sequence_length (1D tokens)")
         self.vocab_size, self.dim, self.n_head = vocab_size, dim, n_head
         self.feature_noise, self.logit_weight, self.condition_dropout = feature_noise, logit_weight, condition_dropout
         self.fc = nn.Linear(2 * dim, dim, bias=True)
@@ -67,14 +64,7 @@ class EagleDrafter(nn.Module):
                                                                                        ffn_dim_multiplier),
                                       norm_eps=norm_eps)
         self.layer.attention_norm = nn.Identity()  # EAGLE's first (only) layer has no input norm
-        head_dim = dim // n_head
-        if grid_size is not None:
-            self.layout = TokenLayout(kind="grid", shapes=((grid_size, grid_size),), vocab_size=vocab_size)
-            table = rope_2d(grid_size, grid_size, head_dim, base=rope_base)
-        else:
-            assert sequence_length is not None
-            self.layout = TokenLayout(kind="sequence", shapes=((1, sequence_length),), vocab_size=vocab_size)
-            table = rope_1d(sequence_length, head_dim, base=rope_base)
+        self.layout, table = raster_layout(vocab_size, grid_size, sequence_length, dim // n_head, rope_base=rope_base)
         self.register_buffer("rope", table, persistent=False)  # (L, hd/2, 2): position i of the layout
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -87,12 +77,12 @@ class EagleDrafter(nn.Module):
     def attach_target(self, target: Any) -> None:
         """Hand over the frozen target generator whose features, token embedding and output head the
         drafter uses. It stays outside the drafter's state dict and parameters."""
-        for attr in ("features", "tok_embeddings", "output", "layout"):
+        for attr in ("features", "tok_embeddings", "output", "layout", "n_head"):
             if not hasattr(target, attr):
                 raise TypeError(f"an EAGLE drafter needs a target with teacher-forced features, a token embedding "
                                 f"and an output head (a raster generator); {type(target).__name__} lacks {attr!r}")
         dim, vocab, layout = int(target.tok_embeddings.weight.shape[1]), int(target.vocab_size), target.layout
-        n_head = int(getattr(target, "n_head", self.n_head))
+        n_head = int(target.n_head)
         if (dim, vocab, n_head) != (self.dim, self.vocab_size, self.n_head) \
                 or (layout.kind, layout.shapes) != (self.layout.kind, self.layout.shapes):
             raise ValueError(f"drafter/target mismatch: the drafter was built for width {self.dim}, {self.n_head} "

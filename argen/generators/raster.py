@@ -29,6 +29,20 @@ from argen.nn.rope import rope_1d, rope_2d
 from tokenizers_vq.layout import TokenLayout, check_token_ids
 
 
+def raster_layout(vocab_size: int, grid_size: int | None, sequence_length: int | None, head_dim: int, *,
+                  rope_base: float, prefix: int = 0, zero_prefix: bool = True) -> tuple[TokenLayout, Tensor]:
+    """The layout of a raster sequence (a ``grid_size`` square in raster order, 2D RoPE, or a 1D
+    sequence of ``sequence_length``, 1D RoPE) and its rotary table (prefix + L, hd/2, 2)."""
+    if (grid_size is None) == (sequence_length is None):
+        raise ValueError("give exactly one of grid_size (2D raster) and sequence_length (1D tokens)")
+    if grid_size is not None:
+        layout = TokenLayout(kind="grid", shapes=((grid_size, grid_size),), vocab_size=vocab_size)
+        return layout, rope_2d(grid_size, grid_size, head_dim, base=rope_base, prefix=prefix, zero_prefix=zero_prefix)
+    assert sequence_length is not None
+    layout = TokenLayout(kind="sequence", shapes=((1, sequence_length),), vocab_size=vocab_size)
+    return layout, rope_1d(sequence_length, head_dim, base=rope_base, prefix=prefix, zero_prefix=zero_prefix)
+
+
 class RasterGenerator(nn.Module):
     """GPT over a raster grid (``grid_size`` x ``grid_size``, 2D RoPE) or a 1D sequence
     (``sequence_length``, 1D RoPE).
@@ -62,15 +76,8 @@ class RasterGenerator(nn.Module):
         self.norm = RMSNorm(dim, norm_eps)
         self.output = nn.Linear(dim, vocab_size, bias=False)
         head_dim = dim // n_head
-        if grid_size is not None:
-            self.layout = TokenLayout(kind="grid", shapes=((grid_size, grid_size),), vocab_size=vocab_size)
-            table = rope_2d(grid_size, grid_size, head_dim, base=rope_base, prefix=self.prefix_len,
-                            zero_prefix=zero_condition_rope)
-        else:
-            assert sequence_length is not None
-            self.layout = TokenLayout(kind="sequence", shapes=((1, sequence_length),), vocab_size=vocab_size)
-            table = rope_1d(sequence_length, head_dim, base=rope_base, prefix=self.prefix_len,
-                            zero_prefix=zero_condition_rope)
+        self.layout, table = raster_layout(vocab_size, grid_size, sequence_length, head_dim, rope_base=rope_base,
+                                           prefix=self.prefix_len, zero_prefix=zero_condition_rope)
         self.register_buffer("rope", table, persistent=False)  # (prefix + L, hd/2, 2)
         self._init_weights(initializer_range)
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from argen.core import Condition, Requirements, SampleResult, SamplingStats
-from argen.samplers.common import begin, finish
+from argen.samplers.common import begin, finish, processing_settings
 from argen.samplers.guidance import Guidance
 from argen.samplers.logits import LogitsProcessor
 
@@ -27,9 +27,7 @@ class AncestralSampler:
         self.guidance = Guidance(scale=cfg_scale, schedule=cfg_schedule)
 
     def settings(self) -> dict[str, object]:
-        p, g = self.processor, self.guidance
-        return {"sampler": self.name, "temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p,
-                "cfg_scale": g.scale, "cfg_schedule": g.schedule}
+        return {"sampler": self.name, **processing_settings(self)}
 
     @torch.no_grad()
     def sample(self, generator: object, cond: Condition, *, seeds: Tensor) -> SampleResult:

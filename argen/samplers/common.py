@@ -23,6 +23,21 @@ def begin(sampler: Any, generator: Any, cond: Condition, seeds: Tensor) -> tuple
     return RowRandom(seeds), device, state
 
 
+def guided_probs(sampler: Any, logits: Tensor, positions: Tensor, length: int) -> Tensor:
+    """The sampler's target distributions (B, Q, V) from a step's logits (2B rows when guided) at
+    layout ``positions`` (Q,): guidance (its schedule reads the position's progress), then the logits
+    processors. The same for targets and drafters, so a draft is proposed from what it is checked by."""
+    progress = positions.float().cpu() / max(length - 1, 1)
+    return sampler.processor.probs(sampler.guidance.mix(logits, progress))
+
+
+def processing_settings(sampler: Any) -> dict[str, object]:
+    """The logits-processing and guidance settings every sampler reports."""
+    p, g = sampler.processor, sampler.guidance
+    return {"temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p, "cfg_scale": g.scale,
+            "cfg_schedule": g.schedule}
+
+
 def finish(stats: SamplingStats, start_time: float, device: torch.device) -> SamplingStats:
     """Record the wall time (after the device's queued work) and return ``stats``."""
     if device.type == "cuda":

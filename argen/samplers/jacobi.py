@@ -28,7 +28,7 @@ from torch import Tensor
 
 from argen.core import Condition, Requirements, SampleResult, SamplingStats
 from argen.samplers.acceptance import one_hot_probs
-from argen.samplers.common import begin, finish
+from argen.samplers.common import begin, finish, guided_probs, processing_settings
 from argen.samplers.guidance import Guidance
 from argen.samplers.logits import LogitsProcessor
 from argen.samplers.random import RowRandom
@@ -67,12 +67,8 @@ class JacobiSampler:
         return "lantern_jacobi" if self.verifier.relaxed else "sjd"
 
     def settings(self) -> dict[str, object]:
-        p, g = self.processor, self.guidance
-        out: dict[str, object] = {"sampler": self.name, "window": self.window, "init": self.init,
-                                  "temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p,
-                                  "cfg_scale": g.scale, "cfg_schedule": g.schedule}
-        out.update(self.verifier.settings())
-        return out
+        return {"sampler": self.name, "window": self.window, "init": self.init, **processing_settings(self),
+                **self.verifier.settings()}
 
     def attach_tokenizer(self, tokenizer: object) -> None:
         """LANTERN's latent proximity comes from the tokenizer's codebook (see :class:`Verifier`)."""
@@ -117,8 +113,7 @@ class JacobiSampler:
                 feed = torch.cat([feed, feed])
             query = torch.arange(n, n + w)
             out = generator.step(state, feed, fed, query)  # type: ignore[attr-defined]
-            progress = query.float() / max(length - 1, 1)
-            p = self.processor.probs(self.guidance.mix(out.logits, progress))  # (B, w, V)
+            p = guided_probs(self, out.logits, query, length)  # (B, w, V)
             stats.forward_passes += 1
             verdict = self.verifier(p, tokens[:, n:n + w - 1], q, rng)
             accepted, extra = verdict.accepted, verdict.token

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from argen.core import Condition, Requirements, SampleResult, SamplingStats
 from argen.samplers.acceptance import one_hot_probs
-from argen.samplers.common import begin, finish
+from argen.samplers.common import begin, finish, guided_probs, processing_settings
 from argen.samplers.guidance import Guidance
 from argen.samplers.logits import LogitsProcessor
 from argen.samplers.verify import Verifier
@@ -47,8 +47,8 @@ def load_drafter(path: str | Path) -> nn.Module:
 
     folder = Path(str(path)).expanduser()
     if not (folder / "meta.json").is_file():
-        raise FileNotFoundError(f"drafter_path '{folder}' is not an exported drafter (no meta.json); train one with "
-                                f"argen-train experiment=shapes_raster_drafter, or fix sampler.drafter_path=...")
+        raise FileNotFoundError(f"drafter '{folder}' is not an exported drafter (no meta.json); train one with "
+                                f"argen-train experiment=shapes_raster_drafter, or fix sampler.drafter=...")
     meta = read_meta(folder)
     drafter = load_pretrained(folder)
     if not hasattr(drafter, "attach_target"):
@@ -91,19 +91,11 @@ class SpeculativeSampler:
         return getattr(self.drafter, "target_sha256", None)
 
     def settings(self) -> dict[str, object]:
-        p, g = self.processor, self.guidance
-        out: dict[str, object] = {"sampler": self.name, "window": self.draft_len + 1, "draft_len": self.draft_len,
-                                  "draft": self.draft, "temperature": p.temperature, "top_k": p.top_k,
-                                  "top_p": p.top_p, "cfg_scale": g.scale, "cfg_schedule": g.schedule}
-        out.update(self.verifier.settings())
-        return out
+        return {"sampler": self.name, "window": self.draft_len + 1, "draft_len": self.draft_len, "draft": self.draft,
+                **processing_settings(self), **self.verifier.settings()}
 
     def attach_tokenizer(self, tokenizer: object) -> None:
         self.verifier.attach_tokenizer(tokenizer)
-
-    def _draft_probs(self, logits: Tensor, position: int, length: int) -> Tensor:
-        progress = torch.full((logits.shape[1],), position / max(length - 1, 1))
-        return self.processor.probs(self.guidance.mix(logits, progress))
 
     @torch.no_grad()
     def sample(self, generator: Any, cond: Condition, *, seeds: Tensor) -> SampleResult:
@@ -127,7 +119,7 @@ class SpeculativeSampler:
         none = torch.zeros(0, dtype=torch.long)
         out = generator.step(state, tokens[:, :0].repeat(2 if double else 1, 1), none, torch.tensor([0]))
         stats.forward_passes += 1
-        tokens[:, 0] = rng.categorical(self._draft_probs(out.logits, 0, length))[:, 0]
+        tokens[:, 0] = rng.categorical(guided_probs(self, out.logits, torch.tensor([0]), length))[:, 0]
         feats = out.hidden  # target features of positions n_prev .. n - 1 (here: position 0)
         n, drafted = 1, 0
         # Rows that accepted more than the batch advanced keep those tokens, decided, "ahead" of n: they
@@ -143,7 +135,7 @@ class SpeculativeSampler:
                                        f"and {feats.shape[1]} new features are at hand")
                 g = drafter.step(dstate, rows2(tokens[:, dstate.fed:n]), feats)[:, -1:]
             for i in range(d):
-                q = self._draft_probs(drafter.head(g), n + i, length)  # (B, 1, V)
+                q = guided_probs(self, drafter.head(g), torch.tensor([n + i]), length)  # (B, 1, V)
                 if self.draft == "greedy":
                     x = q.argmax(-1)
                     q = one_hot_probs(x, vocab)
@@ -162,8 +154,7 @@ class SpeculativeSampler:
             fed = torch.arange(n - 1, n + d)
             out = generator.step(state, rows2(tokens[:, n - 1:n + d]), fed, torch.arange(n, n + d + 1))
             stats.forward_passes += 1
-            p = self.processor.probs(self.guidance.mix(out.logits, torch.arange(n, n + d + 1).float()
-                                                       / max(length - 1, 1)))  # (B, d + 1, V)
+            p = guided_probs(self, out.logits, torch.arange(n, n + d + 1), length)  # (B, d + 1, V)
             decided = torch.arange(d + 1, device=device)[None] < ahead[:, None]  # (B, d + 1)
             if bool(decided.any()):
                 p = torch.where(decided[..., None], one_hot_probs(tokens[:, n:n + d + 1], vocab), p)

@@ -40,8 +40,8 @@ def tokenizer_sha256(path: str | Path) -> str:
     return str(read_meta(folder)["sha256"])
 
 
-def tokenizer_config(path: str | Path) -> dict[str, Any]:
-    """The exported tokenizer's resolved config (config.yaml)."""
+def export_config(path: str | Path) -> dict[str, Any]:
+    """An export's resolved config (config.yaml): a tokenizer's, or the target generator of a drafter."""
     import yaml
 
     return yaml.safe_load((Path(str(path)).expanduser() / "config.yaml").read_text()) or {}
@@ -95,7 +95,7 @@ def prepare_generator_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{gen.get('_target_')} predicts scale-residual tokens but {cfg.codes_dir} holds "
                               f"{layout.kind} tokens: tokenize with a scale-residual tokenizer (experiment=shapes_msvq)")
         if "input_dim" in gen:  # the width of the tokenizer's codes (VAR's Cvae)
-            width = tokenizer_config(cfg.tokenizer_path).get("embed_dim")
+            width = export_config(cfg.tokenizer_path).get("embed_dim")
             _fill(gen, "input_dim", width, f"code width mismatch with the tokenizer ({width})")
         _prepare_condition(gen.condition, cfg.codes_dir)
 
@@ -141,7 +141,7 @@ def prepare_drafter_config(cfg: DictConfig) -> None:
         raise ConfigError("a drafter trains on a code cache: set codes_dir=<self-distilled codes from argen-distill>")
     manifest = read_manifest(cfg.codes_dir)
     check_manifest(manifest, root=cfg.codes_dir, tokenizer_sha256=recorded.get("sha256"))
-    target_cfg = tokenizer_config(target_dir)  # the export's resolved config.yaml
+    target_cfg = export_config(target_dir)  # the export's resolved config.yaml
     gen = cfg.generator
     with open_dict(cfg):
         cfg.tokenizer_path = cfg.get("tokenizer_path") or recorded.get("path")

@@ -17,7 +17,14 @@ from argen.generators.raster import RasterGenerator
 from argen.nn.conditioning import ClassEmbedder
 from argen.samplers import AncestralSampler
 from argen.samplers.speculative import SpeculativeSampler
-from tests.unit.test_jacobi import HEAD_STD, exact_distribution, pooled_chisquare, sequence_counts, toy
+from tests.unit.test_jacobi import (
+    HEAD_STD,
+    codebook_tokenizer,
+    exact_distribution,
+    pooled_chisquare,
+    sequence_counts,
+    toy,
+)
 
 
 def drafter_for(g: RasterGenerator, seed: int = 0, std: float = 0.1) -> EagleDrafter:
@@ -104,14 +111,6 @@ def test_a_wrong_acceptance_rule_is_detected(monkeypatch: pytest.MonkeyPatch) ->
     assert speculative_pvalue(g, 30_000, draft_len=2, draft="sample") < 1e-6
 
 
-class Codebook:
-    def __init__(self, vocab: int, seed: int = 0) -> None:
-        self.weight = torch.randn(vocab, 4, generator=torch.Generator().manual_seed(seed))
-
-    def codebook(self) -> torch.Tensor:
-        return self.weight
-
-
 @pytest.mark.parametrize("draft", ["sample", "greedy"])
 def test_lantern_delta_zero_is_exact_and_the_tvd_stays_within_delta(draft: str) -> None:
     """Greedy drafts are candidates (LANTERN's own rule), sampled ones go through the neighbour
@@ -125,7 +124,7 @@ def test_lantern_delta_zero_is_exact_and_the_tvd_stays_within_delta(draft: str) 
     for delta in (0.0, 0.3):
         s = SpeculativeSampler(drafter=drafter_for(g), draft_len=3, cfg_scale=2.0, acceptance="lantern",
                                lantern_k=6, lantern_delta=delta, draft=draft)
-        s.attach_tokenizer(Codebook(16))
+        s.attach_tokenizer(codebook_tokenizer(16))
         runs[delta] = s.sample(g, cond, seeds=seeds)
     assert torch.equal(runs[0.0].tokens, exact.tokens)
     assert runs[0.0].stats.extra["max_tvd"] == 0.0
@@ -152,29 +151,30 @@ def test_unsupported_generators_and_mismatched_drafters_are_refused() -> None:
         SpeculativeSampler(drafter="/nonexistent/drafter")
     with pytest.raises(ValueError, match="draft must be"):
         SpeculativeSampler(drafter=drafter_for(g), draft="beam")
-    s = SpeculativeSampler(drafter=drafter_for(g), acceptance="lantern", lantern_k=4)
+
+
+@pytest.mark.parametrize("kind", ["jacobi", "speculative"])
+def test_lantern_needs_the_matching_codebook(kind: str) -> None:
+    from argen.samplers.jacobi import JacobiSampler
+
+    g = toy(16, grid=4)
+    s = (JacobiSampler(window=4, acceptance="lantern", lantern_k=3) if kind == "jacobi"
+         else SpeculativeSampler(drafter=drafter_for(g), acceptance="lantern", lantern_k=3))
     with pytest.raises(RuntimeError, match="attach_tokenizer"):
         s.sample(g, Condition(labels=torch.tensor([0])), seeds=torch.tensor([0]))
-    s.attach_tokenizer(Codebook(32))
-    with pytest.raises(ValueError, match="another tokenizer"):
+    s.attach_tokenizer(codebook_tokenizer(32))
+    with pytest.raises(ValueError, match="built for another tokenizer"):
         s.sample(g, Condition(labels=torch.tensor([0])), seeds=torch.tensor([0]))
 
 
 def test_guided_sequence_distribution_is_exact_for_both_speculative_samplers() -> None:
     """Under classifier-free guidance the target is the guided product of conditionals; SJD and the
     drafter sampler (both batches of 30000 rows, so rows advance together and carry tokens) match it."""
-    import itertools
-
     from argen.samplers.jacobi import JacobiSampler
 
     g = toy(3, length=4, seed=1, head_std=HEAD_STD)
-    seqs = torch.tensor(list(itertools.product(range(3), repeat=4)))
-    cond = Condition(labels=torch.ones(len(seqs), dtype=torch.long))
-    with torch.no_grad():
-        lc, lu = g.logits(seqs, cond), g.logits(seqs, cond.as_null())
-    logp = (lu + 2.0 * (lc - lu)).double().log_softmax(-1).gather(-1, seqs[..., None])[..., 0].sum(-1)
     n = 30_000
-    expected = logp.exp() / logp.exp().sum() * n
+    expected = exact_distribution(g, 1, 3, 4, cfg=2.0) * n
     for sampler in (JacobiSampler(window=3, cfg_scale=2.0),
                     SpeculativeSampler(drafter=drafter_for(g), draft_len=2, cfg_scale=2.0)):
         out = sampler.sample(g, Condition(labels=torch.ones(n, dtype=torch.long)), seeds=torch.arange(n))
