@@ -4,7 +4,7 @@
                                      [--generators tiny,gpt_b,var] [--batches 1,8,64] [--threads N]
 
 Writes ``DIR/sampling.json`` and ``DIR/sampling.png``. Models are randomly initialised from the
-YAML presets in ``configs/generator`` (weights do not change the speed; the zero-initialised
+YAML presets in ``argen/configs/generator`` (weights do not change the speed; the zero-initialised
 raster output head is re-drawn from N(0, 0.02) so sampling is not degenerate) and run in eval mode
 under ``torch.inference_mode``. Generators (``--generators``):
 
@@ -152,7 +152,7 @@ class Settings:
 
 # ---- building --------------------------------------------------------------------------------
 def compose_generator(preset: str, overrides: Sequence[str]) -> Any:
-    """The ``generator`` node of ``configs/generator/<preset>.yaml`` (defaults resolved) with overrides."""
+    """The ``generator`` node of ``argen/configs/generator/<preset>.yaml`` (defaults resolved) with overrides."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 

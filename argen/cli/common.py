@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("argen")
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+# Inside the package, so that a wheel (not only an editable install) ships them.
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 
 def pick_device(name: str) -> torch.device:

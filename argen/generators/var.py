@@ -23,7 +23,7 @@ the start token is that vector plus ``pos_start``, as for a class. (2) Condition
 applied in :meth:`loss` through :meth:`Condition.with_dropout`. (3) CFG uses the shared
 :class:`~argen.samplers.guidance.Guidance`: VAR's ramp ``(1 + t) l_c - t l_u`` with
 ``t = cfg k / (K - 1)`` is ``cfg_schedule=linear`` with ``cfg_scale = 1 + cfg`` (VAR's README
-FID setting cfg=1.5 is ``cfg_scale=2.5``; configs/sampler/var.yaml).
+FID setting cfg=1.5 is ``cfg_scale=2.5``; argen/configs/sampler/var.yaml).
 """
 
 from __future__ import annotations

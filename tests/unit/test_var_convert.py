@@ -421,7 +421,7 @@ def test_released_vae_and_var_d16_configs_from_shapes() -> None:
     vae = {k: torch.empty(s, device="meta") for k, s in official_vae_shapes(
         ch=160, mult=(1, 1, 2, 2, 4), nres=2, vocab=4096, cvae=32, num_scales=10, share=4).items()}
     config = infer_vae_config(vae)
-    preset = yaml.safe_load((REPO / "configs" / "tokenizer" / "msvq_var.yaml").read_text())
+    preset = yaml.safe_load((REPO / "argen" / "configs" / "tokenizer" / "msvq_var.yaml").read_text())
     assert config == preset
     shapes = official_var_shapes(depth=16, width=1024, heads=16, vocab=4096, cvae=32, classes=1000, scales=VAR_SCALES)
     state = var_to_argen({k: torch.empty(s, device="meta") for k, s in shapes.items()})

@@ -25,7 +25,7 @@ class MultiScaleVQTokenizer(nn.Module):
     """scales: token-map sides coarse to fine, the last equal to ``image_size / f`` with
     ``f = 2 ** (len(channel_multipliers) - 1)``; num_phi / phi_ratio: see :class:`MultiScaleQuantizer`.
     VAR's released VQ-VAE: image 256, ch 160, mult (1,1,2,2,4), 2 res blocks, z 32, 4096 codes of
-    width 32, scales (1,2,3,4,5,6,8,10,13,16), num_phi 4, phi_ratio 0.5 (configs/tokenizer/msvq_var.yaml)."""
+    width 32, scales (1,2,3,4,5,6,8,10,13,16), num_phi 4, phi_ratio 0.5 (argen/configs/tokenizer/msvq_var.yaml)."""
 
     def __init__(
         self,
