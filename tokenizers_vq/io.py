@@ -37,6 +37,33 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """``safetensors.torch.save_file`` with a canonical header, so equal content gives equal bytes.
+
+    safetensors serialises ``__metadata__`` from a hash map whose order changes from process to
+    process: the same tensors and config gave different file hashes at random, and every identity
+    here (tokenizer -> code cache -> generator) is such a hash. The header is rewritten in place with
+    sorted keys (same compact JSON, same length, so tensor offsets are untouched).
+    """
+    path = Path(path)
+    save_file(tensors, str(path), metadata=metadata)
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size:  # the usual case: a key reordering of serde's compact JSON, same length
+            f.seek(8)
+            f.write(text + b" " * (size - len(text)))
+            return path
+        data = f.read()  # escaping differed: rewrite the whole file (header padded to 8 bytes, as safetensors)
+    text += b" " * (-len(text) % 8)
+    tmp = path.with_name(path.name + ".canon")
+    tmp.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    os.replace(tmp, path)
+    return path
+
+
 def _check_targets(node: Any, trusted: tuple[str, ...]) -> None:
     if isinstance(node, dict):
         target = node.get("_target_")
@@ -55,7 +82,9 @@ def save_pretrained(module: nn.Module, directory: str | Path, *, config: dict[st
     """Write ``module``'s state dict with its ``config`` (must carry ``_target_``) atomically.
 
     The folder is assembled in a temporary sibling and renamed into place, so a crash never
-    leaves a half-written export. ``meta.json`` gains ``sha256`` of the weights file.
+    leaves a half-written export. ``meta.json`` gains ``sha256`` of the weights file, a function of
+    the tensors and the config alone (canonical header). Re-exporting the same weights with the same
+    meta leaves an existing folder untouched, byte for byte.
     """
     directory = Path(directory)
     if "_target_" not in config:
@@ -67,11 +96,14 @@ def save_pretrained(module: nn.Module, directory: str | Path, *, config: dict[st
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         config_text = yaml.safe_dump(config, sort_keys=False)
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"config": config_text, "format": "pt"})
+        save_safetensors(state, tmp / WEIGHTS_NAME, metadata={"config": config_text, "format": "pt"})
         (tmp / CONFIG_NAME).write_text(config_text)
         meta = dict(meta or {})
         meta["sha256"] = file_sha256(tmp / WEIGHTS_NAME)
         meta["num_parameters"] = sum(p.numel() for p in module.parameters())
+        if _same_export(directory, meta):
+            shutil.rmtree(tmp)  # nothing changed: the folder (and every hash pinned to it) stays byte-identical
+            return directory
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
         if directory.exists():
             shutil.rmtree(directory)
@@ -80,6 +112,22 @@ def save_pretrained(module: nn.Module, directory: str | Path, *, config: dict[st
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+# Facts about the code that wrote an export, not about the export: they do not make it a new one.
+_PROVENANCE_KEYS = ("argen_version", "git_sha")
+
+
+def _same_export(directory: Path, meta: dict[str, Any]) -> bool:
+    """Whether ``directory`` already holds these weights (sha256, which covers the config) and this meta."""
+    try:
+        old = json.loads((directory / META_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    if old.get("sha256") != meta["sha256"] or file_sha256(directory / WEIGHTS_NAME) != meta["sha256"]:
+        return False
+    strip = lambda m: {k: v for k, v in m.items() if k not in _PROVENANCE_KEYS}  # noqa: E731
+    return strip(old) == strip(json.loads(json.dumps(meta)))
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:

@@ -69,9 +69,7 @@ def load_models(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> tu
     if meta.get("kind") not in (None, "generator"):
         raise ConfigError(f"{gen_dir} is an exported {meta.get('kind')}, not a generator")
     recorded = meta.get("tokenizer") or {}
-    tok_dir = Path(cfg.tokenizer_path or recorded.get("path") or "")
-    if not cfg.tokenizer_path and not recorded.get("path"):
-        raise ConfigError(f"{gen_dir}/meta.json records no tokenizer; pass tokenizer_path=<exported tokenizer>")
+    tok_dir = Path(cfg.tokenizer_path) if cfg.tokenizer_path else recorded_tokenizer(gen_dir, recorded)
     tok_meta = read_meta(tok_dir)
     if recorded.get("sha256") and tok_meta["sha256"] != recorded["sha256"]:
         raise ConfigError(f"tokenizer {tok_dir} (sha256 {tok_meta['sha256'][:12]}…) is not the one the generator "
@@ -83,6 +81,20 @@ def load_models(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> tu
     if hasattr(generator, "attach_tokenizer"):  # VAR builds its next-scale inputs with the tokenizer's step
         generator.attach_tokenizer(tokenizer)
     return generator, tokenizer, {"generator": meta, "tokenizer": tok_meta, "tokenizer_path": str(tok_dir)}
+
+
+def recorded_tokenizer(gen_dir: Path, recorded: dict[str, Any]) -> Path:
+    """The tokenizer folder ``gen_dir/meta.json`` records (absolute path, else relative to the export)."""
+    from argen.io.export import resolve_record
+
+    if not recorded.get("path"):
+        raise ConfigError(f"{gen_dir}/meta.json records no tokenizer; pass tokenizer_path=<exported tokenizer>")
+    found = resolve_record(gen_dir, recorded)
+    if found is None:
+        sha = str(recorded.get("sha256") or "")[:12]
+        raise ConfigError(f"the tokenizer recorded in {gen_dir}/meta.json ({recorded['path']}, sha256 {sha}…) is "
+                          f"not there (no meta.json); pass tokenizer_path=<the exported tokenizer folder>")
+    return found
 
 
 def check_vocabulary(tokenizer: Any, generator: Any) -> None:

@@ -17,10 +17,10 @@ import hydra
 import lightning as L
 import torch
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from argen.cli.common import CONFIG_DIR, ConfigError, build, to_plain
-from argen.training.checkpoint_io import AtomicCheckpointIO
+from argen.training.checkpoint_io import AtomicCheckpointIO, write_text_atomic
 
 log = logging.getLogger("argen")
 
@@ -79,22 +79,51 @@ def build_stage(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModu
     return module, datamodule
 
 
+# Paths given on the command line are relative to the folder argen-train ran in; the run records them
+# absolute, so that exporting or sampling from another folder finds the same files.
+PATH_KEYS = ("tokenizer_path", "codes_dir", "target_path")
+
+
+def absolute_paths(cfg: DictConfig) -> None:
+    with open_dict(cfg):
+        for key in PATH_KEYS:
+            if cfg.get(key):
+                cfg[key] = str(Path(str(cfg[key])).expanduser().resolve())
+
+
+def check_resume(cfg: DictConfig, run_dir: Path) -> None:
+    """Before anything is written: a resumed run must keep the run's architecture and recipe."""
+    from argen.training.resume import check_resume_config
+
+    previous = run_dir / "resolved_config.yaml"
+    if not previous.is_file():
+        return
+    allowed = check_resume_config(yaml.safe_load(previous.read_text()) or {}, to_plain(cfg), run_dir=str(run_dir),
+                                  allow=list(cfg.get("resume_allow") or []))
+    for key, (old, new) in allowed.items():
+        if key not in ("resume",):
+            log.info("resuming with %s: %r -> %r", key, old, new)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train as configured; returns the run folder, the export folder (if any) and final metrics."""
     # Manual optimisation checkpoints after the step by design (resume continues from there);
     # Lightning's notice about it would repeat at every checkpoint.
     warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps.*")
+    absolute_paths(cfg)
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = resolve_resume(cfg.get("resume"), run_dir)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     L.seed_everything(cfg.seed, workers=True)
     module, datamodule = build_stage(cfg)
+    if ckpt_path:
+        check_resume(cfg, run_dir)
     trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=_callbacks(cfg), logger=_loggers(cfg),
                                plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
                                default_root_dir=str(run_dir))
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "resolved_config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False))
+        write_text_atomic(run_dir / "resolved_config.yaml", yaml.safe_dump(to_plain(cfg), sort_keys=False))
         log.info("run %s: seed %d, %s, resume from %s", run_dir, cfg.seed, cfg.stage, ckpt_path or "scratch")
     for logger in trainer.loggers:  # the seed and every setting, next to the curves
         logger.log_hyperparams(to_plain(cfg))
@@ -111,6 +140,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
+    absolute_paths(cfg)  # before resolution, so that interpolations of these paths are absolute too
     OmegaConf.resolve(cfg)
     run(cfg)
 

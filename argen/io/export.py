@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import Any, Literal
@@ -78,15 +79,63 @@ def export_run(run_dir: str | Path, *, ckpt: str = "last", out: str | Path | Non
         "source_checkpoint": str(ckpt_path), "layout": layout.to_dict() if layout is not None else None,
         "image_size": getattr(module, "image_size", None), "data": cfg.get("data"), "seed": cfg.get("seed"),
     }
-    if stage == "generator":  # the tokenizer the codes came from: argen-sample decodes with it and checks it
-        meta["tokenizer"] = {"path": str(Path(cfg["tokenizer_path"]).resolve()), "sha256": cfg.get("tokenizer_sha256")}
-        meta["codes_dir"] = cfg.get("codes_dir")
-        if cfg.get("target_path"):  # a drafter: the generator it drafts for (speculative samplers check it)
-            meta["target"] = {"path": str(Path(cfg["target_path"]).resolve()), "sha256": cfg.get("target_sha256")}
     out_dir = Path(out) if out else run_dir / "export"
+    if stage == "generator":  # the tokenizer the codes came from: argen-sample decodes with it and checks it
+        meta["tokenizer"] = export_record(cfg["tokenizer_path"], cfg.get("tokenizer_sha256"), run_dir, out_dir)
+        meta["codes_dir"] = str(locate(cfg.get("codes_dir"), run_dir) or cfg.get("codes_dir"))
+        if cfg.get("target_path"):  # a drafter: the generator it drafts for (speculative samplers check it)
+            meta["target"] = export_record(cfg["target_path"], cfg.get("target_sha256"), run_dir, out_dir)
     save_pretrained(module, out_dir, config=node, meta=meta, overwrite=overwrite)
     log.info("exported %s (%s weights, step %d) to %s", stage, meta["weights"], meta["global_step"], out_dir)
     return out_dir
+
+
+def locate(path: str | Path | None, run_dir: str | Path, sha256: str | None = None) -> Path | None:
+    """Where a path recorded in a run's config is now: absolute as it is, else relative to the current
+    folder or to one of the run folder's ancestors (argen-train resolved it against the folder it ran in,
+    which is usually the one above ``outputs/``). An export folder must carry ``sha256`` when given."""
+    if not path:
+        return None
+    recorded = Path(str(path)).expanduser()
+    bases = [Path.cwd(), *Path(run_dir).resolve().parents] if not recorded.is_absolute() else [Path("/")]
+    for base in bases:
+        candidate = (base / recorded).resolve()
+        if not candidate.exists():
+            continue
+        if sha256 is None or _export_sha(candidate) == sha256:
+            return candidate
+    return None
+
+
+def _export_sha(folder: Path) -> str | None:
+    try:
+        return str(read_meta(folder).get("sha256"))
+    except (OSError, ValueError):
+        return None
+
+
+def export_record(path: str, sha256: str | None, run_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """``{path, relpath, sha256}`` of an export another one depends on: the absolute path, and the path
+    relative to the new export (still valid when the whole tree is moved or copied)."""
+    found = locate(path, run_dir, sha256)
+    if found is None:
+        log.warning("%s (recorded by the run %s) is not found from here; the export records it as it is, and "
+                    "argen-sample will need tokenizer_path= (or the matching override)", path, run_dir)
+        return {"path": str(path), "relpath": None, "sha256": sha256}
+    relpath = os.path.relpath(found, Path(out_dir).resolve())
+    return {"path": str(found), "relpath": relpath, "sha256": sha256}
+
+
+def resolve_record(export_dir: str | Path, record: dict[str, Any]) -> Path | None:
+    """The folder a ``{path, relpath}`` record of ``export_dir/meta.json`` points to, if it exists:
+    the recorded absolute path first, then the path relative to the export (a moved tree)."""
+    candidates = [record.get("path")]
+    if record.get("relpath"):
+        candidates.append(str(Path(export_dir) / record["relpath"]))
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "meta.json").is_file():
+            return Path(candidate)
+    return None
 
 
 def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:

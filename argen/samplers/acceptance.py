@@ -186,7 +186,7 @@ def load_neighbours(codebook: Tensor, k: int, cache_dir: str | Path | None = Non
     (named by the codebook's sha256, so a table is never reused for another tokenizer). A cached table
     with fewer than k neighbours per code is rebuilt with k (the larger one serves every smaller k)."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
+    from tokenizers_vq.io import save_safetensors
 
     sha = codebook_sha256(codebook)
     if cache_dir is None:
@@ -202,8 +202,8 @@ def load_neighbours(codebook: Tensor, k: int, cache_dir: str | Path | None = Non
     table = neighbour_table(codebook, k)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({"neighbours": table.to(torch.int32).contiguous()}, str(tmp),
-              metadata={"codebook_sha256": sha, "k": str(k)})
+    save_safetensors({"neighbours": table.to(torch.int32).contiguous()}, tmp,
+                     metadata={"codebook_sha256": sha, "k": str(k)})
     tmp.replace(path)
     return table
 
