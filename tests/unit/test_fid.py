@@ -182,6 +182,6 @@ def test_kid_subsets_covering_every_sample_get_a_note() -> None:
     assert report.kid["std"] < 1e-9  # every subset is both whole sets, permuted
     note = next(n for n in report.notes if n.startswith("KID"))
     assert "KID subsets of 40 cover all 40 generated samples: kid.std measures no sampling spread" in note
-    assert "smaller eval.kid_subset_size (e.g. 20) or more samples" in note
+    assert "use a smaller kid_subset_size (argen-eval: eval.kid_subset_size, e.g. 20) or more samples" in note
     smaller = M.compare_features(real, fake, extractor="x", n_boot=0, kid_subset_size=20)
     assert smaller.kid["subset_size"] == 20 and not any(n.startswith("KID") for n in smaller.notes)
