@@ -44,7 +44,7 @@ def find_problem(node: Any, where: str, given: Collection[str] = ()) -> str | No
     """The first unknown key or ill-typed value under ``node``, named by its key (``sampler.cfg_scale``),
     or None. ``where`` is the node's own key; ``given``: arguments passed besides the config (not checked)."""
     if isinstance(node, (list, ListConfig)):
-        return _first(find_problem(item, f"{where}[{i}]") for i, item in enumerate(node))
+        return _first(find_problem(item, f"{where}[{i}]") for i, item in _items(node))
     if not isinstance(node, (dict, DictConfig)):
         return None
     if "_target_" not in node:
@@ -62,7 +62,7 @@ def _call_problem(node: Mapping[str, Any] | DictConfig, where: str, given: Colle
     named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
     recursive = node.get("_recursive_", True) is not False
-    for key, value in _items(node):
+    for key, value in ((str(k), v) for k, v in _items(node)):
         if key in HYDRA_KEYS or key in given:
             continue
         if key not in named and not open_ended:
@@ -83,13 +83,15 @@ def _hints(target: Any) -> dict[str, Any]:
         return {}
 
 
-def _items(node: Mapping[str, Any] | DictConfig) -> Iterator[tuple[str, Any]]:
-    """Key, resolved value; mandatory (``???``) and unresolvable values are left to instantiate to name."""
-    for key in node:
-        if isinstance(node, DictConfig) and OmegaConf.is_missing(node, key):
+def _items(node: Any) -> Iterator[tuple[Any, Any]]:
+    """(key or index, resolved value) of a dict or list node; mandatory (``???``) and unresolvable values
+    are passed over, for instantiate to name."""
+    keys = range(len(node)) if isinstance(node, (list, tuple, ListConfig)) else list(node)
+    for key in keys:
+        if isinstance(node, (DictConfig, ListConfig)) and OmegaConf.is_missing(node, key):
             continue
         try:
-            yield str(key), node[key]
+            yield key, node[key]
         except OmegaConfBaseException:
             continue
 
@@ -126,7 +128,7 @@ def fits(value: Any, annotation: Any) -> bool:
         return isinstance(value, (str, PurePath))
     if (origin or annotation) in SEQUENCES:
         items = _item_annotations(annotation, value)
-        return items is not None and all(fits(v, a) for v, a in zip(value, items))
+        return items is not None and all(fits(v, items[i]) for i, v in _items(value))
     if (origin or annotation) in MAPPINGS:
         item = args[1] if len(args) == 2 else Any
         return isinstance(value, (dict, DictConfig)) and all(fits(v, item) for _, v in _items(value))
@@ -150,7 +152,7 @@ def _item_problem(value: Any, annotation: Any, key: str) -> str | None:
         origin = typing.get_origin(member) or member
         items = _item_annotations(member, value) if origin in SEQUENCES else None
         if items is not None:
-            return _first(_mismatch(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, items)))
+            return _first(_mismatch(v, items[i], f"{key}[{i}]") for i, v in _items(value))
         if origin in MAPPINGS and isinstance(value, (dict, DictConfig)):
             item = typing.get_args(member)[1] if len(typing.get_args(member)) == 2 else Any
             return _first(_mismatch(v, item, f"{key}.{k}") for k, v in _items(value))
@@ -186,7 +188,7 @@ def _kind(value: Any) -> str:
 def find_key(node: Any, where: str, argument: str, value: object) -> str | None:
     """The full key (``eval.extractor.weights_path``) of the first ``argument: value`` under ``node``."""
     if isinstance(node, (list, ListConfig)):
-        return _first(find_key(item, f"{where}[{i}]", argument, value) for i, item in enumerate(node))
+        return _first(find_key(item, f"{where}[{i}]", argument, value) for i, item in _items(node))
     if not isinstance(node, (dict, DictConfig)):
         return None
     for key, item in _items(node):
