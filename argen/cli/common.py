@@ -13,6 +13,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from argen.cli.config_types import find_key, find_problem, locate
+from argen.core.errors import MissingFileError
+
 log = logging.getLogger("argen")
 
 # Inside the package, so that a wheel (not only an editable install) ships them.
@@ -25,9 +28,17 @@ def pick_device(name: str) -> torch.device:
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"device={name} is not a device: use device=auto, device=cpu or device=cuda ({e})") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        # Checked here: torch would only fail at the first tensor moved, with its driver's words.
+        raise ConfigError(f"device={name}, but no CUDA device is available to this process (torch "
+                          f"{torch.__version__}, CUDA build {torch.version.cuda}); use device=cpu or device=auto")
     if name == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(name)
+    return device
 
 
 def pick_dtype(name: str) -> torch.dtype:
@@ -51,12 +62,27 @@ def compose_config(config_name: str, overrides: list[str] | None = None) -> Dict
 
 
 def build(node: DictConfig | dict[str, Any], what: str, **kwargs: Any) -> Any:
-    """``instantiate`` with an error that names the config node (e.g. ``tokenizer``)."""
+    """``instantiate`` the node whose key is ``what`` (e.g. ``sampler``), after checking its keys and values
+    against the constructors' signatures (:mod:`argen.cli.config_types`); every error names the key."""
+    problem = find_problem(node, what, given=kwargs)
+    if problem:
+        raise ConfigError(f"cannot build `{what}` from its config: {problem}")
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
-        raise ConfigError(f"cannot build `{what}` from its config: {e.__cause__ or e}. "
-                          f"Check the keys under `{what}` (they must equal the constructor's arguments).") from e
+        cause = e.__cause__ or e
+        if isinstance(cause, MissingFileError):  # name the setting by its config key
+            key = find_key(node, what, cause.argument, cause.value) or cause.argument
+            raise ConfigError(f"cannot build `{what}` from its config: {cause.explain(key)}") from e
+        raise ConfigError(f"cannot build `{what}` from its config: {cause}") from e
+
+
+def target_class(node: DictConfig, what: str) -> Any:
+    """The callable ``node._target_`` names, to consult before building (e.g. a sampler's requirements)."""
+    try:
+        return locate(node)
+    except Exception as e:  # hydra raises ImportError or its own errors for a bad path
+        raise ConfigError(f"`{what}._target_` {node.get('_target_')!r} cannot be imported: {e}") from e
 
 
 def to_plain(node: DictConfig) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,31 @@ def _dataset_batches(dataset: Any, batch_size: int, limit: int | None) -> Iterat
         yield torch.from_numpy(tensor_to_uint8(images)).permute(0, 3, 1, 2)
 
 
-def _source(node: Any, batch_size: int, limit: int | None = None) -> Iterator[torch.Tensor]:
-    """A path (folder / .npz of images) or a dataset config node -> uint8 batches."""
+SOURCE_WORDS = {"samples": "sample", "reference": "reference", "floor_reference": "floor reference"}
+
+
+@dataclass
+class Source:
+    """One image set's uint8 batches (B, 3, H, W), recording for the report what went by: the image size
+    (H, W) and the files that could not be read (skipped)."""
+
+    batches: Iterable[torch.Tensor]
+    unreadable: list[Path] = field(default_factory=list)
+    size: tuple[int, int] | None = None
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for batch in self.batches:
+            self.size = (int(batch.shape[-2]), int(batch.shape[-1]))
+            yield batch
+
+
+def _source(node: Any, batch_size: int, limit: int | None, key: str) -> Source:
+    """A path (folder / .npz of images) or a dataset config node (at config key ``key``) -> uint8 batches."""
     if isinstance(node, (dict, DictConfig)) and "_target_" in node:
-        return _dataset_batches(build(node, "eval dataset"), batch_size, limit)
-    batches = iter_images(str(node), batch_size)
-    if limit is None:
-        return batches
-    return _limited(batches, limit)
+        return Source(_dataset_batches(build(node, key), batch_size, limit))
+    unreadable: list[Path] = []
+    batches = iter_images(str(node), batch_size, unreadable=unreadable)
+    return Source(batches if limit is None else _limited(batches, limit), unreadable)
 
 
 def _limited(batches: Iterator[torch.Tensor], limit: int) -> Iterator[torch.Tensor]:
@@ -55,14 +73,32 @@ def _limited(batches: Iterator[torch.Tensor], limit: int) -> Iterator[torch.Tens
         seen += b.shape[0]
 
 
-def run_distribution(cfg: DictConfig, samples: str) -> dict[str, Any]:
-    """FD / KID / P-R / D-C (+ IS and class accuracy with a classifier) of samples vs a reference."""
-    extractor = build(cfg.extractor, "eval.extractor")
+def run_distribution(cfg: DictConfig, samples: str, where: str = "eval") -> dict[str, Any]:
+    """FD / KID / P-R / D-C (+ IS and class accuracy with a classifier) of samples vs a reference.
+    ``where``: the section's config key (``eval``, or ``eval.sections.<name>``), for error messages."""
+    extractor = build(cfg.extractor, f"{where}.extractor")
     extractor = extractor.eval() if hasattr(extractor, "eval") else extractor
     name = str(getattr(extractor, "name", type(extractor).__name__))
     with_logits = hasattr(extractor, "class_logits") and cfg.get("inception_score", True)
-    fake, logits = metrics.extract(extractor, _source(samples, cfg.batch_size, cfg.get("num_samples")),
-                                   with_logits=with_logits)
+    sources = {"samples": _source(samples, cfg.batch_size, cfg.get("num_samples"), f"{where}.samples")}
+    fake, logits = metrics.extract(extractor, sources["samples"], with_logits=with_logits)
+    real, real_stats, sources["reference"] = _reference_features(cfg, extractor, where)
+    floor = None
+    if cfg.get("floor_reference") is not None:
+        sources["floor_reference"] = _source(cfg.floor_reference, cfg.batch_size, fake.shape[0],
+                                             f"{where}.floor_reference")
+        floor, _ = metrics.extract(extractor, sources["floor_reference"])
+    report = metrics.compare_features(real, fake, extractor=name, floor_real=floor, real_stats=real_stats,
+                                      n_boot=cfg.n_boot, seed=cfg.seed, fake_logits=logits,
+                                      fake_labels=_labels(cfg, fake.shape[0]),
+                                      kid_subset_size=int(cfg.get("kid_subset_size", 1000))).to_dict()
+    report["notes"] += _source_notes(sources)
+    report["unreadable_images"] = {k: len(src.unreadable) for k, src in sources.items()}
+    return report
+
+
+def _reference_features(cfg: DictConfig, extractor: Any, where: str) -> tuple[torch.Tensor, Any, Source]:
+    """(features, stored (mu, sigma) or None, the source read) of the reference."""
     ref = cfg.reference
     real_stats = None
     has_stats, has_images = _npz_contents(ref)
@@ -72,16 +108,23 @@ def run_distribution(cfg: DictConfig, samples: str) -> dict[str, Any]:
         mu, sigma, _ = metrics.load_stats(str(ref), expected_dim=int(extractor.num_features))
         real_stats = (mu, sigma)
     if has_stats and not has_images:
-        real = torch.zeros(0, int(extractor.num_features))
-    else:
-        real, _ = metrics.extract(extractor, _source(ref, cfg.batch_size, cfg.get("num_reference")))
-    floor = None
-    if cfg.get("floor_reference") is not None:
-        floor, _ = metrics.extract(extractor, _source(cfg.floor_reference, cfg.batch_size, fake.shape[0]))
-    labels = _labels(cfg, fake.shape[0])
-    report = metrics.compare_features(real, fake, extractor=name, floor_real=floor, real_stats=real_stats,
-                                      n_boot=cfg.n_boot, seed=cfg.seed, fake_logits=logits, fake_labels=labels)
-    return report.to_dict()
+        return torch.zeros(0, int(extractor.num_features)), real_stats, Source([])
+    source = _source(ref, cfg.batch_size, cfg.get("num_reference"), f"{where}.reference")
+    real, _ = metrics.extract(extractor, source)
+    return real, real_stats, source
+
+
+def _source_notes(sources: dict[str, Source]) -> list[str]:
+    """Notes on what was read: unreadable files skipped, samples at another resolution than the reference."""
+    notes = [f"skipped {len(src.unreadable)} unreadable {SOURCE_WORDS[name]} image(s) (first: {src.unreadable[0]}); "
+             f"the metrics cover the readable ones" for name, src in sources.items() if src.unreadable]
+    fake, real = sources["samples"].size, sources["reference"].size
+    if fake and real and fake != real:
+        notes.append(f"samples are {fake[1]}x{fake[0]} px but the reference is {real[1]}x{real[0]} px: the "
+                     f"extractor resizes both to its own input size, so the distance also measures that "
+                     f"resampling; sample at the reference's resolution (or give a reference at the samples') "
+                     f"to compare like with like")
+    return notes
 
 
 def _npz_contents(ref: Any) -> tuple[bool, bool]:
@@ -169,12 +212,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     sections = cfg.eval.sections if "sections" in cfg.eval else {cfg.eval.name: cfg.eval}
     report: dict[str, Any] = {}
     for key, section in sections.items():
+        where = f"eval.sections.{key}" if "sections" in cfg.eval else "eval"
         samples = section.get("samples") or cfg.samples
         if samples is None:
             raise ConfigError(f"eval section {key!r} needs samples=<folder or .npz> (or eval.samples)")
         kind = section.kind
         if kind == "distribution":
-            report[key] = run_distribution(section, str(samples))
+            report[key] = run_distribution(section, str(samples), where)
         elif kind == "prompts":
             report[key] = run_prompts(section, str(samples), out)
         else:

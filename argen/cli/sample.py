@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 from tqdm import tqdm
 
-from argen.cli.common import CONFIG_DIR, ConfigError, build, pick_device, pick_dtype, to_plain
+from argen.cli.common import CONFIG_DIR, ConfigError, build, pick_device, pick_dtype, target_class, to_plain
 from argen.core import Condition, check_compatible
 from argen.data.base import tensor_to_uint8
 from argen.samplers.random import sample_seeds
@@ -289,13 +289,34 @@ def _settings(cfg: DictConfig, sampler: Any, info: dict[str, Any], stats: list[d
     }
 
 
+# argen-sample's own scalar keys: integers with their least value (None: any), and flags.
+SAMPLE_INTEGERS = {"n_per_condition": 1, "batch_size": 1, "decode_batch_size": 1, "grid_max_images": 1,
+                   "suite_per_tag": 1, "seed": None}
+SAMPLE_FLAGS = ("overwrite", "save_images", "save_npz")
+
+
+def check_sample_keys(cfg: DictConfig) -> None:
+    """Refuse a wrong value of argen-sample's own keys by name, before any model is loaded."""
+    for key, least in SAMPLE_INTEGERS.items():
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or (least is not None and value < least):
+            raise ConfigError(f"`{key}` must be an integer{'' if least is None else f' >= {least}'} (got {value!r})")
+    for key in SAMPLE_FLAGS:
+        if not isinstance(cfg.get(key), bool):
+            raise ConfigError(f"`{key}` must be true or false (got {cfg.get(key)!r})")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Sample as configured; returns the settings written to settings.json (rank 0) or {}."""
+    check_sample_keys(cfg)
     device = pick_device(str(cfg.device))
     rank, world = init_distributed(device.type)
     dtype = pick_dtype(cfg.dtype)
     out = Path(cfg.output_dir)
     generator, tokenizer, info = load_models(cfg, device, dtype)
+    sampler_class = target_class(cfg.sampler, "sampler")
+    if hasattr(sampler_class, "requires"):  # before the sampler loads what it needs (a drafter)
+        check_compatible(sampler_class, generator)
     sampler = build(cfg.sampler, "sampler")
     check_compatible(sampler, generator)
     drafted_for = getattr(sampler, "target_sha256", None)  # a drafter is trained for one generator
@@ -306,8 +327,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if hasattr(sampler, "attach_tokenizer"):  # LANTERN's latent proximity comes from the codebook
         sampler.attach_tokenizer(tokenizer)
     conds = build_conditions(cfg, generator)
-    if int(cfg.n_per_condition) < 1:
-        raise ConfigError(f"n_per_condition must be >= 1, got {cfg.n_per_condition}")
     prepare_output(out, bool(cfg.overwrite), rank)
     _barrier()
     start = time.perf_counter()

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from argen.core.errors import MissingFileError
 from argen.data.shapes.world import DEFAULT_COLORS, DEFAULT_SHAPES, ObjectSpec
 
 log = logging.getLogger(__name__)
@@ -560,6 +561,20 @@ def build_and_export(kind: Literal["digits", "shapes"], out_dir: str | Path, *,
             "training": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
                          "optimizer": "AdamW", "schedule": "warmup+cosine", **settings}}
     return save_pretrained(net.eval(), out_dir, config=net.config(), meta=meta, overwrite=overwrite)
+
+
+def load_feature_net(*, kind: Literal["digits", "shapes"], path: str) -> nn.Module:
+    """The ``kind`` feature net exported in ``path`` (the extractor of eval=fd_digits / fd_shapes), in eval mode.
+
+    A missing folder is a :class:`~argen.core.errors.MissingFileError` that gives the command which makes it."""
+    from tokenizers_vq.io import WEIGHTS_NAME, load_pretrained
+
+    folder = Path(path).expanduser()
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise MissingFileError(
+            f"no {kind} feature net in '{folder}': make it with `python -m argen.eval.feature_nets {kind} "
+            f"--out {folder}`, or point {{key}} at one made before", argument="path", value=path)
+    return load_pretrained(folder)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

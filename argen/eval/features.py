@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
+from argen.core.errors import MissingFileError
+
 
 @runtime_checkable
 class FeatureExtractor(Protocol):
@@ -54,10 +56,10 @@ class InceptionFeatures:
 
         path = Path(weights_path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Inception weights not found at '{path}'. argen never downloads weights: copy torch-fidelity's "
-                f"{INCEPTION_FILE} there (or set eval.inception.weights_path), or evaluate with a domain "
-                f"extractor (fd_digits / fd_shapes) instead")
+                f"{INCEPTION_FILE} there, or point {{key}} at your copy, or evaluate with a domain extractor "
+                f"(eval=fd_digits / eval=fd_shapes) instead", argument="weights_path", value=weights_path)
         # Refuse anything but a plain tensor dict: torch-fidelity itself unpickles with weights_only=False,
         # which is only safe once the safe unpickler has accepted the same file.
         state = torch.load(path, map_location="cpu", weights_only=True)

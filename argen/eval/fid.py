@@ -91,7 +91,7 @@ def kid(real: Tensor, fake: Tensor, *, subsets: int = 100, subset_size: int = 10
 
     Subset size is capped by the smaller set (torch-fidelity / torchmetrics defaults 100 x 1000).
     """
-    m = min(subset_size, real.shape[0], fake.shape[0])
+    m = kid_subset(subset_size, real.shape[0], fake.shape[0])
     if m < 2:
         raise ValueError("KID needs at least 2 samples per set")
     rng = rng or torch.Generator().manual_seed(0)
@@ -102,6 +102,23 @@ def kid(real: Tensor, fake: Tensor, *, subsets: int = 100, subset_size: int = 10
         values.append(poly_mmd(real[i].double(), fake[j].double(), degree=3, gamma=None, coef=1.0))
     v = torch.stack(values)
     return float(v.mean()), float(v.std(unbiased=False))
+
+
+def kid_subset(subset_size: int, n_real: int, n_fake: int) -> int:
+    """The subset size KID uses: ``subset_size`` capped by the smaller set."""
+    return min(subset_size, n_real, n_fake)
+
+
+def kid_note(subset_size: int, n_real: int, n_fake: int) -> str | None:
+    """A report note when KID's subsets are a whole set: every subset then holds the same samples, so the std
+    over subsets (~1e-15 when both sets are covered) says nothing about sampling spread."""
+    m = kid_subset(subset_size, n_real, n_fake)
+    if m < n_fake and m < n_real:
+        return None
+    which, n = ("generated", n_fake) if m == n_fake else ("reference", n_real)
+    return (f"KID subsets of {m} cover all {n} {which} samples: kid.std measures no sampling spread over them; "
+            f"use a smaller kid_subset_size (argen-eval: eval.kid_subset_size, e.g. {max(m // 2, 2)}) "
+            f"or more samples")
 
 
 def inception_score(logits: Tensor, *, splits: int = 10) -> tuple[float, float]:
@@ -200,14 +217,15 @@ def metric_name(extractor_name: str) -> str:
 def compare_features(real: Tensor, fake: Tensor, *, extractor: str, floor_real: Tensor | None = None,
                      real_stats: tuple[Tensor, Tensor] | None = None, n_boot: int = 200, seed: int = 0,
                      fake_logits: Tensor | None = None, fake_labels: Tensor | None = None,
-                     pr_k: int = 3, dc_k: int = 5) -> DistributionReport:
+                     pr_k: int = 3, dc_k: int = 5, kid_subset_size: int = 1000) -> DistributionReport:
     """All metrics of ``fake`` (N_f, d) against ``real`` (N_r, d) features.
 
     real_stats: precomputed (mu, sigma) of the reference (e.g. from an ADM / cached ``.npz``)
     used for FD instead of ``real``'s own statistics (``real`` may then be empty: KID / P-R need
     features and are skipped). floor_real: a second, disjoint real set; the floor is FD / KID
     between ``real`` and ``floor_real`` at the generated N. fake_logits / fake_labels: class
-    logits and intended classes of the samples (IS and class accuracy).
+    logits and intended classes of the samples (IS and class accuracy). kid_subset_size: samples per KID
+    subset (capped by the smaller set; a subset that is a whole set gets a note).
     """
     ref = real_stats if real_stats is not None else feature_stats(real)
     report = DistributionReport(metric=metric_name(extractor), extractor=extractor, num_real=int(real.shape[0]),
@@ -215,8 +233,12 @@ def compare_features(real: Tensor, fake: Tensor, *, extractor: str, floor_real: 
     if n_boot > 0:
         report.fd_ci95 = bootstrap_fd(ref, fake, n_boot=n_boot, seed=seed)
     if real.shape[0] >= 2:
-        mean, std = kid(real, fake, rng=torch.Generator().manual_seed(seed))
-        report.kid = {"mean": mean, "std": std}
+        mean, std = kid(real, fake, subset_size=kid_subset_size, rng=torch.Generator().manual_seed(seed))
+        n_real, n_fake = int(real.shape[0]), int(fake.shape[0])
+        report.kid = {"mean": mean, "std": std, "subset_size": kid_subset(kid_subset_size, n_real, n_fake)}
+        note = kid_note(kid_subset_size, n_real, n_fake)
+        if note:
+            report.notes.append(note)
         report.precision, report.recall = precision_recall(real, fake, k=pr_k)
         report.density, report.coverage = density_coverage(real, fake, k=dc_k)
     else:
@@ -225,7 +247,8 @@ def compare_features(real: Tensor, fake: Tensor, *, extractor: str, floor_real: 
         n = min(fake.shape[0], floor_real.shape[0])
         report.floor = {"n": float(n), "fd": frechet_distance(*ref, *feature_stats(floor_real[:n]))}
         if real.shape[0] >= 2:
-            report.floor["kid"] = kid(real, floor_real[:n], rng=torch.Generator().manual_seed(seed))[0]
+            report.floor["kid"] = kid(real, floor_real[:n], subset_size=kid_subset_size,
+                                      rng=torch.Generator().manual_seed(seed))[0]
     else:
         report.notes.append("no second real set given: no real-vs-real floor")
     if fake_logits is not None:

@@ -90,32 +90,59 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def iter_folder(folder: str | Path, batch_size: int = 250) -> Iterator[torch.Tensor]:
-    """Stream a folder's images (sorted paths) as uint8 tensors (B, 3, H, W); sizes must agree."""
+def iter_folder(folder: str | Path, batch_size: int = 250, *,
+                unreadable: list[Path] | None = None) -> Iterator[torch.Tensor]:
+    """Stream a folder's images (sorted paths) as uint8 tensors (B, 3, H, W); sizes must agree.
+
+    Unreadable files (zero bytes, truncated, not an image) are skipped as training's folder dataset
+    skips them (:mod:`argen.data.folder`): the first is logged, and each is appended to ``unreadable``
+    so the caller can count them in its report.
+    """
     files = list_images(folder)
+    skipped = [] if unreadable is None else unreadable
+    before = len(skipped)
     size: tuple[int, int] | None = None
     for start in range(0, len(files), batch_size):
         arrays = []
         for p in files[start:start + batch_size]:
-            with Image.open(p) as im:
-                arr = np.asarray(im.convert("RGB"))
+            arr = _read_rgb(p, skipped, first=len(skipped) == before)
+            if arr is None:
+                continue
             if size is None:
                 size = arr.shape[:2]
             elif arr.shape[:2] != size:
                 raise ValueError(f"{p} is {arr.shape[1]}x{arr.shape[0]} but earlier images are {size[1]}x{size[0]}; "
                                  f"evaluate one resolution at a time")
             arrays.append(arr)
-        yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        if arrays:
+            yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    if size is None:
+        raise ValueError(f"none of the {len(files)} images under '{folder}' could be read (first: {files[0]})")
 
 
-def iter_images(source: str | Path, batch_size: int = 250) -> Iterator[torch.Tensor]:
-    """A folder of images or an ``.npz`` sample batch -> uint8 batches (B, 3, H, W)."""
+def _read_rgb(path: Path, unreadable: list[Path], *, first: bool) -> np.ndarray | None:
+    """(H, W, 3) uint8, or None (and ``path`` appended to ``unreadable``) for a file Pillow cannot decode."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
+        if first:
+            log.warning("skipping unreadable image %s (%s: %s); every unreadable image is counted in the report",
+                        path, type(err).__name__, err)
+        unreadable.append(path)
+        return None
+
+
+def iter_images(source: str | Path, batch_size: int = 250, *,
+                unreadable: list[Path] | None = None) -> Iterator[torch.Tensor]:
+    """A folder of images or an ``.npz`` sample batch -> uint8 batches (B, 3, H, W); a folder's unreadable
+    files are skipped and appended to ``unreadable`` (see :func:`iter_folder`)."""
     source = Path(source)
     if source.suffix == ".npz":
         if not source.is_file():
             raise FileNotFoundError(f"sample batch '{source}' does not exist")
         return iter_npz(source, batch_size)
-    return iter_folder(source, batch_size)
+    return iter_folder(source, batch_size, unreadable=unreadable)
 
 
 def save_npz(images: np.ndarray, path: str | Path) -> Path:

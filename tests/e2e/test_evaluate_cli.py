@@ -79,3 +79,40 @@ def test_reference_batch_with_stats_uses_stored_mu_sigma(tmp_path: Path) -> None
     expected = M.frechet_distance(mu + 1.0, sigma, *M.feature_stats(fake_f))
     assert report["fd"] == pytest.approx(expected, rel=1e-6)
     assert report["num_real"] == len(real) and report["precision"] is not None
+
+
+def digits_net(path: Path) -> Path:
+    torch.manual_seed(0)
+    net = DigitsFeatureNet().eval()
+    return save_pretrained(net, path, config=net.config(), meta={"kind": "feature_net"})
+
+
+def test_a_corrupt_png_is_skipped_counted_and_noted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from PIL import Image
+
+    images = tensor_to_uint8(torch.stack([s["image"] for s in DigitsDataset(split="val", image_size=32)]))[:40]
+    (tmp_path / "samples").mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / "samples" / f"{i:06d}.png")
+    (tmp_path / "samples" / "000005.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    cfg = compose_config("evaluate", ["eval=fd_digits", f"samples={tmp_path / 'samples'}", "eval.n_boot=0",
+                                      f"eval.extractor.path={digits_net(tmp_path / 'net')}",
+                                      f"output_dir={tmp_path / 'out'}"])
+    with caplog.at_level("WARNING", logger="argen"):
+        report = run(cfg)["fd_digits"]
+    assert report["num_fake"] == 39
+    assert report["unreadable_images"]["samples"] == 1 and report["unreadable_images"]["reference"] == 0
+    assert any("skipped 1 unreadable sample image(s) (first: " in n and "000005.png" in n for n in report["notes"])
+    assert any("000005.png" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    written = json.loads((tmp_path / "out" / "report.json").read_text())["fd_digits"]
+    assert written["unreadable_images"]["samples"] == 1
+
+
+def test_samples_at_another_resolution_than_the_reference_get_a_note(tmp_path: Path) -> None:
+    small = tensor_to_uint8(torch.stack([s["image"] for s in DigitsDataset(split="val", image_size=16)]))[:40]
+    save_npz(small, tmp_path / "samples.npz")
+    cfg = compose_config("evaluate", ["eval=fd_digits", f"samples={tmp_path / 'samples.npz'}", "eval.n_boot=0",
+                                      "eval.floor_reference=null", f"output_dir={tmp_path / 'out'}",
+                                      f"eval.extractor.path={digits_net(tmp_path / 'net')}"])
+    notes = run(cfg)["fd_digits"]["notes"]
+    assert any("samples are 16x16 px but the reference is 32x32 px" in n for n in notes), notes

@@ -173,3 +173,15 @@ def test_inception_path_with_stand_in_weights(tmp_path: Path, monkeypatch: pytes
     torch.save({"not": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not torch-fidelity's InceptionV3"):
         InceptionFeatures(weights_path=str(tmp_path / "other.pth"))
+
+
+def test_kid_subsets_covering_every_sample_get_a_note() -> None:
+    """With subsets as large as the smaller set, every subset is that whole set: KID's std is ~0 and says nothing."""
+    real, fake = feats(0, 40), feats(1, 40, shift=0.2)
+    report = M.compare_features(real, fake, extractor="x", n_boot=0)
+    assert report.kid["std"] < 1e-9  # every subset is both whole sets, permuted
+    note = next(n for n in report.notes if n.startswith("KID"))
+    assert "KID subsets of 40 cover all 40 generated samples: kid.std measures no sampling spread" in note
+    assert "use a smaller kid_subset_size (argen-eval: eval.kid_subset_size, e.g. 20) or more samples" in note
+    smaller = M.compare_features(real, fake, extractor="x", n_boot=0, kid_subset_size=20)
+    assert smaller.kid["subset_size"] == 20 and not any(n.startswith("KID") for n in smaller.notes)
