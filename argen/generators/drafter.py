@@ -29,10 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from argen.core import Condition, DecodeState, KVCache, LossOutput
-from argen.core.state import round_up
+from argen.core import Condition, DecodeState, LossOutput
+from argen.core.state import allocate_kv, round_up
 from argen.generators.raster import raster_layout
 from argen.nn.blocks import TransformerBlock, swiglu_hidden
+from argen.nn.trunk import row_slots, run_layers
 
 
 class _Shared:
@@ -140,22 +141,24 @@ class EagleDrafter(nn.Module):
     def start(self, batch_size: int) -> DecodeState:
         """An empty KV cache for ``batch_size`` rows (the sampler's, CFG-doubled when guided)."""
         param = self.fc.weight
-        slots = round_up(self.layout.length, 8)
-        cache = KVCache(batch_size, self.n_head, slots, self.dim // self.n_head, dtype=param.dtype,
-                        device=param.device)
-        return DecodeState(caches=[cache], batch_size=batch_size, prefix_len=0, max_len=slots)
+        caches = allocate_kv(1, batch_size, self.n_head, round_up(self.layout.length, 8), self.dim // self.n_head,
+                             like=param)
+        return DecodeState(caches=caches, batch_size=batch_size, prefix_len=0, max_len=caches[0].max_len)
 
-    def step(self, state: DecodeState, tokens: Tensor, features: Tensor) -> Tensor:
-        """Feed (token i, feature i) pairs (B, F) / (B, F, C) at positions ``state.fed`` onwards;
-        return the drafter's outputs (B, F, C), output j approximating feature ``state.fed + j + 1``."""
-        f = tokens.shape[1]
-        start = state.fed
-        if start + f > self.layout.length:
-            raise ValueError(f"drafter positions {start}..{start + f - 1} go past the last position "
-                             f"{self.layout.length - 1}")
-        g = self.layer(self._inputs(tokens, features), self.rope[start:start + f], cache=state.caches[0], start=start)
-        state.length += f
-        state.fed += f
+    def step(self, state: DecodeState, tokens: Tensor, features: Tensor, counts: Tensor | None = None) -> Tensor:
+        """Feed (token i, feature i) pairs (B, F) / (B, F, C) at each row's positions ``state.fed`` onwards,
+        the first ``counts[b]`` of them for row b (default: all F); return the drafter's outputs (B, F, C),
+        output j approximating feature ``state.fed + j + 1`` (garbage past a row's count)."""
+        b, f = tokens.shape
+        counts = torch.full((b,), f, dtype=torch.long) if counts is None else counts.to(torch.long).cpu()
+        if bool((state.fed + counts > self.layout.length).any()):
+            raise ValueError(f"drafter positions go past the last position {self.layout.length - 1} (rows have fed "
+                             f"{state.fed.tolist()}, feeding {counts.tolist()} more)")
+        slots = row_slots(state.lengths, counts, f)  # prefix 0: slot = layout position
+        inside = (slots >= 0).to(tokens.device)
+        g = run_layers([self.layer], self._inputs(torch.where(inside, tokens, 0), features),
+                       self.rope[slots.clamp_min(0).to(self.rope.device)], state, slots)
+        state.lengths, state.fed = state.lengths + counts, state.fed + counts
         return g
 
     def extra_repr(self) -> str:

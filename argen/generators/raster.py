@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from argen.core import Capabilities, Condition, DecodeState, KVCache, LossOutput, StepOutput
-from argen.core.state import round_up
+from argen.core import Capabilities, Condition, DecodeState, LossOutput, StepOutput
+from argen.core.state import allocate_kv, round_up
 from argen.nn.blocks import RMSNorm, TransformerBlock, swiglu_hidden
 from argen.nn.rope import rope_1d, rope_2d
+from argen.nn.trunk import find_inputs, positions_per_row, row_slots, run_layers
 from tokenizers_vq.layout import TokenLayout, check_token_ids
 
 
@@ -110,12 +111,6 @@ class RasterGenerator(nn.Module):
         check_token_ids(tokens, self.vocab_size, owner="generator", dtypes=(torch.int64, torch.int32))
 
     # ---- training ---------------------------------------------------------------------------
-    def _trunk(self, h: Tensor, rope: Tensor, key_valid: Tensor | None, state: DecodeState | None = None,
-               start: int = 0) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            h = layer(h, rope, cache=None if state is None else state.caches[i], start=start, key_valid=key_valid)
-        return self.norm(h)
-
     def logits(self, tokens: Tensor, cond: Condition) -> Tensor:
         """Teacher-forced logits (B, L, V) for every position in one causal pass."""
         return self.output(self.features(tokens, cond)).float()
@@ -134,7 +129,7 @@ class RasterGenerator(nn.Module):
         key_valid = None
         if valid is not None:
             key_valid = torch.cat([valid, valid.new_ones(b, length - 1)], dim=1)
-        h = self._trunk(h, self.rope[: h.shape[1]], key_valid)
+        h = self.norm(run_layers(self.layers, h, self.rope[: h.shape[1]], key_valid=key_valid))
         return h[:, self.prefix_len - 1:]  # (B, L, C)
 
     def loss(self, tokens: Tensor, cond: Condition) -> LossOutput:
@@ -153,13 +148,12 @@ class RasterGenerator(nn.Module):
 
     def start(self, cond: Condition, *, max_len: int | None = None) -> DecodeState:
         """Allocate the KV caches (prefix + L slots, rounded up to 8 as LlamaGen) for ``cond``'s rows;
-        the condition prefix runs with the first :meth:`step`."""
+        each row's condition prefix runs with its first :meth:`step`."""
         prefix, valid = self.cls_embedding(cond)
         param = self.output.weight
         b = prefix.shape[0]
         slots = round_up(self.prefix_len + (self.seq_len if max_len is None else max_len), 8)
-        caches = [KVCache(b, self.n_head, slots, self.dim // self.n_head, dtype=param.dtype, device=param.device)
-                  for _ in range(self.n_layer)]
+        caches = allocate_kv(self.n_layer, b, self.n_head, slots, self.dim // self.n_head, like=param)
         key_valid = None
         if valid is not None:
             key_valid = torch.ones(b, slots, dtype=torch.bool, device=param.device)
@@ -167,39 +161,76 @@ class RasterGenerator(nn.Module):
         return DecodeState(caches=caches, batch_size=b, prefix_len=self.prefix_len, max_len=slots,
                            pending=prefix.to(param.dtype), key_valid=key_valid)
 
+    def restart(self, state: DecodeState, rows: Tensor, cond: Condition) -> None:
+        """Begin new samples in ``rows`` (R,) of ``state`` with conditions ``cond`` (R rows), the other
+        rows untouched (continuous batching): their prefixes run with the next step."""
+        rows = torch.as_tensor(rows, dtype=torch.long).cpu()
+        prefix, valid = self.cls_embedding(cond)
+        if prefix.shape[0] != len(rows):
+            raise ValueError(f"{prefix.shape[0]} conditions for {len(rows)} rows")
+        if state.pending is None:
+            state.pending = prefix.new_zeros(state.batch_size, *prefix.shape[1:]).to(self.output.weight.dtype)
+            state.pending_rows = torch.zeros(state.batch_size, dtype=torch.bool)
+        assert state.pending_rows is not None
+        state.pending[rows.to(state.pending.device)] = prefix.to(state.pending.dtype)
+        state.pending_rows[rows] = True
+        state.lengths[rows], state.fed[rows] = 0, 0
+        if state.key_valid is not None:
+            state.key_valid[rows.to(state.key_valid.device), : self.prefix_len] = \
+                True if valid is None else valid.to(state.key_valid.device)
+
+    def _check_feed(self, state: DecodeState, positions: Tensor) -> Tensor:
+        """Per-row counts (B,) of fed positions, after checking they continue each row's sequence."""
+        counts = (positions >= 0).sum(1)
+        j = torch.arange(positions.shape[1])[None]
+        inside = j < counts[:, None]
+        expected = state.fed[:, None] + j
+        if bool(((positions >= 0) != inside).any()) or bool((positions != expected)[inside].any()):
+            bad = int(((positions != expected) & inside | ((positions >= 0) != inside)).any(1).nonzero()[0])
+            raise ValueError(f"raster steps feed consecutive positions from each row's last one: row {bad} has fed "
+                             f"{int(state.fed[bad])}, got {positions[bad].tolist()} (-1 only after its last)")
+        if bool((positions >= self.seq_len).any()):
+            raise ValueError(f"positions {positions.max().item()} go past the last position {self.seq_len - 1}")
+        return counts
+
     def step(self, state: DecodeState, tokens: Tensor, positions: Tensor, query: Tensor) -> StepOutput:
-        """Feed ``tokens`` (B, F) at consecutive ``positions`` starting at ``state.fed``; return logits
-        for ``query`` (Q,), each of which must be predicted by a slot computed in this call
-        (query t is predicted by the slot of position t - 1, or by the last prefix slot for t = 0)."""
-        f = tokens.shape[1]
-        positions = positions.to(torch.long).cpu()
-        if f and not torch.equal(positions, torch.arange(state.fed, state.fed + f)):
-            raise ValueError(f"raster steps feed consecutive positions from {state.fed}, got {positions.tolist()}")
-        if f and int(positions[-1]) >= self.seq_len:
-            raise ValueError(f"positions {positions.tolist()} go past the last position {self.seq_len - 1}")
-        # Check the queries before running anything, so a bad call leaves the state untouched.
-        start = state.length
-        n = f + (0 if state.pending is None else state.pending.shape[1])
-        query = query.to(torch.long).cpu()
-        rows = query + self.prefix_len - 1 - start  # query t comes from slot prefix + t - 1
-        if bool((query < 0).any()) or bool((query >= self.seq_len).any()) or bool((rows < 0).any()) \
-                or bool((rows >= n).any()):
-            raise ValueError(f"query positions {query.tolist()} are not predicted by the slots of this step "
-                             f"(positions 0..{self.seq_len - 1}; this step computes slots {start}..{start + n - 1})")
-        if f and tokens.device.type == "cpu":  # on GPUs the check would sync every step; the lookup asserts anyway
-            self.check_tokens(tokens)
-        parts = [] if state.pending is None else [state.pending]
-        if f:
-            parts.append(self.tok_embeddings(tokens))
-        if not parts:
+        """Feed ``tokens`` (B, F) at layout ``positions`` ((F,) for every row, or (B, F) per row, -1 where a
+        row feeds fewer), each row continuing from its ``state.fed``; return logits (B, Q, V) for ``query``
+        ((Q,) or (B, Q), -1: nothing asked, garbage returned). Query t must be predicted by a slot of this
+        step: the slot of position t - 1, or the last condition slot for t = 0 (a row whose condition
+        runs in this step)."""
+        b, f = tokens.shape
+        pos, qry = positions_per_row(positions, b, "positions"), positions_per_row(query, b, "query")
+        counts = self._check_feed(state, pos)
+        pend = state.is_pending()
+        t = self.prefix_len if bool(pend.any()) else 0
+        # inputs [condition part (t) | token part (f)]: the condition part is real for pending rows only
+        base = state.lengths + t * pend.long()
+        slots = torch.cat([row_slots(state.lengths, t * pend.long(), t), row_slots(base, counts, f)], dim=1)
+        if bool((qry >= self.seq_len).any()):
+            raise ValueError(f"query positions {qry.max().item()} go past the last position {self.seq_len - 1}")
+        if not (t or f):
             raise ValueError("nothing to feed: the first step runs the condition, later steps need tokens")
-        h = torch.cat(parts, dim=1)  # (B, n, C)
+        index, found = find_inputs(slots, torch.where(qry < 0, -1, qry + self.prefix_len - 1))  # (B, Q)
+        if not bool(found.all()):  # checked before anything runs, so a bad call leaves the state untouched
+            row = int((~found).any(1).nonzero()[0])
+            raise ValueError(f"query positions {qry[row].tolist()} of row {row} are not predicted by the slots of "
+                             f"this step (query t comes from position t - 1, or from the condition for t = 0; "
+                             f"the row has fed {int(state.fed[row])} positions and feeds {int(counts[row])} now)")
+        parts = [state.pending] if t else []
+        if f:
+            inside = torch.arange(f)[None] < counts[:, None]
+            if tokens.device.type == "cpu":  # on GPUs the check would sync every step; the lookup asserts anyway
+                self.check_tokens(tokens[inside])
+            parts.append(self.tok_embeddings(torch.where(inside.to(tokens.device), tokens, 0)))
+        h = torch.cat(parts, dim=1)  # (B, t + f, C)
         # Slot s holds condition slot s (< prefix) or position s - prefix; rope rows are indexed by slot.
-        h = self._trunk(h, self.rope[start:start + n], state.key_valid, state, start)
-        state.pending = None
-        state.length += n
-        state.fed += f
-        hidden = h[:, rows.to(h.device)]  # (B, Q, C)
+        h = self.norm(run_layers(self.layers, h, self.rope[slots.clamp_min(0).to(self.rope.device)], state, slots))
+        state.lengths, state.fed = base + counts, state.fed + counts
+        if t:
+            state.pending_rows = None
+            state.pending = None
+        hidden = h[torch.arange(b, device=h.device)[:, None], index.clamp_min(0).to(h.device)]  # (B, Q, C)
         return StepOutput(logits=self.output(hidden).float(), hidden=hidden)
 
     def flops_per_token(self, context: int | None = None) -> float:

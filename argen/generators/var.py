@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from argen.core import Capabilities, Condition, DecodeState, KVCache, LossOutput, StepOutput
-from argen.core.state import round_up
+from argen.core import Capabilities, Condition, DecodeState, LossOutput, StepOutput
+from argen.core.state import allocate_kv, round_up
 from argen.nn.adaln import AdaLayerNorm
 from argen.nn.adaln_blocks import AdaLNSelfAttnBlock, level_mask
 from tokenizers_vq.layout import TokenLayout, check_token_ids
@@ -224,8 +224,7 @@ class VARGenerator(nn.Module):
         param = self.head.weight
         b = cond_vec.shape[0]
         slots = round_up(self.prefix_len + self.layout.length, 8)
-        caches = [KVCache(b, self.n_head, slots, self.dim // self.n_head, dtype=param.dtype, device=param.device)
-                  for _ in range(self.depth)]
+        caches = allocate_kv(self.depth, b, self.n_head, slots, self.dim // self.n_head, like=param)
         first = cond_vec[:, None] + self.pos_start + (self.lvl_embed(self.levels[: self.first_len])
                                                       + self.pos_1LC[0, : self.first_len])[None]
         pending = first if prefix is None else torch.cat([prefix, first], dim=1)
@@ -251,7 +250,8 @@ class VARGenerator(nn.Module):
                 raise ValueError("the first VAR step feeds nothing: it runs the condition and the start token")
             nxt = 0
         else:
-            k = self._scale_of(state.fed) if state.fed < self.layout.length else len(self.scales)
+            fed = state.uniform_fed()  # VAR's rows advance together, one scale per step
+            k = self._scale_of(fed) if fed < self.layout.length else len(self.scales)
             if k >= len(self.scales) - 1:
                 raise ValueError(f"all {len(self.scales)} scales are decided: nothing left to predict")
             expected = torch.arange(self.begins[k], self.begins[k + 1])
@@ -275,7 +275,7 @@ class VARGenerator(nn.Module):
             inputs = quantizer.next_input(f_hat, nxt - 1)  # (B, pn^2, D)
             x = self.word_embed(inputs.to(self.word_embed.weight.dtype))
             x = x + (self.lvl_embed(self.levels[lo:hi]) + self.pos_1LC[0, lo:hi])[None]
-        start, n = state.length, x.shape[1]
+        start, n = int(state.lengths[0]), x.shape[1]
         mask = None  # a later scale sees every cached slot; masks only for the prefix block and padding
         if (state.pending is not None and self.prefix_len) or state.key_valid is not None:
             levels = self.slot_levels[: start + n]
@@ -283,8 +283,8 @@ class VARGenerator(nn.Module):
             mask = level_mask(levels[start:], levels, valid)
         for block, cache in zip(self.blocks, state.caches):
             x = block(x, cond_vec, mask=mask, cache=cache, start=start)
-        state.pending = None
-        state.length += n
+        state.pending, state.pending_rows = None, None
+        state.lengths += n
         state.fed += f
         state.extras["f_hat"] = f_hat  # committed with the cache, after the blocks ran
         hidden = x[:, (query - lo + (n - (hi - lo))).to(x.device)]  # (B, Q, C)

@@ -12,9 +12,10 @@ from argen.nn.rope import apply_rope
 
 
 def attention_mask(start: int, new: int, key_valid: Tensor | None, device: torch.device) -> Tensor | None:
-    """Boolean mask (B|1, 1, new, start+new) for queries at slots [start, start+new): causal over
-    slots, False on invalid (padded) keys; a slot always sees itself (LlamaGen forces the diagonal)
-    so padded rows never attend to nothing. None when plain causal attention suffices."""
+    """Boolean mask (B|1, 1, new, start+new) for a whole sequence from slot ``start`` (training and
+    rows that advance together): causal over slots, False on invalid (padded) keys; a slot always sees
+    itself (LlamaGen forces the diagonal) so padded rows never attend to nothing. None when plain
+    causal attention suffices."""
     total = start + new
     if key_valid is None:
         if new == 1:
@@ -28,6 +29,21 @@ def attention_mask(start: int, new: int, key_valid: Tensor | None, device: torch
     return (causal[None] & valid)[:, None]
 
 
+def slot_mask(slots: Tensor, total: int, key_valid: Tensor | None = None) -> Tensor:
+    """Boolean mask (B, 1, N, total) for queries at per-row ``slots`` (B, N) (-1: padding) over every
+    cache slot: a query sees the slots at or before its own (a row's slots are contiguous from its
+    condition, so that is causal and hides whatever a rolled-back draft left beyond the row's length),
+    minus invalid (padded) condition keys, always its own slot. A padded query sees slot 0 only, so it
+    stays finite and its output is ignored."""
+    k = torch.arange(total, device=slots.device)[None, None, :]  # (1, 1, S)
+    q = slots[:, :, None]  # (B, N, 1)
+    visible = k <= q
+    if key_valid is not None:
+        visible = visible & (key_valid[:, None, :total].to(slots.device) | (k == q))
+    visible = visible | ((q < 0) & (k == 0))
+    return visible[:, None]
+
+
 class Attention(nn.Module):
     def __init__(self, *, dim: int, n_head: int, attn_dropout: float = 0.0, resid_dropout: float = 0.0) -> None:
         super().__init__()
@@ -39,23 +55,25 @@ class Attention(nn.Module):
         self.attn_dropout = attn_dropout
         self.resid_dropout = nn.Dropout(resid_dropout)
 
-    def forward(self, x: Tensor, rope: Tensor, *, cache: KVCache | None = None, start: int = 0,
-                key_valid: Tensor | None = None) -> Tensor:
-        """x: (B, F, C) at slots [start, start+F); rope: (F, hd/2, 2). Without a cache the F slots
-        are the whole sequence (start must be 0)."""
+    def forward(self, x: Tensor, rope: Tensor, *, cache: KVCache | None = None, slots: Tensor | None = None,
+                mask: Tensor | None = None, key_valid: Tensor | None = None) -> Tensor:
+        """x: (B, F, C); rope: (F, hd/2, 2), or (B, F, hd/2, 2) per row. Without a cache the F inputs
+        are a whole sequence, causal (``key_valid`` marks padded keys). With a cache, input f of row b
+        is written at ``slots[b, f]`` and attends as ``mask`` (B, 1, F, max_len) says (:func:`slot_mask`)."""
         b, f, _ = x.shape
         q, k, v = self.wqkv(x).view(b, f, 3, self.n_head, self.head_dim).unbind(2)  # each (B, F, H, hd)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, F, hd)
-        if cache is not None:
-            k, v = cache.write(start, k, v)
-        elif start:
-            raise ValueError("attention without a cache runs whole sequences (start=0)")
         dropout = self.attn_dropout if self.training else 0.0
-        if cache is None and key_valid is None:
+        if cache is not None:
+            if slots is None or mask is None:
+                raise ValueError("attention over a KV cache needs the inputs' slots and their mask")
+            k, v = cache.write_rows(slots, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        elif key_valid is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
-            mask = attention_mask(start, f, key_valid, x.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(0, f, key_valid, x.device),
+                                                 dropout_p=dropout)
         out = out.transpose(1, 2).reshape(b, f, self.dim)  # (B, F, C)
         return self.resid_dropout(self.wo(out))

@@ -57,7 +57,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(dim, norm_eps)
         self.ffn_norm = RMSNorm(dim, norm_eps)
 
-    def forward(self, x: Tensor, rope: Tensor, *, cache: KVCache | None = None, start: int = 0,
-                key_valid: Tensor | None = None) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), rope, cache=cache, start=start, key_valid=key_valid)
+    def forward(self, x: Tensor, rope: Tensor, *, cache: KVCache | None = None, slots: Tensor | None = None,
+                mask: Tensor | None = None, key_valid: Tensor | None = None) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, cache=cache, slots=slots, mask=mask,
+                               key_valid=key_valid)
         return h + self.feed_forward(self.ffn_norm(h))

@@ -47,9 +47,11 @@ def rope_2d(height: int, width: int, head_dim: int, *, base: float = 10000.0, pr
 
 
 def apply_rope(x: Tensor, table: Tensor) -> Tensor:
-    """x: (B, F, H, hd); table: (F, hd/2, 2) -> rotated x (computed in fp32, returned in x's dtype)."""
+    """x: (B, F, H, hd); table: (F, hd/2, 2), or (B, F, hd/2, 2) for rows at their own positions ->
+    rotated x (computed in fp32, returned in x's dtype)."""
     xs = x.float().reshape(*x.shape[:-1], -1, 2)  # (B, F, H, hd/2, 2)
-    t = table.view(1, xs.shape[1], 1, xs.shape[3], 2).to(xs.device)
+    rows = table.shape[0] if table.dim() == 4 else 1
+    t = table.view(rows, xs.shape[1], 1, xs.shape[3], 2).to(xs.device)
     cos, sin = t[..., 0], t[..., 1]
     out = torch.stack([xs[..., 0] * cos - xs[..., 1] * sin, xs[..., 1] * cos + xs[..., 0] * sin], dim=-1)
     return out.flatten(3).type_as(x)

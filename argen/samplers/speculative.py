@@ -130,10 +130,10 @@ class SpeculativeSampler:
             d = min(self.draft_len, length - n - 1)  # drafts; the target pass also scores the position after
             qs = []
             if d:  # the drafter catches up on the tokens decided last round and their target features
-                if feats.shape[1] != n - dstate.fed:
-                    raise RuntimeError(f"drafter out of step: it has read {dstate.fed} positions, {n} are decided "
+                if feats.shape[1] != n - dstate.uniform_fed():
+                    raise RuntimeError(f"drafter out of step: it has read {dstate.uniform_fed()} positions, {n} are decided "
                                        f"and {feats.shape[1]} new features are at hand")
-                g = drafter.step(dstate, rows2(tokens[:, dstate.fed:n]), feats)[:, -1:]
+                g = drafter.step(dstate, rows2(tokens[:, dstate.uniform_fed():n]), feats)[:, -1:]
             for i in range(d):
                 q = guided_probs(self, drafter.head(g), torch.tensor([n + i]), length)  # (B, 1, V)
                 if self.draft == "greedy":

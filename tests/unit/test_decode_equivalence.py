@@ -9,7 +9,7 @@ import functools
 import pytest
 import torch
 
-from argen.core import Condition
+from argen.core import Condition, DecodeState
 from argen.generators.raster import RasterGenerator
 from argen.nn.conditioning import ClassEmbedder, TextConditioner
 from argen.nn.text import WordTextEncoder, build_vocab
@@ -17,6 +17,17 @@ from argen.nn.text import WordTextEncoder, build_vocab
 V = 32
 ATOL = 1e-4
 CAPTIONS = ["a red circle", "two small blue squares next to a big green triangle", "yellow"]
+
+
+def fed(state: DecodeState) -> int:
+    """Fed positions of a state whose rows advanced together (asserts they did)."""
+    assert bool((state.fed == state.fed[0]).all()), state.fed
+    return int(state.fed[0])
+
+
+def slots_used(state: DecodeState) -> int:
+    assert bool((state.lengths == state.lengths[0]).all()), state.lengths
+    return int(state.lengths[0])
 
 
 def make_generator(*, text: bool = False, sequence_length: int | None = None, seed: int = 0) -> RasterGenerator:
@@ -82,7 +93,7 @@ def run_one_per_step(g: RasterGenerator, tokens: torch.Tensor, cond: Condition) 
     for group in g.plan():
         rec.step(g, state, tokens, prev, group.tolist())
         prev = group.tolist()
-    assert state.fed == g.seq_len - 1 and state.length == g.prefix_len + g.seq_len - 1
+    assert fed(state) == g.seq_len - 1 and slots_used(state) == g.prefix_len + g.seq_len - 1
     return rec.out
 
 
@@ -109,9 +120,9 @@ def run_truncate_then_continue(g: RasterGenerator, tokens: torch.Tensor, cond: C
         feed = range(i, min(i + window, length))
         query = range(i + 1, min(i + window + 1, length))
         rec.step(g, state, wrong, feed, query, record=False)
-        assert state.fed == feed[-1] + 1
+        assert fed(state) == feed[-1] + 1
         state.truncate(i)
-        assert state.fed == i and state.length == g.prefix_len + i
+        assert fed(state) == i and slots_used(state) == g.prefix_len + i
         rec.step(g, state, tokens, feed, query)
     return rec
 
@@ -163,11 +174,11 @@ def test_prefix_and_all_tokens_in_the_first_call_match_full_pass() -> None:
     """The first step may feed tokens together with the pending condition prefix."""
     g = make_generator()
     tokens, cond = random_tokens(g, 3), class_cond()
-    length = g.seq_len
+    n = g.seq_len
     rec = Recorder(g, 3)
     state = g.start(cond)
-    rec.step(g, state, tokens, range(length - 1), range(length))
-    assert state.pending is None and state.length == g.prefix_len + length - 1
+    rec.step(g, state, tokens, range(n - 1), range(n))
+    assert state.pending is None and slots_used(state) == g.prefix_len + n - 1
     rec.check(full_pass(g, tokens, cond))
 
 
@@ -220,7 +231,7 @@ def test_truncate_several_times_in_a_row() -> None:
     state.truncate(6)
     state.truncate(4)
     state.truncate(4)  # idempotent
-    assert state.fed == 4 and state.length == g.prefix_len + 4
+    assert fed(state) == 4 and slots_used(state) == g.prefix_len + 4
     rec.step(g, state, wrong, range(4, 6), range(5, 7), record=False)  # wrong again, from the rolled-back point
     state.truncate(2)  # back into the accepted part
     rec.step(g, state, tokens, range(2, 10), range(3, 11))
@@ -238,7 +249,7 @@ def test_truncate_to_zero_then_continue() -> None:
     rec.step(g, state, tokens, [], [0])
     rec.step(g, state, (tokens + 5) % V, range(0, 6), range(1, 7), record=False)
     state.truncate(0)
-    assert state.fed == 0 and state.length == g.prefix_len
+    assert fed(state) == 0 and slots_used(state) == g.prefix_len
     rec.step(g, state, tokens, range(length - 1), range(1, length))
     rec.check(full_pass(g, tokens, cond))
 
@@ -320,7 +331,7 @@ def test_step_rejects_non_consecutive_positions() -> None:
         g.step(state, tok, torch.tensor([1, 2]), torch.tensor([2]))  # skips position 0
     with pytest.raises(ValueError, match="consecutive"):
         g.step(state, tok, torch.tensor([0, 2]), torch.tensor([1]))  # a gap
-    assert state.fed == 0  # nothing was fed
+    assert fed(state) == 0  # nothing was fed
 
 
 def test_step_rejects_queries_not_predicted_by_its_slots() -> None:
@@ -357,7 +368,7 @@ def test_truncate_beyond_fed_raises() -> None:
         state.truncate(4)
     with pytest.raises(ValueError, match="truncate"):
         state.truncate(-1)
-    assert state.fed == 3
+    assert fed(state) == 3
 
 
 def test_kv_cache_overflow_raises() -> None:
@@ -403,4 +414,4 @@ def test_rejected_query_leaves_the_state_unchanged() -> None:
     state = prefixed_state(g, class_cond())
     with pytest.raises(ValueError, match="not predicted"):
         g.step(state, tokens[:, :1], torch.tensor([0]), torch.tensor([0]))
-    assert (state.fed, state.length) == (0, g.prefix_len)
+    assert (fed(state), slots_used(state)) == (0, g.prefix_len)
