@@ -34,3 +34,21 @@ class RecordBatches(L.Callback):
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": getattr(pl_module, "batches_done", trainer.global_step),
                                 "epoch": trainer.current_epoch, "index": batch["index"].tolist()}) + "\n")
+
+
+def sample_killed_after(batches: int) -> None:
+    """Run ``argen-sample`` (arguments from ``sys.argv``) and SIGKILL it when batch ``batches + 1`` starts
+    decoding: no cleanup, no ``finally``, like an OOM kill or a preempted job."""
+    import argen.cli.sample as sample_cli
+
+    real = sample_cli.decode
+    calls = {"n": 0}
+
+    def decode(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] > batches:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+
+    sample_cli.decode = decode
+    sample_cli.main()
