@@ -111,8 +111,8 @@ def test_interrupted_run_is_marked_refused_and_resumes_bit_identical(
         sample(text_pipeline, out, *RUN, "resume=true")  # complete: nothing to resume
 
 
-def test_killed_run_leaves_no_stale_lock_and_resumes(text_pipeline: dict[str, Path], reference: np.ndarray,  # noqa: F811
-                                                     tmp_path: Path) -> None:
+def test_killed_run_leaves_no_stale_lock_and_resumes(
+        text_pipeline: dict[str, Path], reference: np.ndarray, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "killed"
     args = [f"generator_path={text_pipeline['generator']}", f"output_dir={out}", "device=cpu", *RUN]
     code = "from tests.helpers import sample_killed_after; sample_killed_after(2)"
