@@ -20,6 +20,7 @@ from PIL import Image
 import argen.cli.sample as sample_cli
 from argen.cli.common import ConfigError, compose_config
 from argen.cli.evaluate import run as eval_run
+from argen.cli.folders import FolderLock
 from tests.conftest import REPO, cli_env
 from tests.e2e.test_generator_pipeline import sample, text_pipeline  # noqa: F401  (fixture)
 
@@ -81,6 +82,22 @@ def test_second_run_into_a_busy_folder_is_refused_and_the_first_is_intact(
     assert np.array_equal(npz(out), reference)  # run A finished, untouched by B
     assert len(list((out / "images").iterdir())) == 9
     assert json.loads((out / "settings.json").read_text())["num_images"] == 9
+
+
+@pytest.mark.multiprocess
+def test_every_torchrun_rank_refuses_a_busy_folder(text_pipeline: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+    """Rank 0 takes the lock for the job; when it cannot, the other ranks fail with it instead of waiting.
+    (test_two_processes_write_the_same_images_as_one covers a job whose rank 0 gets the lock.)"""
+    out = tmp_path / "busy"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "argen.cli.sample", f"generator_path={text_pipeline['generator']}", PROMPTS, "n_per_condition=1",
+           "device=cpu", f"output_dir={out}"]
+    with FolderLock(out):
+        proc = subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert f"in use by another argen-sample run: pid {os.getpid()}" in proc.stdout + proc.stderr
+    assert "rank 0 could not prepare the output folder" in proc.stdout + proc.stderr  # rank 1's error
+    assert not (out / "images").exists()
 
 
 # ---- 2. interrupted runs: marked, refused, resumable; evaluation refuses them ---------------------
