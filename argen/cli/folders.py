@@ -89,6 +89,10 @@ class FolderLock:
             holder = _read_holder(fd)
             os.close(fd)
             raise FolderBusyError(busy_message(self.folder, holder)) from None
+        except OSError as e:
+            os.close(fd)
+            raise RuntimeError(f"cannot lock {self.path}: {e}. Its filesystem does not support flock; choose an "
+                               f"output_dir on a local disk or a filesystem that does") from e
         holder_info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(),
                        "command": " ".join(sys.argv)}
         os.ftruncate(fd, 0)
@@ -176,6 +180,8 @@ def marker_for(samples: str | Path) -> Path | None:
 def check_complete(samples: str | Path, allow_incomplete: bool) -> str | None:
     """Refuse samples of an unfinished argen-sample run; with ``allow_incomplete``, return a warning
     for the report instead (and log it)."""
+    if not isinstance(samples, (str, os.PathLike)):
+        return None  # a dataset config node, not a folder argen-sample wrote
     marker = marker_for(samples)
     if marker is None:
         return None

@@ -274,7 +274,11 @@ def sample_shard(cfg: DictConfig, sampler: Any, generator: Any, tokenizer: Any, 
     write them; returns summed stats of what this process drew."""
     n = int(cfg.n_per_condition)
     total = len(conds) * n
-    mine = [i for i in range(rank, total, world) if not _is_whole_png(out / "images" / f"{i:06d}.png")]
+    share = range(rank, total, world)
+    mine = [i for i in share if not _is_whole_png(out / "images" / f"{i:06d}.png")]
+    if len(mine) < len(share) and rank == 0:
+        log.info("resume: %d of this process's %d images are already written; drawing the other %d",
+                 len(share) - len(mine), len(share), len(mine))
     device = next(generator.parameters()).device
     stats = {"forward_passes": 0.0, "tokens": 0.0, "wall_seconds": 0.0, "images": 0.0, "batches": 0.0}
     bar = tqdm(total=len(mine), desc="sampling", unit="img", disable=rank != 0)

@@ -22,6 +22,7 @@ from argen.cli.common import ConfigError, compose_config
 from argen.cli.evaluate import run as eval_run
 from argen.cli.folders import FolderLock
 from tests.conftest import REPO, cli_env
+from tests.helpers import decode_calling
 from tests.e2e.test_generator_pipeline import sample, text_pipeline  # noqa: F401  (fixture)
 
 PROMPTS = "prompts=[a photo of a red circle,a photo of two squares,a photo of a blue triangle]"
@@ -31,16 +32,7 @@ MARKER = "INCOMPLETE.json"
 
 def after_batches(monkeypatch: pytest.MonkeyPatch, k: int, action: Any) -> None:
     """Call ``action()`` when argen-sample starts decoding batch ``k + 1`` (``k`` batches are written)."""
-    real = sample_cli.decode
-    calls = {"n": 0}
-
-    def decode(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == k + 1:
-            action()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sample_cli, "decode", decode)
+    monkeypatch.setattr(sample_cli, "decode", decode_calling(sample_cli.decode, k, action))
 
 
 def interrupt() -> None:
