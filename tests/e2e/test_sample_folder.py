@@ -20,7 +20,6 @@ from PIL import Image
 import argen.cli.sample as sample_cli
 from argen.cli.common import ConfigError, compose_config
 from argen.cli.evaluate import run as eval_run
-from argen.cli.folders import FolderLock
 from tests.conftest import REPO, cli_env
 from tests.helpers import decode_calling
 from tests.e2e.test_generator_pipeline import sample, text_pipeline  # noqa: F401  (fixture)
@@ -80,6 +79,8 @@ def test_second_run_into_a_busy_folder_is_refused_and_the_first_is_intact(
 def test_every_torchrun_rank_refuses_a_busy_folder(text_pipeline: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
     """Rank 0 takes the lock for the job; when it cannot, the other ranks fail with it instead of waiting.
     (test_two_processes_write_the_same_images_as_one covers a job whose rank 0 gets the lock.)"""
+    from argen.cli.folders import FolderLock
+
     out = tmp_path / "busy"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "argen.cli.sample", f"generator_path={text_pipeline['generator']}", PROMPTS, "n_per_condition=1",
