@@ -452,9 +452,10 @@ def _finish(cfg: DictConfig, sampler: Any, info: dict[str, Any], conds: Conditio
         settings["evaluation"] = evaluate_samples(cfg, out, files)
         atomic_write_json(out / "settings.json", settings)
     speed = settings["stats"]
-    log.info("%d images -> %s; end_to_end_images_per_s %.2f (sampling, decoding and writing), "
+    log.info("%d images -> %s; this run drew %d: end_to_end_images_per_s %.2f (sampling, decoding and writing), "
              "sampler_images_per_s %.2f (sampler only)", settings["num_images"], out,
-             speed["end_to_end_images_per_s"], speed["sampler_images_per_s"])
+             settings["num_images"] - settings["resumed_images"], speed["end_to_end_images_per_s"],
+             speed["sampler_images_per_s"])
     return settings
 
 
