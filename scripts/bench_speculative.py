@@ -13,8 +13,9 @@ Seeds are argen-sample's (sample i gets hash(seed, i)), so every setting sees th
 seeds. One ``runs`` record per (setting, batch) carries both quality figures (``quality_batches``
 says where each was measured), ``forward_passes_per_image`` (target passes; the drafter's own
 passes are not counted), ``accepted_per_pass`` (tokens decided per target pass), wall
-``seconds_per_image`` and ``images_per_s``, and the speed-ups over the ancestral record of the same
-batch. A second figure, ``speculative.png``, plots quality against speed.
+``seconds_per_image`` and ``images_per_s`` of the sampler alone (argen-sample's ``sampler_seconds``
+and ``sampler_images_per_s``), and the speed-ups over the ancestral record of the same batch. A
+second figure, ``speculative.png``, plots quality against speed.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def sample_once(generator: str, out: Path, extra: list[str], reuse: bool = True)
     done = out / "settings.json"
     if reuse and done.is_file():
         written = json.loads(done.read_text())
-        if written.get("config") == json.loads(json.dumps(to_plain(cfg), default=str)):
+        evaluated = "evaluation" in written or not cfg.get("eval")  # settings.json precedes the evaluation
+        if evaluated and written.get("config") == json.loads(json.dumps(to_plain(cfg), default=str)):
             return written
     return sample_run(cfg)
 
@@ -114,9 +116,9 @@ def record(setting: dict[str, Any], written: dict[str, Any], batch: int, meta: d
         "window": window, "drafts_per_pass": None if window is None else window - 1, "draft": s.get("draft"),
         "k": s.get("k"), "delta": s.get("delta"), "init": s.get("init"),
         "forward_passes_per_image": stats["forward_passes_per_image"], "accepted_per_pass": stats["tokens_per_pass"],
-        "images": images, "seconds_per_image": stats["sampling_seconds"] / images,
-        "images_per_s": stats["images_per_s"], "tokens_per_s": stats["images_per_s"] * meta["tokens"],
-        "max_tvd": stats.get("max_tvd"), "wall_s": stats["sampling_seconds"],
+        "images": images, "seconds_per_image": stats["sampler_seconds"] / images,
+        "images_per_s": stats["sampler_images_per_s"], "tokens_per_s": stats["sampler_images_per_s"] * meta["tokens"],
+        "max_tvd": stats.get("max_tvd"), "wall_s": stats["sampler_seconds"],
         "drafter": (written["config"].get("sampler") or {}).get("drafter"),
     }
 

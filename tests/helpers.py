@@ -1,9 +1,11 @@
-"""Test-only Lightning callbacks, injected through Hydra (``+callbacks.x={_target_: tests.helpers...}``)."""
+"""Test-only Lightning callbacks, injected through Hydra (``+callbacks.x={_target_: tests.helpers...}``),
+and interruptions of argen-sample at a chosen batch."""
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -34,3 +36,27 @@ class RecordBatches(L.Callback):
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": getattr(pl_module, "batches_done", trainer.global_step),
                                 "epoch": trainer.current_epoch, "index": batch["index"].tolist()}) + "\n")
+
+
+
+def decode_calling(decode: Callable[..., Any], batches: int, action: Callable[[], None]) -> Callable[..., Any]:
+    """argen-sample's ``decode`` that calls ``action()`` when batch ``batches + 1`` starts decoding (so
+    ``batches`` batches are written); patch it over ``argen.cli.sample.decode``."""
+    calls = {"n": 0}
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == batches + 1:
+            action()
+        return decode(*args, **kwargs)
+
+    return wrapped
+
+
+def sample_killed_after(batches: int) -> None:
+    """Run ``argen-sample`` (arguments from ``sys.argv``) and SIGKILL it when batch ``batches + 1`` starts
+    decoding: no cleanup, no ``finally``, like an OOM kill or a preempted job."""
+    import argen.cli.sample as sample_cli
+
+    sample_cli.decode = decode_calling(sample_cli.decode, batches, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    sample_cli.main()

@@ -7,6 +7,10 @@
     argen-eval eval=all ...                                   # every section configured under eval.sections
 
 Writes <output_dir>/report.json, summary.md and, for prompt-based evals, a per-task bar plot.
+
+Samples of an argen-sample run that did not finish (``INCOMPLETE.json`` in their folder) are refused;
+finish them with ``argen-sample ... resume=true``, or pass ``allow_incomplete=true`` to evaluate them
+anyway (the report and summary.md then carry a warning).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from argen.cli.common import CONFIG_DIR, ConfigError, build
+from argen.cli.folders import check_complete
 from argen.data.base import tensor_to_uint8
 from argen.eval import fid as metrics
 from argen.eval.images import iter_images
@@ -73,9 +78,11 @@ def _limited(batches: Iterator[torch.Tensor], limit: int) -> Iterator[torch.Tens
         seen += b.shape[0]
 
 
-def run_distribution(cfg: DictConfig, samples: str, where: str = "eval") -> dict[str, Any]:
+def run_distribution(cfg: DictConfig, samples: str, where: str = "eval", *,
+                     allow_incomplete: bool = False) -> dict[str, Any]:
     """FD / KID / P-R / D-C (+ IS and class accuracy with a classifier) of samples vs a reference.
     ``where``: the section's config key (``eval``, or ``eval.sections.<name>``), for error messages."""
+    warning = check_complete(samples, allow_incomplete)
     extractor = build(cfg.extractor, f"{where}.extractor")
     extractor = extractor.eval() if hasattr(extractor, "eval") else extractor
     name = str(getattr(extractor, "name", type(extractor).__name__))
@@ -94,7 +101,7 @@ def run_distribution(cfg: DictConfig, samples: str, where: str = "eval") -> dict
                                       kid_subset_size=int(cfg.get("kid_subset_size", 1000))).to_dict()
     report["notes"] += _source_notes(sources)
     report["unreadable_images"] = {k: len(src.unreadable) for k, src in sources.items()}
-    return report
+    return _with_warning(report, warning)
 
 
 def _reference_features(cfg: DictConfig, extractor: Any, where: str) -> tuple[torch.Tensor, Any, Source]:
@@ -127,6 +134,10 @@ def _source_notes(sources: dict[str, Source]) -> list[str]:
     return notes
 
 
+def _with_warning(result: dict[str, Any], warning: str | None) -> dict[str, Any]:
+    return {**result, "warning": warning} if warning else result
+
+
 def _npz_contents(ref: Any) -> tuple[bool, bool]:
     """(has mu/sigma statistics, has arr_0 images) of a reference given as an ``.npz`` path."""
     import numpy as np
@@ -147,10 +158,11 @@ def _labels(cfg: DictConfig, n: int) -> torch.Tensor | None:
     return labels[:n]
 
 
-def run_prompts(cfg: DictConfig, samples: str, out: Path) -> dict[str, Any]:
+def run_prompts(cfg: DictConfig, samples: str, out: Path, *, allow_incomplete: bool = False) -> dict[str, Any]:
     """GenEval rules over a GenEval-layout folder, with an in-process detector or the official results."""
     from argen.eval import geneval
 
+    warning = None if cfg.get("results") else check_complete(samples, allow_incomplete)
     if cfg.get("results"):
         report = geneval.read_official_results(cfg.results)
     else:
@@ -159,7 +171,7 @@ def run_prompts(cfg: DictConfig, samples: str, out: Path) -> dict[str, Any]:
             else None
         report, records = geneval.evaluate_folder(samples, detector, options)
         geneval.write_results_jsonl(records, out / f"{cfg.name}_results.jsonl")
-    result = report.to_dict()
+    result = _with_warning(report.to_dict(), warning)
     _bar_plot(result, out / f"{cfg.name}_tasks.png", title=cfg.name)
     return result
 
@@ -188,6 +200,8 @@ def _summary(report: dict[str, Any]) -> str:
     lines = ["# argen-eval report", ""]
     for section, res in report.items():
         lines.append(f"## {section}")
+        if res.get("warning"):
+            lines.append(f"- **WARNING: {res['warning']}**")
         if "fd" in res:
             ci = res.get("fd_ci95")
             lines.append(f"- {res['metric']} ({res['extractor']}, N_fake={res['num_fake']}, N_real={res['num_real']}): "
@@ -217,10 +231,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if samples is None:
             raise ConfigError(f"eval section {key!r} needs samples=<folder or .npz> (or eval.samples)")
         kind = section.kind
+        allow = bool(cfg.get("allow_incomplete", False))
         if kind == "distribution":
-            report[key] = run_distribution(section, str(samples), where)
+            report[key] = run_distribution(section, str(samples), where, allow_incomplete=allow)
         elif kind == "prompts":
-            report[key] = run_prompts(section, str(samples), out)
+            report[key] = run_prompts(section, str(samples), out, allow_incomplete=allow)
         else:
             raise ConfigError(f"eval section {key!r} has unknown kind {kind!r} (distribution | prompts)")
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))

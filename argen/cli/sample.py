@@ -11,15 +11,32 @@ Writes ``<output_dir>/``: ``grid.png``, ``images/<index:06d>.png``, ``samples.np
 class-conditional only), ``geneval/`` (GenEval's layout, when conditions carry GenEval metadata)
 and ``settings.json`` (every setting, the seed, models' hashes, sampling stats). Sample ``i`` is
 drawn with its own seed ``hash(seed, i)``, so images do not depend on batch size or process count.
+
+One run per folder: a run holds an exclusive lock on ``<output_dir>/.argen-sample.lock`` (rank 0
+for a whole torchrun job) and a second run into the same folder fails at once, naming the holder.
+
+Interrupted runs: ``INCOMPLETE.json`` (the settings that determine the images: models' sha256,
+sampler, seed, conditions, ``n_per_condition``, dtype, device) is written before sampling and
+removed once ``settings.json`` is written, so an unfinished folder says so; argen-eval refuses it.
+``resume=true`` continues it: the recorded settings must equal the current ones, images already
+written (whole: PNGs are written to a temp file and renamed) are kept and the others are drawn
+with the same per-index seeds, so the result is bit-identical to an uninterrupted run.
+``resume=true`` on an empty folder starts a run; on a finished one it refuses.
+
+Throughput, in ``settings.json`` ``stats`` and the final log line, for the images this run drew:
+``sampler_images_per_s`` (sampler time only) and ``end_to_end_images_per_s`` (wall time from the
+start of sampling through decoding and writing every output; model loading and ``eval`` excluded).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +50,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from argen.cli.common import CONFIG_DIR, ConfigError, build, pick_device, pick_dtype, target_class, to_plain
+from argen.cli.folders import (MARKER_NAME, FolderLock, atomic_write, atomic_write_json, read_marker,
+                               remove_marker, remove_temp_files, write_marker)
 from argen.core import Condition, check_compatible
 from argen.data.base import tensor_to_uint8
 from argen.samplers.random import sample_seeds
@@ -59,6 +78,12 @@ class Conditions:
             return Condition(labels=torch.tensor([self.labels[i] for i in ids], device=device))
         assert self.texts is not None
         return Condition(texts=[self.texts[i] for i in ids])
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Kind, count and sha256 of the conditions (ids or prompts, with their metadata)."""
+        data = json.dumps([self.labels, self.texts, self.metadata], sort_keys=True, default=str)
+        return {"kind": "classes" if self.labels is not None else "prompts", "count": len(self),
+                "sha256": hashlib.sha256(data.encode("utf-8")).hexdigest()}
 
 
 # ---- models ---------------------------------------------------------------------------------
@@ -159,18 +184,87 @@ def _suite(cfg: DictConfig, generator: Any) -> list[dict[str, Any]]:
 
 
 # ---- output folder and processes --------------------------------------------------------------
-def prepare_output(out: Path, overwrite: bool, rank: int) -> None:
-    """Refuse (every rank, before anyone writes) or clear an output folder that already holds samples."""
+def image_settings(cfg: DictConfig, info: dict[str, Any], conds: Conditions, device: torch.device) -> dict[str, Any]:
+    """What the images depend on (recorded in INCOMPLETE.json, checked by resume=true); batch_size and
+    the process count are not among them."""
+    settings = {"generator_sha256": info["generator"].get("sha256"),
+                "tokenizer_sha256": info["tokenizer"].get("sha256"),
+                "sampler": to_plain(cfg.sampler), "seed": int(cfg.seed), "n_per_condition": int(cfg.n_per_condition),
+                "conditions": conds.fingerprint(), "dtype": str(cfg.dtype),
+                "decode_batch_size": int(cfg.decode_batch_size), "device": device.type}
+    return json.loads(json.dumps(settings, default=str))  # as they read back from the marker
+
+
+def prepare_output(out: Path, *, overwrite: bool, resume: bool, settings: dict[str, Any], total: int) -> None:
+    """Rank 0, holding the folder's lock: refuse, clear or continue what the folder holds, then mark
+    the run incomplete until it finishes."""
+    marker = read_marker(out)
     existing = [m for m in OUTPUT_MARKERS if (out / m).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"output folder {out} already holds samples ({', '.join(existing)}); pass "
-                              f"overwrite=true to replace them or choose another output_dir / name")
-    _barrier()  # every rank has looked before rank 0 clears or creates anything
-    if rank == 0:
+    if resume:
+        check_resumable(out, marker, existing, settings)
+    elif marker is not None or existing:
+        if not overwrite:
+            raise FileExistsError(_occupied(out, marker, existing))
         for m in existing:
             target = out / m
             shutil.rmtree(target) if target.is_dir() else target.unlink()
-        (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    remove_temp_files(out / "images")
+    write_marker(out, settings, total)
+
+
+def _occupied(out: Path, marker: dict[str, Any] | None, existing: list[str]) -> str:
+    if marker is None:
+        return (f"output folder {out} already holds samples ({', '.join(existing)}); pass overwrite=true to replace "
+                f"them or choose another output_dir / name")
+    written = sum(1 for _ in (out / "images").glob("*.png")) if (out / "images").is_dir() else 0
+    return (f"output folder {out} holds an incomplete argen-sample run ({MARKER_NAME}: {written} of "
+            f"{marker.get('total_images', '?')} images written, started {marker.get('started', '?')}); pass "
+            f"resume=true to continue it with the same settings, or overwrite=true to start over")
+
+
+def check_resumable(out: Path, marker: dict[str, Any] | None, existing: list[str], settings: dict[str, Any]) -> None:
+    """resume=true: the folder holds an interrupted run of exactly these settings, or nothing yet."""
+    if marker is None and "settings.json" in existing:
+        raise FileExistsError(f"output folder {out} holds a finished run (settings.json, no {MARKER_NAME}): nothing "
+                              f"to resume; pass overwrite=true (not resume=true) to replace it, or choose another "
+                              f"output_dir / name")
+    if marker is None and existing:
+        raise FileExistsError(f"output folder {out} holds samples ({', '.join(existing)}) but no {MARKER_NAME} "
+                              f"recording how they were drawn (an older argen-sample, or files from elsewhere), so "
+                              f"resume=true cannot check them; pass overwrite=true to start over")
+    if marker is None:
+        log.info("resume=true: %s holds no run yet; starting one", out)
+        return
+    recorded = marker.get("settings") or {}
+    differ = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
+    if differ:
+        detail = "; ".join(f"{k}: recorded {_brief(recorded.get(k))}, now {_brief(settings.get(k))}" for k in differ)
+        raise ConfigError(f"cannot resume {out}: settings differ from the interrupted run's ({detail}). Resume with "
+                          f"the same settings, or pass overwrite=true instead of resume=true to start over")
+    log.info("resume=true: continuing the interrupted run in %s", out)
+
+
+def _brief(value: Any, width: int = 80) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _on_rank_zero(rank: int, action: Callable[[], None]) -> None:
+    """``action()`` on rank 0 only; its error is raised on every rank, so none waits for a rank that gave up."""
+    error: Exception | None = None
+    if rank == 0:
+        try:
+            action()
+        except Exception as e:  # noqa: BLE001  (re-raised below, after the other ranks are told)
+            error = e
+    if dist.is_initialized():
+        box = [None if error is None else f"{type(error).__name__}: {error}"]
+        dist.broadcast_object_list(box, src=0)
+        if rank != 0 and box[0] is not None:
+            raise RuntimeError(f"rank 0 could not prepare the output folder: {box[0]}")
+    if error is not None:
+        raise error
 
 
 def init_distributed(device_kind: str) -> tuple[int, int]:
@@ -188,10 +282,15 @@ def _barrier() -> None:
 # ---- sampling ---------------------------------------------------------------------------------
 def sample_shard(cfg: DictConfig, sampler: Any, generator: Any, tokenizer: Any, conds: Conditions, out: Path,
                  rank: int, world: int) -> dict[str, float]:
-    """Sample indices rank, rank + world, ... and write images/<index>.png; returns summed stats."""
+    """Sample indices rank, rank + world, ... whose images/<index>.png is not already there (whole) and
+    write them; returns summed stats of what this process drew."""
     n = int(cfg.n_per_condition)
     total = len(conds) * n
-    mine = list(range(rank, total, world))
+    share = range(rank, total, world)
+    mine = [i for i in share if not _is_whole_png(out / "images" / f"{i:06d}.png")]
+    if len(mine) < len(share) and rank == 0:
+        log.info("resume: %d of this process's %d images are already written; drawing the other %d",
+                 len(share) - len(mine), len(share), len(mine))
     device = next(generator.parameters()).device
     stats = {"forward_passes": 0.0, "tokens": 0.0, "wall_seconds": 0.0, "images": 0.0, "batches": 0.0}
     bar = tqdm(total=len(mine), desc="sampling", unit="img", disable=rank != 0)
@@ -201,7 +300,7 @@ def sample_shard(cfg: DictConfig, sampler: Any, generator: Any, tokenizer: Any, 
         result = sampler.sample(generator, cond, seeds=sample_seeds(int(cfg.seed), ids).to(device))
         images = decode(tokenizer, result.tokens, int(cfg.decode_batch_size))  # (b, H, W, 3) uint8
         for i, image in zip(ids, images):
-            Image.fromarray(image).save(out / "images" / f"{i:06d}.png")
+            _write_png(out / "images" / f"{i:06d}.png", image)
         for key in ("forward_passes", "tokens", "wall_seconds"):
             stats[key] += float(getattr(result.stats, key))
         for key, value in result.stats.extra.items():  # sampler-specific bounds, e.g. LANTERN's max_tvd
@@ -212,6 +311,21 @@ def sample_shard(cfg: DictConfig, sampler: Any, generator: Any, tokenizer: Any, 
         bar.update(len(ids))
     bar.close()
     return stats
+
+
+def _is_whole_png(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError, ValueError):  # truncated or not an image: drawn again
+        return False
+    return True
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
 
 
 @torch.no_grad()
@@ -241,13 +355,10 @@ def finalize(cfg: DictConfig, conds: Conditions, out: Path) -> dict[str, Any]:
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])  # (N, H, W, 3)
     files: dict[str, Any] = {"images": str(out / "images")}
     if cfg.save_npz:
-        from argen.eval.images import save_npz
-
-        files["npz"] = str(save_npz(images, out / "samples.npz"))
+        files["npz"] = str(atomic_write(out / "samples.npz", lambda f: np.savez(f, arr_0=images)))
     files["grid"] = str(_save_grid(images[: int(cfg.grid_max_images)], out / "grid.png", n))
     if conds.labels is not None:
-        (out / "labels.json").write_text(json.dumps([conds.labels[i // n] for i in range(total)]))
-        files["labels"] = str(out / "labels.json")
+        files["labels"] = str(atomic_write_json(out / "labels.json", [conds.labels[i // n] for i in range(total)]))
     if conds.metadata is not None:
         from argen.eval.geneval import write_sample_folder
 
@@ -265,26 +376,31 @@ def _save_grid(images: np.ndarray, path: Path, per_row: int) -> Path:
 
     nrow = per_row if 1 < per_row <= 16 else int(np.ceil(np.sqrt(len(images))))
     grid = make_grid(torch.from_numpy(images).permute(0, 3, 1, 2), nrow=nrow, padding=2, pad_value=255)
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+    _write_png(path, grid.permute(1, 2, 0).numpy())
     return path
 
 
 def _settings(cfg: DictConfig, sampler: Any, info: dict[str, Any], stats: list[dict[str, float]], world: int,
-              files: dict[str, Any]) -> dict[str, Any]:
+              files: dict[str, Any], num_images: int, end_to_end: float) -> dict[str, Any]:
+    """settings.json. Throughput counts the images this run drew (a resumed run keeps the others), over
+    the sampler's time (slowest process) and over the wall time from sampling start to the last file."""
     total = {k: sum(s.get(k, 0.0) for s in stats) for k in stats[0] if not k.startswith("max_")}
     bounds = {k: max(s[k] for s in stats if k in s) for k in {k for s in stats for k in s if k.startswith("max_")}}
     wall = max(s["wall_seconds"] for s in stats)
-    images = total["images"]
+    drawn = total["images"]
     return {
         "config": to_plain(cfg), "sampler": sampler.settings() if hasattr(sampler, "settings") else None,
-        "seed": int(cfg.seed), "num_images": int(images), "processes": world, "files": files,
+        "seed": int(cfg.seed), "num_images": num_images, "resumed_images": num_images - int(drawn),
+        "processes": world, "files": files,
         "generator": {"path": str(cfg.generator_path), "sha256": info["generator"].get("sha256"),
                       "step": info["generator"].get("global_step"), "layout": info["generator"].get("layout")},
         "tokenizer": {"path": info["tokenizer_path"], "sha256": info["tokenizer"].get("sha256")},
         "stats": {"forward_passes_per_image": total["forward_passes"] / max(total["batches"], 1) if world == 1
                   else stats[0]["forward_passes"] / max(stats[0]["batches"], 1),
                   "tokens_per_pass": total["tokens"] / max(total["forward_passes"], 1),
-                  "sampling_seconds": wall, "images_per_s": images / max(wall, 1e-9), **bounds},
+                  "sampler_seconds": wall, "sampler_images_per_s": drawn / max(wall, 1e-9),
+                  "end_to_end_seconds": end_to_end, "end_to_end_images_per_s": drawn / max(end_to_end, 1e-9),
+                  **bounds},
         "versions": {"torch": torch.__version__},
     }
 
@@ -309,11 +425,27 @@ def check_sample_keys(cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Sample as configured; returns the settings written to settings.json (rank 0) or {}."""
     check_sample_keys(cfg)
+    if cfg.get("resume") and cfg.overwrite:
+        raise ConfigError("resume=true continues an interrupted run and overwrite=true discards what the folder "
+                          "holds; pass one of them")
     device = pick_device(str(cfg.device))
     rank, world = init_distributed(device.type)
-    dtype = pick_dtype(cfg.dtype)
     out = Path(cfg.output_dir)
-    generator, tokenizer, info = load_models(cfg, device, dtype)
+    lock = FolderLock(out) if rank == 0 else None  # rank 0 holds it for every process of a torchrun job
+    try:
+        _on_rank_zero(rank, lock.acquire if lock is not None else lambda: None)
+        return _run_locked(cfg, device, out, rank, world)
+    finally:
+        if lock is not None:
+            lock.release()
+        _barrier()  # other ranks wait for rank 0's files, then every rank leaves the group cleanly
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run_locked(cfg: DictConfig, device: torch.device, out: Path, rank: int, world: int) -> dict[str, Any]:
+    """Load, check, prepare the folder (rank 0), sample every process's shard, finish (rank 0)."""
+    generator, tokenizer, info = load_models(cfg, device, pick_dtype(cfg.dtype))
     sampler_class = target_class(cfg.sampler, "sampler")
     if hasattr(sampler_class, "requires"):  # before the sampler loads what it needs (a drafter)
         check_compatible(sampler_class, generator)
@@ -327,29 +459,34 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if hasattr(sampler, "attach_tokenizer"):  # LANTERN's latent proximity comes from the codebook
         sampler.attach_tokenizer(tokenizer)
     conds = build_conditions(cfg, generator)
-    prepare_output(out, bool(cfg.overwrite), rank)
+    settings = image_settings(cfg, info, conds, device)
+    total = len(conds) * int(cfg.n_per_condition)
+    _on_rank_zero(rank, lambda: prepare_output(out, overwrite=bool(cfg.overwrite), resume=bool(cfg.get("resume")),
+                                               settings=settings, total=total))
     _barrier()
     start = time.perf_counter()
     stats = _gather_stats(sample_shard(cfg, sampler, generator, tokenizer, conds, out, rank, world))
     _barrier()
-    try:
-        return _finish(cfg, sampler, info, conds, out, stats, world, start) if rank == 0 else {}
-    finally:
-        _barrier()  # other ranks wait for rank 0's files, then every rank leaves the group cleanly
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    return _finish(cfg, sampler, info, conds, out, stats, world, start) if rank == 0 else {}
 
 
 def _finish(cfg: DictConfig, sampler: Any, info: dict[str, Any], conds: Conditions, out: Path,
             stats: list[dict[str, float]], world: int, start: float) -> dict[str, Any]:
-    """Rank 0: assemble the outputs, evaluate if asked, write settings.json."""
+    """Rank 0: assemble the outputs, write settings.json (the run is complete from here), then evaluate
+    if asked and add the evaluation to settings.json."""
     files = finalize(cfg, conds, out)
-    settings = _settings(cfg, sampler, info, stats, world, files)
-    settings["stats"]["total_seconds"] = time.perf_counter() - start
+    settings = _settings(cfg, sampler, info, stats, world, files, len(conds) * int(cfg.n_per_condition),
+                         time.perf_counter() - start)
+    atomic_write_json(out / "settings.json", settings)
+    remove_marker(out)
     if cfg.get("eval"):
         settings["evaluation"] = evaluate_samples(cfg, out, files)
-    (out / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True, default=str))
-    log.info("%d images (%.2f img/s) -> %s", settings["num_images"], settings["stats"]["images_per_s"], out)
+        atomic_write_json(out / "settings.json", settings)
+    speed = settings["stats"]
+    log.info("%d images -> %s; this run drew %d: end_to_end_images_per_s %.2f (sampling, decoding and writing), "
+             "sampler_images_per_s %.2f (sampler only)", settings["num_images"], out,
+             settings["num_images"] - settings["resumed_images"], speed["end_to_end_images_per_s"],
+             speed["sampler_images_per_s"])
     return settings
 
 

@@ -35,7 +35,8 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     for settings_file in sorted(sweep_dir.glob("*/settings.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
         s = json.loads(settings_file.read_text())
         row: dict[str, Any] = {"job": settings_file.parent.name, **_overrides(s),
-                               "images_per_s": s["stats"]["images_per_s"],
+                               "sampler_images_per_s": s["stats"]["sampler_images_per_s"],
+                               "end_to_end_images_per_s": s["stats"]["end_to_end_images_per_s"],
                                "forward_passes_per_image": s["stats"]["forward_passes_per_image"]}
         q = quality_of(s.get("evaluation"))
         if q is not None:
