@@ -206,12 +206,14 @@ def warm_up(gen: nn.Module, sampler: AncestralSampler, cond: Condition, seeds: T
     """A few decoding steps with the sampler's guidance and logits processing, at the run's shapes
     (for VAR: the first ``steps`` scales, fed zero codes)."""
     device = next(gen.parameters()).device
-    state = gen.start(sampler.guidance.double(gen, cond))
+    policy = sampler.policy
+    policy.begin(gen)
+    state = gen.start(policy.conditions(gen, cond))
     rng, plan, prev = RowRandom(seeds), gen.plan(), torch.zeros(0, dtype=torch.long)
     for group in plan[:steps]:
         feed = torch.zeros(state.batch_size, len(prev), dtype=torch.long, device=device)
         out = gen.step(state, feed, prev, group)
-        rng.categorical(sampler.processor.probs(sampler.guidance.mix(out.logits, torch.zeros(len(group)))))
+        rng.categorical(policy.probs(out.logits, group))
         prev = group
     sync(device)
 
@@ -249,7 +251,7 @@ def measure_run(gen: nn.Module, spec: Spec, batch: int, cfg_scale: float, settin
     walls, passes, tokens = time_sampling(gen, sampler, cond, seeds, settings)
     check_not_degenerate(spec, tokens)
     wall = statistics.median(walls)
-    rows = 2 if sampler.guidance.active else 1
+    rows = 2 if sampler.policy.doubled else 1
     flops = flops_per_image(gen) * rows
     length = gen.layout.length
     if spec.family == "var":

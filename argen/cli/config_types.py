@@ -55,10 +55,9 @@ def find_problem(node: Any, where: str, given: Collection[str] = ()) -> str | No
 def _call_problem(node: Mapping[str, Any] | DictConfig, where: str, given: Collection[str]) -> str | None:
     try:
         target = locate(node)
-        params = inspect.signature(target).parameters
+        params, hints = _parameters(target)
     except Exception:  # an import or signature that fails: instantiate reports it in its own words
         return None
-    hints = _hints(target)
     named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
     recursive = node.get("_recursive_", True) is not False
@@ -74,6 +73,20 @@ def _call_problem(node: Mapping[str, Any] | DictConfig, where: str, given: Colle
         if recursive and (problem := find_problem(value, f"{where}.{key}")):
             return problem
     return None
+
+
+def _parameters(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
+    """A callable's parameters and type hints. A class whose ``__init__`` forwards ``**kwargs`` to its
+    base class (a sampler configured on a shared loop) also takes the base's keyword parameters."""
+    params, hints = dict(inspect.signature(target).parameters), _hints(target)
+    if isinstance(target, type) and any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        for base in target.__mro__[1:]:
+            if "__init__" in vars(base) and base is not object:
+                params.pop(next(n for n, p in params.items() if p.kind is p.VAR_KEYWORD), None)
+                params.update({n: p for n, p in inspect.signature(base).parameters.items() if n not in params})
+                hints = {**_hints(base), **hints}
+                break
+    return params, hints
 
 
 def _hints(target: Any) -> dict[str, Any]:

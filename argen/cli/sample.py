@@ -292,23 +292,28 @@ def sample_shard(cfg: DictConfig, sampler: Any, generator: Any, tokenizer: Any, 
         log.info("resume: %d of this process's %d images are already written; drawing the other %d",
                  len(share) - len(mine), len(share), len(mine))
     device = next(generator.parameters()).device
-    stats = {"forward_passes": 0.0, "tokens": 0.0, "wall_seconds": 0.0, "images": 0.0, "batches": 0.0}
     bar = tqdm(total=len(mine), desc="sampling", unit="img", disable=rank != 0)
-    for start in range(0, len(mine), int(cfg.batch_size)):
-        ids = mine[start:start + int(cfg.batch_size)]
-        cond = conds.batch([i // n for i in ids], device)
-        result = sampler.sample(generator, cond, seeds=sample_seeds(int(cfg.seed), ids).to(device))
-        images = decode(tokenizer, result.tokens, int(cfg.decode_batch_size))  # (b, H, W, 3) uint8
-        for i, image in zip(ids, images):
-            _write_png(out / "images" / f"{i:06d}.png", image)
-        for key in ("forward_passes", "tokens", "wall_seconds"):
-            stats[key] += float(getattr(result.stats, key))
+
+    writing = [0.0]  # seconds spent decoding and writing inside the sampler's loop (not sampler time)
+
+    def write(indices: list[int], tokens: torch.Tensor) -> None:  # as samples finish
+        t0 = time.perf_counter()
+        for i, image in zip(indices, decode(tokenizer, tokens, int(cfg.decode_batch_size))):
+            _write_png(out / "images" / f"{mine[i]:06d}.png", image)
+        bar.update(len(indices))
+        writing[0] += time.perf_counter() - t0
+
+    stats = {"forward_passes": 0.0, "tokens": 0.0, "wall_seconds": 0.0, "images": 0.0, "row_passes": 0.0}
+    if mine:
+        cond = conds.batch([i // n for i in mine], device)
+        result = sampler.sample(generator, cond, seeds=sample_seeds(int(cfg.seed), mine).to(device),
+                                batch_size=int(cfg.batch_size), on_finish=write)
+        stats.update(forward_passes=float(result.stats.forward_passes), tokens=float(result.stats.tokens),
+                     wall_seconds=result.stats.wall_seconds - writing[0], images=float(len(mine)),
+                     row_passes=float(result.stats.extra.get("row_passes", result.stats.forward_passes)))
         for key, value in result.stats.extra.items():  # sampler-specific bounds, e.g. LANTERN's max_tvd
             if key.startswith("max_"):
-                stats[key] = max(stats.get(key, float("-inf")), float(value))
-        stats["images"] += len(ids)
-        stats["batches"] += 1
-        bar.update(len(ids))
+                stats[key] = float(value)
     bar.close()
     return stats
 
@@ -395,9 +400,9 @@ def _settings(cfg: DictConfig, sampler: Any, info: dict[str, Any], stats: list[d
         "generator": {"path": str(cfg.generator_path), "sha256": info["generator"].get("sha256"),
                       "step": info["generator"].get("global_step"), "layout": info["generator"].get("layout")},
         "tokenizer": {"path": info["tokenizer_path"], "sha256": info["tokenizer"].get("sha256")},
-        "stats": {"forward_passes_per_image": total["forward_passes"] / max(total["batches"], 1) if world == 1
-                  else stats[0]["forward_passes"] / max(stats[0]["batches"], 1),
-                  "tokens_per_pass": total["tokens"] / max(total["forward_passes"], 1),
+        "stats": {"forward_passes_per_image": total["row_passes"] / max(total["images"], 1),
+                  "tokens_per_pass": total["tokens"] / max(total["row_passes"], 1),
+                  "forward_passes": total["forward_passes"],
                   "sampler_seconds": wall, "sampler_images_per_s": drawn / max(wall, 1e-9),
                   "end_to_end_seconds": end_to_end, "end_to_end_images_per_s": drawn / max(end_to_end, 1e-9),
                   **bounds},

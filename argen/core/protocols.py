@@ -29,23 +29,33 @@ from argen.core.state import DecodeState
 
 @dataclass(frozen=True)
 class Capabilities:
-    """discrete: logits over a vocabulary (not a continuous velocity);
-    causal_window: one step can feed several consecutive positions and returns, for each query,
-    logits that depend only on earlier positions (what speculative verification needs);
-    rollback: ``DecodeState.truncate`` is supported."""
+    """What a generator offers, and (as :data:`Requirements`) what a sampler needs; one dataclass for both.
 
-    discrete: bool = True
-    causal_window: bool = False
+    output: ``logits`` over a vocabulary, or ``velocity`` of a flow over continuous entities;
+    chain: the plan is a singleton chain in layout order and one step can feed several consecutive
+    positions, returning for each query logits that depend only on earlier positions (what verifying a
+    draft window needs); rollback: ``DecodeState.truncate`` is supported; ragged: rows advance
+    independently (per-row positions and queries, ``restart`` of single rows: continuous batching);
+    reorder: rows of a state can be selected or repeated (``DecodeState.select``: multi-trial samplers)."""
+
+    output: str = "logits"
+    chain: bool = False
     rollback: bool = False
+    ragged: bool = False
+    reorder: bool = False
+
+    def __post_init__(self) -> None:
+        if self.output not in ("logits", "velocity"):
+            raise ValueError(f"output must be 'logits' or 'velocity', got {self.output!r}")
+
+    def missing(self, required: Capabilities) -> list[str]:
+        """What ``required`` asks for that these capabilities lack."""
+        out = [f"output={required.output}"] if required.output != self.output else []
+        return out + [name for name in ("chain", "rollback", "ragged", "reorder")
+                      if getattr(required, name) and not getattr(self, name)]
 
 
-@dataclass(frozen=True)
-class Requirements:
-    """What a sampler needs from a generator (a subset of :class:`Capabilities`)."""
-
-    discrete: bool = True
-    causal_window: bool = False
-    rollback: bool = False
+Requirements = Capabilities  # what a sampler needs is a set of capabilities
 
 
 class IncompatibleError(TypeError):
@@ -53,13 +63,13 @@ class IncompatibleError(TypeError):
 
 
 def check_compatible(sampler: Any, generator: Any) -> None:
-    """Raise :class:`IncompatibleError` naming both when ``generator`` cannot serve ``sampler``."""
-    req: Requirements = sampler.requires
+    """Raise :class:`IncompatibleError` naming both and what is missing when ``generator`` cannot serve
+    ``sampler`` (instances or classes)."""
+    req: Capabilities = sampler.requires
     caps: Capabilities = generator.capabilities
-    missing = [name for name in ("discrete", "causal_window", "rollback")
-               if getattr(req, name) and not getattr(caps, name)]
+    missing = caps.missing(req)
     if missing:
-        def name(x: Any) -> str:  # instances or classes
+        def name(x: Any) -> str:
             return x.__name__ if isinstance(x, type) else type(x).__name__
         raise IncompatibleError(f"sampler {name(sampler)} needs {', '.join(missing)} but generator "
                                 f"{name(generator)} does not provide it (capabilities: {caps}); "
@@ -85,8 +95,10 @@ class StepOutput:
 
 @dataclass
 class SamplingStats:
-    """forward_passes: generator steps per batch; tokens: positions decided; wall_seconds;
-    accepted_per_pass: tokens kept per forward pass (1 for ancestral raster)."""
+    """forward_passes: generator passes (each serves every row in flight); tokens: positions decided,
+    summed over samples; wall_seconds; extra["row_passes"]: passes summed over the rows they served
+    (per image: row_passes / images); accepted_per_pass: tokens decided per row per pass (1 for
+    ancestral raster)."""
 
     forward_passes: int = 0
     tokens: int = 0
@@ -95,7 +107,7 @@ class SamplingStats:
 
     @property
     def accepted_per_pass(self) -> float:
-        return self.tokens / max(self.forward_passes, 1)
+        return self.tokens / max(self.extra.get("row_passes", self.forward_passes), 1)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -129,18 +129,21 @@ class DecodeState:
         self.lengths = torch.where(ran, self.prefix_len + self.fed, self.lengths)
 
     def select(self, index: Tensor) -> None:
-        """Keep rows ``index`` (B',) in this order, rows may repeat (multi-trial samplers). Generators
-        with row-aligned ``extras`` tensors select them too (:meth:`Generator.select_rows`)."""
+        """Keep rows ``index`` (B',) in this order, rows may repeat (multi-trial samplers, compacting a
+        batch). Row-aligned tensors in ``extras`` (first dimension B) are selected too."""
         index = torch.as_tensor(index, dtype=torch.long)
+        before, cpu = self.batch_size, index.cpu()
         for cache in self.caches:
             cache.select(index.to(cache.k.device))
-        cpu = index.cpu()
         self.lengths, self.fed, self.batch_size = self.lengths[cpu], self.fed[cpu], len(cpu)
         if self.pending is not None:
             self.pending = self.pending[index.to(self.pending.device)]
             self.pending_rows = None if self.pending_rows is None else self.pending_rows[cpu]
         if self.key_valid is not None:
             self.key_valid = self.key_valid[index.to(self.key_valid.device)]
+        for key, value in self.extras.items():
+            if isinstance(value, Tensor) and value.dim() and value.shape[0] == before:
+                self.extras[key] = value[index.to(value.device)]
 
     @property
     def device(self) -> torch.device:

@@ -54,7 +54,7 @@ class RasterGenerator(nn.Module):
     (token/resid/ffn 0.1, attention 0, N(0, 0.02), zero-initialised output head).
     """
 
-    capabilities = Capabilities(discrete=True, causal_window=True, rollback=True)
+    capabilities = Capabilities(output="logits", chain=True, rollback=True, ragged=True, reorder=True)
 
     def __init__(self, *, vocab_size: int, dim: int, n_layer: int, n_head: int,
                  condition: Callable[..., nn.Module], grid_size: int | None = None,

@@ -51,7 +51,7 @@ class VARGenerator(nn.Module):
     drop_path_rate: None = VAR's ``0.1 * depth / 24``; init_*: VAR's ``init_weights`` (the README
     trains d16 with ``init_adaln_gamma=1e-3``)."""
 
-    capabilities = Capabilities(discrete=True, causal_window=False, rollback=False)
+    capabilities = Capabilities(output="logits", reorder=True)  # one pass decides a whole scale: no chain
 
     def __init__(self, *, vocab_size: int, scales: list[int] | tuple[int, ...], input_dim: int,
                  condition: Callable[..., nn.Module], depth: int, width: int | None = None,

@@ -1,54 +1,56 @@
 """Ancestral sampling: walk the generator's plan, sample every queried position from the
-(guided, processed) logits, feed the group back. Works for any discrete generator."""
+(guided, processed) logits, feed the group back. Works for any generator with logits."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from argen.core import Condition, Requirements, SampleResult, SamplingStats
-from argen.samplers.common import begin, finish, processing_settings
-from argen.samplers.guidance import Guidance
-from argen.samplers.logits import LogitsProcessor
+from argen.core import Condition, Requirements, SampleResult, SamplingStats, check_compatible
+from argen.samplers.common import OnFinish, finish, generator_device, in_batches
+from argen.samplers.policy import DecodingPolicy
+from argen.samplers.random import RowRandom
 
 
 class AncestralSampler:
-    """temperature / top_k / top_p: see :class:`LogitsProcessor`; cfg_scale / cfg_schedule: see
-    :class:`Guidance` (1.0 = no guidance)."""
+    """temperature / top_k / top_p: see :class:`~argen.samplers.logits.LogitsProcessor`; cfg_scale /
+    cfg_schedule: see :class:`~argen.samplers.guidance.Guidance` (1.0 = no guidance)."""
 
-    requires = Requirements(discrete=True)
+    requires = Requirements(output="logits")
     name = "ancestral"
 
     def __init__(self, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, cfg_scale: float = 1.0,
                  cfg_schedule: str = "constant") -> None:
-        self.processor = LogitsProcessor(temperature=temperature, top_k=top_k, top_p=top_p)
-        self.guidance = Guidance(scale=cfg_scale, schedule=cfg_schedule)
+        self.policy = DecodingPolicy(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
+                                     cfg_schedule=cfg_schedule)
 
     def settings(self) -> dict[str, object]:
-        return {"sampler": self.name, **processing_settings(self)}
+        return {"sampler": self.name, **self.policy.settings()}
 
     @torch.no_grad()
-    def sample(self, generator: object, cond: Condition, *, seeds: Tensor) -> SampleResult:
-        """cond: B conditions; seeds: (B,) per-row seeds (see :func:`argen.samplers.random.sample_seeds`)."""
+    def sample(self, generator: Any, cond: Condition, *, seeds: Tensor, batch_size: int | None = None,
+               on_finish: OnFinish | None = None) -> SampleResult:
+        """cond: N conditions; seeds: (N,) per-sample seeds (see :func:`argen.samplers.random.sample_seeds`);
+        at most ``batch_size`` rows at a time; ``on_finish(indices, tokens)`` as batches complete."""
+        check_compatible(self, generator)
+        self.policy.begin(generator)
+        return in_batches(lambda c, s: self._batch(generator, c, s), cond, seeds, batch_size, on_finish)
+
+    def _batch(self, generator: Any, cond: Condition, seeds: Tensor) -> SampleResult:
         start_time = time.perf_counter()
-        rng, device, state = begin(self, generator, cond, seeds)
-        plan = generator.plan()  # type: ignore[attr-defined]
-        length = generator.layout.length  # type: ignore[attr-defined]
-        b = len(cond)
-        tokens = torch.zeros(b, length, dtype=torch.long, device=device)
+        device = generator_device(generator)
+        rng = RowRandom(seeds.to(device))
+        state = generator.start(self.policy.conditions(generator, cond.to(device)))
+        tokens = torch.zeros(len(cond), generator.layout.length, dtype=torch.long, device=device)
         prev = torch.zeros(0, dtype=torch.long)
         stats = SamplingStats()
-        for k, group in enumerate(plan):
-            feed = tokens[:, prev.to(device)]
-            if self.guidance.active:
-                feed = torch.cat([feed, feed])
-            out = generator.step(state, feed, prev, group)  # type: ignore[attr-defined]
-            progress = torch.full((len(group),), k / max(len(plan) - 1, 1))
-            probs = self.processor.probs(self.guidance.mix(out.logits, progress))  # (B, Q, V)
-            tokens[:, group.to(device)] = rng.categorical(probs)
+        for group in generator.plan():
+            out = generator.step(state, self.policy.rows(tokens[:, prev.to(device)]), prev, group)
+            tokens[:, group.to(device)] = rng.categorical(self.policy.probs(out.logits, group))  # (B, Q)
             prev = group
             stats.forward_passes += 1
-            stats.tokens += len(group)
+            stats.tokens += len(group) * len(cond)
         return SampleResult(tokens=tokens, stats=finish(stats, start_time, device))

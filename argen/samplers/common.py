@@ -3,39 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from argen.core import Condition, DecodeState, SamplingStats, check_compatible
-from argen.samplers.random import RowRandom
+from argen.core import Condition, SampleResult, SamplingStats
+
+# (sample indices (R,), their tokens (R, L)): called as samples finish (argen-sample writes them out).
+OnFinish = Callable[[list[int], Tensor], None]
 
 
-def begin(sampler: Any, generator: Any, cond: Condition, seeds: Tensor) -> tuple[RowRandom, torch.device, DecodeState]:
-    """Check the pair and the seeds, then start decoding ``cond`` (doubled with the null condition
-    when the sampler's guidance is active) on the generator's device."""
-    check_compatible(sampler, generator)
-    if len(seeds) != len(cond):
-        raise ValueError(f"{len(seeds)} seeds for {len(cond)} conditions")
-    device = next(generator.parameters()).device
-    state = generator.start(sampler.guidance.double(generator, cond.to(device)))
-    return RowRandom(seeds), device, state
-
-
-def guided_probs(sampler: Any, logits: Tensor, positions: Tensor, length: int) -> Tensor:
-    """The sampler's target distributions (B, Q, V) from a step's logits (2B rows when guided) at
-    layout ``positions`` (Q,): guidance (its schedule reads the position's progress), then the logits
-    processors. The same for targets and drafters, so a draft is proposed from what it is checked by."""
-    progress = positions.float().cpu() / max(length - 1, 1)
-    return sampler.processor.probs(sampler.guidance.mix(logits, progress))
-
-
-def processing_settings(sampler: Any) -> dict[str, object]:
-    """The logits-processing and guidance settings every sampler reports."""
-    p, g = sampler.processor, sampler.guidance
-    return {"temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p, "cfg_scale": g.scale,
-            "cfg_schedule": g.schedule}
+def generator_device(generator: Any) -> torch.device:
+    """The device a generator's parameters live on (where its states and tokens are made)."""
+    return next(generator.parameters()).device
 
 
 def finish(stats: SamplingStats, start_time: float, device: torch.device) -> SamplingStats:
@@ -44,3 +26,29 @@ def finish(stats: SamplingStats, start_time: float, device: torch.device) -> Sam
         torch.cuda.synchronize(device)
     stats.wall_seconds = time.perf_counter() - start_time
     return stats
+
+
+def in_batches(sample_batch: Callable[[Condition, Tensor], SampleResult], cond: Condition, seeds: Tensor,
+               batch_size: int | None, on_finish: OnFinish | None) -> SampleResult:
+    """Sample ``cond`` in consecutive batches of at most ``batch_size`` rows (samplers whose rows advance
+    together: a batch's rows all finish at once, so there is nothing to refill)."""
+    n = len(cond)
+    if len(seeds) != n:
+        raise ValueError(f"{len(seeds)} seeds for {n} conditions")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    size = min(batch_size or n, n)
+    parts, stats = [], SamplingStats()
+    for start in range(0, n, size):
+        rows = torch.arange(start, min(start + size, n))
+        result = sample_batch(cond.index(rows.to(cond.device)), seeds[rows])
+        parts.append(result.tokens)
+        stats.forward_passes += result.stats.forward_passes
+        stats.tokens += result.stats.tokens
+        stats.wall_seconds += result.stats.wall_seconds
+        stats.extra["row_passes"] = stats.extra.get("row_passes", 0.0) + result.stats.forward_passes * len(rows)
+        for key, value in result.stats.extra.items():
+            stats.extra[key] = max(stats.extra.get(key, value), value) if key.startswith("max_") else value
+        if on_finish is not None:
+            on_finish(rows.tolist(), result.tokens)
+    return SampleResult(tokens=torch.cat(parts), stats=stats)

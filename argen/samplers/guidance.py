@@ -44,9 +44,10 @@ class Guidance:
         return 1.0 + (self.scale - 1.0) * progress
 
     def mix(self, logits: Tensor, progress: Tensor) -> Tensor:
-        """logits (2B, Q, V) from a doubled batch -> guided (B, Q, V); progress (Q,)."""
+        """logits (2B, Q, V) from a doubled batch -> guided (B, Q, V); progress (Q,) or (B, Q) per row."""
         if not self.active:
             return logits
         cond, uncond = logits.float().chunk(2, dim=0)
-        s = self.scale_at(progress.to(logits.device).float())[None, :, None]
+        s = self.scale_at(progress.to(logits.device).float())
+        s = s[None, :, None] if s.dim() == 1 else s[:, :, None]
         return uncond + s * (cond - uncond)

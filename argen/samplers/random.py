@@ -46,26 +46,49 @@ def sample_seeds(seed: int, indices: Tensor | list[int] | range) -> Tensor:
 
 
 class RowRandom:
-    """Independent uniform streams, one per batch row. ``seeds``: (B,) int64."""
+    """Independent streams, one per batch row. ``seeds``: (B,) int64.
+
+    Every draw is a pure function of (row seed, the row's draw counter, element index), so a row gets
+    the same numbers whatever rows it shares a batch with, wherever in the batch it sits, and whatever
+    width a call has beyond the elements the row uses. Counters are per row: a row that starts a new
+    sample mid-batch (:meth:`reset`, continuous batching) begins its stream from 0, as it would alone.
+    Samplers keep the sequence of calls per step a function of their configuration only, so a row's
+    n-th step always reads its n-th draws."""
 
     def __init__(self, seeds: Tensor) -> None:
         self.seeds = seeds.to(torch.int64)
-        self.counter = 0
+        self.counters = torch.zeros(len(self.seeds), dtype=torch.int64, device=self.seeds.device)
 
     def __len__(self) -> int:
         return self.seeds.shape[0]
 
+    def _bits(self, n: int, device: torch.device | str | None) -> Tensor:
+        """(B, n) int64 hashes of (seed, counter, element); advances every row's counter by one."""
+        device = self.seeds.device if device is None else device
+        step = _to_signed(0xD1B54A32D192ED03) * (self.counters.to(device) + 1)
+        base = splitmix64(self.seeds.to(device) ^ step)  # (B,)
+        self.counters = self.counters + 1
+        return splitmix64(base[:, None] + torch.arange(n, device=device, dtype=torch.int64)[None] * _GOLDEN)
+
     def uniform(self, *shape: int, device: torch.device | str | None = None) -> Tensor:
         """(B, *shape) float32 in [0, 1); advances every row's stream by one draw."""
-        device = self.seeds.device if device is None else device
         n = 1
         for s in shape:
             n *= s
-        base = splitmix64(self.seeds.to(device) ^ _to_signed(0xD1B54A32D192ED03 * (self.counter + 1)))  # (B,)
-        bits = splitmix64(base[:, None] + torch.arange(n, device=device, dtype=torch.int64)[None] * _GOLDEN)
-        self.counter += 1
-        u = _srl(bits, 40).to(torch.float32) * (1.0 / (1 << 24))  # top 24 bits -> exact float32
+        u = _srl(self._bits(n, device), 40).to(torch.float32) * (1.0 / (1 << 24))  # top 24 bits -> exact float32
         return u.reshape(len(self), *shape)
+
+    def normal(self, *shape: int, device: torch.device | str | None = None) -> Tensor:
+        """(B, *shape) float32 standard normal draws (Box-Muller on two 26-bit uniforms from one hash, in
+        float64, so CPU and GPU give the same values to float32 rounding); one draw of every row's stream."""
+        n = 1
+        for s in shape:
+            n *= s
+        bits = self._bits(n, device)
+        u1 = (_srl(bits, 38).double() + 1.0) * (1.0 / (1 << 26))  # (0, 1]: the log is finite
+        u2 = (bits & ((1 << 26) - 1)).double() * (1.0 / (1 << 26))
+        z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * torch.pi * u2)
+        return z.to(torch.float32).reshape(len(self), *shape)
 
     def randint(self, high: int, *shape: int, device: torch.device | str | None = None) -> Tensor:
         """(B, *shape) int64 uniform in [0, high)."""
@@ -81,7 +104,18 @@ class RowRandom:
         return idx.clamp_max(v - 1)
 
     def rows(self, index: Tensor) -> RowRandom:
-        """A view on some rows (shares the draw counter position)."""
+        """A view on some rows, each at its own draw position."""
         sub = RowRandom(self.seeds[index])
-        sub.counter = self.counter
+        sub.counters = self.counters[index].clone()
         return sub
+
+    def select(self, index: Tensor) -> None:
+        """Keep rows ``index`` in this order (rows of a batch that is compacted or reordered)."""
+        self.seeds, self.counters = self.seeds[index], self.counters[index]
+
+    def reset(self, rows: Tensor, seeds: Tensor) -> None:
+        """Rows ``rows`` begin new streams from ``seeds`` (a new sample in that slot)."""
+        self.seeds = self.seeds.clone()
+        self.seeds[rows] = seeds.to(self.seeds)
+        self.counters = self.counters.clone()
+        self.counters[rows] = 0

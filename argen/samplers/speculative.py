@@ -1,43 +1,53 @@
-"""Speculative decoding with an EAGLE-style drafter (:class:`~argen.generators.drafter.EagleDrafter`),
-verified exactly (plain speculative sampling, lossless) or with LANTERN's relaxed rule
-(algorithms.md section 8).
+"""The speculative loop: a draft source x one :class:`~argen.samplers.verify.Verifier`, for any generator
+whose pass scores a causal window (``chain``), whose state rolls back and whose rows advance on their own
+(``ragged``). Jacobi re-drafts (SJD, algorithms.md section 7) and an EAGLE-style drafter (section 8)
+are draft sources (:mod:`argen.samplers.drafts`); acceptance is exact (lossless) or LANTERN's.
 
-Each round the drafter catches up on the target features of the tokens decided last round, then
-proposes a chain of ``draft_len`` tokens from its own features (guided and processed like the
-target's logits, so classifier-free guidance runs on the drafter's doubled batch as in LANTERN).
-One target pass feeds the last decided token and the chain and returns the target distributions
-of the chain's positions and the one after; :class:`~argen.samplers.verify.Verifier` keeps the
-leading accepted drafts and one more token (resampled at the first rejection, or the bonus).
-The target's features of the kept positions feed the drafter next round; both states roll back.
+Each round, for every row in flight: the source drafts up to D tokens after the row's decided ones; one
+target pass feeds the row's last decided token and its drafts and scores those positions and the one
+after; the verifier keeps the leading accepted drafts and one more token (resampled at the first
+rejection, or the bonus); the row's state rolls back to its decided tokens. Rows advance by their own
+accepted prefixes (Protocol 2: per-row lengths), and a row that finishes takes the next sample of the
+request into its slot (continuous batching), so a batch does not wait for its slowest row. Sample i is
+drawn from its own seed whatever shares its batch (per-row streams, fixed draws per round), so images
+equal those drawn one at a time.
 
-draft: ``sample`` draws each draft from the drafter's distribution q and verifies with
-min(1, p/q) (Leviathan et al.); ``greedy`` takes q's most likely token with q = one-hot, so a
-draft is accepted with probability p(x) as in EAGLE's and LANTERN's tree code (a chain here; trees
-are not built).
-
-Batches: the KV cache keeps one length per batch, so the state advances by the shortest accepted
-prefix of the batch. Rows that got further keep their extra tokens (accepted drafts and the token
-after them, all decided) and feed them again at the start of the next round's chain, where target
-and proposal are one-hot on them: they are accepted by construction, the drafter continues from
-the target's true features there, and nothing a row decided is thrown away. Lossless: every kept
-token was decided by the exact (or LANTERN) rule once.
+Deliberate differences: the residual is resampled exactly, without re-applying top-k/top-p to it (SJD
+re-applies the warper, which is not lossless with top-p); drafter chains, not EAGLE's trees.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from argen.core import Condition, Requirements, SampleResult, SamplingStats
-from argen.samplers.acceptance import one_hot_probs
-from argen.samplers.common import begin, finish, guided_probs, processing_settings
-from argen.samplers.guidance import Guidance
-from argen.samplers.logits import LogitsProcessor
+from argen.core import Condition, Requirements, SampleResult, StepOutput, check_compatible
+from argen.samplers.batch import Flight, OnFinish, compact, finished_rows
+from argen.samplers.common import finish, generator_device
+from argen.samplers.drafts import DrafterDrafts, Drafts
+from argen.samplers.policy import DecodingPolicy
+from argen.samplers.random import RowRandom
 from argen.samplers.verify import Verifier
+
+
+class DraftSource(Protocol):
+    width: int
+
+    def settings(self) -> dict[str, object]: ...
+
+    def begin(self, flight: Flight, generator: Any, policy: DecodingPolicy) -> None: ...
+
+    def restart(self, flight: Flight, rows: Tensor) -> None: ...
+
+    def select(self, keep: Tensor, both: Tensor) -> None: ...
+
+    def propose(self, flight: Flight) -> Drafts: ...
+
+    def update(self, flight: Flight, out: StepOutput, p: Tensor, accepted: Tensor, counts: Tensor) -> None: ...
 
 
 def load_drafter(path: str | Path) -> nn.Module:
@@ -57,122 +67,136 @@ def load_drafter(path: str | Path) -> nn.Module:
     return drafter
 
 
-class SpeculativeSampler:
-    """drafter: an :class:`~argen.generators.drafter.EagleDrafter` or the folder of an exported one;
-    draft_len: drafts per target pass (the chain length); draft: ``sample`` | ``greedy``;
-    temperature / top_k / top_p / cfg_scale / cfg_schedule: as
-    :class:`~argen.samplers.ancestral.AncestralSampler` (applied to target and drafter alike);
-    acceptance / lantern_k / lantern_delta / neighbours_cache: see :class:`Verifier`."""
+class SpeculativeLoop:
+    """source: the draft source; temperature / top_k / top_p / cfg_scale / cfg_schedule: the decoding
+    policy (applied to targets and drafts alike); acceptance / lantern_k / lantern_delta /
+    neighbours_cache: see :class:`Verifier`."""
 
-    requires = Requirements(discrete=True, causal_window=True, rollback=True)
+    requires = Requirements(output="logits", chain=True, rollback=True, ragged=True)
+    name = "speculative"
 
-    def __init__(self, *, drafter: Any, draft_len: int = 4, draft: str = "sample", temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
-                 acceptance: str = "exact", lantern_k: int = 1000, lantern_delta: float = 0.1,
-                 neighbours_cache: str | None = None) -> None:
-        if draft_len < 0:
-            raise ValueError(f"draft_len must be >= 0 (0 = ancestral sampling), got {draft_len}")
-        if draft not in ("sample", "greedy"):
-            raise ValueError(f"draft must be 'sample' or 'greedy', got {draft!r}")
-        self.drafter = load_drafter(drafter) if isinstance(drafter, (str, Path)) else drafter
-        self.draft_len, self.draft = draft_len, draft
+    def __init__(self, *, source: DraftSource, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 cfg_scale: float = 1.0, cfg_schedule: str = "constant", acceptance: str = "exact",
+                 lantern_k: int = 1000, lantern_delta: float = 0.1, neighbours_cache: str | None = None) -> None:
+        self.source = source
+        self.policy = DecodingPolicy(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
+                                     cfg_schedule=cfg_schedule)
         self.verifier = Verifier(acceptance=acceptance, lantern_k=lantern_k, lantern_delta=lantern_delta,
                                  neighbours_cache=neighbours_cache)
-        self.processor = LogitsProcessor(temperature=temperature, top_k=top_k, top_p=top_p)
-        self.guidance = Guidance(scale=cfg_scale, schedule=cfg_schedule)
+
+    def settings(self) -> dict[str, object]:
+        return {"sampler": self.name, **self.source.settings(), **self.policy.settings(), **self.verifier.settings()}
+
+    def attach_tokenizer(self, tokenizer: object) -> None:
+        """LANTERN's latent proximity comes from the tokenizer's codebook (see :class:`Verifier`)."""
+        self.verifier.attach_tokenizer(tokenizer)
+
+    @torch.no_grad()
+    def sample(self, generator: Any, cond: Condition, *, seeds: Tensor, batch_size: int | None = None,
+               on_finish: OnFinish | None = None) -> SampleResult:
+        """cond: N conditions, seeds: (N,) per-sample seeds; at most ``batch_size`` rows in flight (default
+        N); ``on_finish(indices, tokens)`` is called as samples complete."""
+        start_time = time.perf_counter()
+        flight = self._begin(generator, cond, seeds, batch_size, on_finish)
+        while flight.rows:
+            self._round(generator, flight)
+            self._refill(generator, flight)
+        flight.stats.extra.update(self.verifier.stats(), row_passes=float(flight.stats.extra.get("row_passes", 0)))
+        return SampleResult(tokens=flight.out, stats=finish(flight.stats, start_time, flight.out.device))
+
+    def _begin(self, generator: Any, cond: Condition, seeds: Tensor, batch_size: int | None,
+               on_finish: OnFinish | None) -> Flight:
+        check_compatible(self, generator)
+        if len(seeds) != len(cond):
+            raise ValueError(f"{len(seeds)} seeds for {len(cond)} conditions")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        device = generator_device(generator)
+        cond = cond.to(device)
+        self.policy.begin(generator)
+        length = generator.layout.length
+        self.verifier.begin(int(generator.layout.vocab_size))
+        n_rows = min(batch_size or len(cond), len(cond))
+        first = torch.arange(n_rows)
+        state = generator.start(self.policy.conditions(generator, cond.index(first.to(device))))
+        flight = Flight(cond=cond, seeds=seeds, index=first.clone(), n=torch.zeros(n_rows, dtype=torch.long),
+                        tokens=torch.zeros(n_rows, length, dtype=torch.long, device=device),
+                        out=torch.zeros(len(cond), length, dtype=torch.long, device=device), state=state,
+                        rng=RowRandom(seeds[first].to(device)), doubled=self.policy.doubled, queued=n_rows,
+                        on_finish=on_finish)
+        self.source.begin(flight, generator, self.policy)
+        return flight
+
+    def _round(self, generator: Any, flight: Flight) -> None:
+        """One target pass: draft, feed and score every row's window, verify, commit, roll back."""
+        drafts = self.source.propose(flight)
+        counts, width = drafts.counts, drafts.tokens.shape[1]
+        fed = flight.state.fed[: flight.rows]
+        feed_counts = torch.where(flight.index >= 0, flight.n + counts - fed, 0)
+        j = torch.arange(int(feed_counts.max()) if flight.rows else 0)[None]
+        positions = torch.where(j < feed_counts[:, None], fed[:, None] + j, -1)
+        j = torch.arange(width + 1)[None]
+        query = torch.where((j <= counts[:, None]) & (flight.index >= 0)[:, None], flight.n[:, None] + j, -1)
+        device = flight.tokens.device
+        feed = flight.tokens.gather(1, positions.clamp(0, flight.length - 1).to(device))
+        rows = self.policy.rows
+        out = generator.step(flight.state, rows(feed), rows(positions), rows(query))
+        p = self.policy.probs(out.logits, query)  # (B, D + 1, V)
+        verdict = self.verifier(p, drafts.tokens, drafts.q, flight.rng, counts=counts)
+        accepted = verdict.accepted.cpu()
+        live = flight.index >= 0
+        at = (flight.n + accepted).clamp_max(flight.length - 1)
+        keep = live.to(device)
+        flight.tokens[torch.arange(flight.rows, device=device)[keep], at.to(device)[keep]] = verdict.token[keep]
+        self.source.update(flight, out, p, accepted, counts)
+        flight.n = torch.where(live, flight.n + accepted + 1, flight.n)
+        stats = flight.stats
+        stats.forward_passes += 1
+        stats.tokens += int((accepted + 1)[live].sum())
+        stats.extra["row_passes"] = stats.extra.get("row_passes", 0.0) + float(live.sum())
+        done = flight.n >= flight.length
+        flight.state.truncate(rows(torch.where(live & ~done, flight.n - 1, flight.state.fed[: flight.rows])))
+
+    def _refill(self, generator: Any, flight: Flight) -> None:
+        """Finished rows hand their samples over and take the next ones; rows left without one leave."""
+        done = finished_rows(flight)
+        if not len(done):
+            return
+        new = flight.take(len(done))
+        rows, idle = done[: len(new)], done[len(new):]
+        if len(rows):
+            device = flight.tokens.device
+            generator.restart(flight.state, flight.both(rows),
+                              self.policy.conditions(generator, flight.cond.index(new.to(device))))
+            flight.rng.reset(rows.to(flight.rng.seeds.device), flight.seeds[new].to(flight.rng.seeds.device))
+            flight.index[rows], flight.n[rows] = new, 0
+            flight.tokens[rows.to(device)] = 0
+            self.source.restart(flight, rows)
+        flight.index[idle] = -1
+        if len(idle):
+            compact(flight, (flight.index >= 0).nonzero()[:, 0], self.source.select)
+
+
+class SpeculativeSampler(SpeculativeLoop):
+    """The speculative loop with an EAGLE-style drafter (:class:`~argen.generators.drafter.EagleDrafter`,
+    or the folder of an exported one) as its draft source; draft_len: drafts per target pass; draft:
+    ``sample`` | ``greedy`` (see :class:`~argen.samplers.drafts.DrafterDrafts`); the rest as
+    :class:`SpeculativeLoop`."""
+
+    def __init__(self, *, drafter: Any, draft_len: int = 4, draft: str = "sample", **policy_and_acceptance: Any):
+        drafter = load_drafter(drafter) if isinstance(drafter, (str, Path)) else drafter
+        super().__init__(source=DrafterDrafts(drafter=drafter, draft_len=draft_len, draft=draft),
+                         **policy_and_acceptance)
 
     @property
-    def name(self) -> str:
+    def name(self) -> str:  # type: ignore[override]
         return "speculative_lantern" if self.verifier.relaxed else "speculative"
+
+    @property
+    def drafter(self) -> Any:
+        return self.source.drafter  # type: ignore[attr-defined]
 
     @property
     def target_sha256(self) -> str | None:
         """sha256 of the exported generator the drafter was trained on (argen-sample checks it)."""
         return getattr(self.drafter, "target_sha256", None)
-
-    def settings(self) -> dict[str, object]:
-        return {"sampler": self.name, "window": self.draft_len + 1, "draft_len": self.draft_len, "draft": self.draft,
-                **processing_settings(self), **self.verifier.settings()}
-
-    def attach_tokenizer(self, tokenizer: object) -> None:
-        self.verifier.attach_tokenizer(tokenizer)
-
-    @torch.no_grad()
-    def sample(self, generator: Any, cond: Condition, *, seeds: Tensor) -> SampleResult:
-        start_time = time.perf_counter()
-        rng, device, state = begin(self, generator, cond, seeds)
-        drafter = self.drafter
-        param = next(generator.parameters())
-        drafter.to(device=param.device, dtype=param.dtype).eval()
-        drafter.attach_target(generator)
-        length, vocab = generator.layout.length, int(generator.layout.vocab_size)
-        b = len(cond)
-        double = self.guidance.active
-
-        def rows2(x: Tensor) -> Tensor:  # the tokens of the guided rows and of their null twins
-            return torch.cat([x, x]) if double else x
-
-        self.verifier.begin(vocab)
-        stats = SamplingStats()
-        tokens = torch.zeros(b, length, dtype=torch.long, device=device)
-        dstate = drafter.start(state.batch_size)
-        none = torch.zeros(0, dtype=torch.long)
-        out = generator.step(state, tokens[:, :0].repeat(2 if double else 1, 1), none, torch.tensor([0]))
-        stats.forward_passes += 1
-        tokens[:, 0] = rng.categorical(guided_probs(self, out.logits, torch.tensor([0]), length))[:, 0]
-        feats = out.hidden  # target features of positions n_prev .. n - 1 (here: position 0)
-        n, drafted = 1, 0
-        # Rows that accepted more than the batch advanced keep those tokens, decided, "ahead" of n: they
-        # are fed again next round and accepted by construction (target and proposal one-hot on them).
-        ahead = torch.zeros(b, dtype=torch.long, device=device)
-        ahead_feats = feats[:, :0]  # target features of positions n .. n + max(ahead) - 1
-        while n < length:
-            d = min(self.draft_len, length - n - 1)  # drafts; the target pass also scores the position after
-            qs = []
-            if d:  # the drafter catches up on the tokens decided last round and their target features
-                if feats.shape[1] != n - dstate.uniform_fed():
-                    raise RuntimeError(f"drafter out of step: it has read {dstate.uniform_fed()} positions, {n} are decided "
-                                       f"and {feats.shape[1]} new features are at hand")
-                g = drafter.step(dstate, rows2(tokens[:, dstate.uniform_fed():n]), feats)[:, -1:]
-            for i in range(d):
-                q = guided_probs(self, drafter.head(g), torch.tensor([n + i]), length)  # (B, 1, V)
-                if self.draft == "greedy":
-                    x = q.argmax(-1)
-                    q = one_hot_probs(x, vocab)
-                else:
-                    x = rng.categorical(q)
-                forced = (ahead > i)[:, None]  # (B, 1): the row decided this position already
-                x = torch.where(forced, tokens[:, n + i:n + i + 1], x)
-                q = torch.where(forced[..., None], one_hot_probs(x, vocab), q)
-                tokens[:, n + i] = x[:, 0]
-                qs.append(q)
-                if i < d - 1:
-                    if i < ahead_feats.shape[1]:  # decided positions continue from the target's own feature
-                        g = torch.where(rows2(forced)[..., None], ahead_feats[:, i:i + 1], g)
-                    g = drafter.step(dstate, rows2(x), g)
-            drafted += d
-            fed = torch.arange(n - 1, n + d)
-            out = generator.step(state, rows2(tokens[:, n - 1:n + d]), fed, torch.arange(n, n + d + 1))
-            stats.forward_passes += 1
-            p = guided_probs(self, out.logits, torch.arange(n, n + d + 1), length)  # (B, d + 1, V)
-            decided = torch.arange(d + 1, device=device)[None] < ahead[:, None]  # (B, d + 1)
-            if bool(decided.any()):
-                p = torch.where(decided[..., None], one_hot_probs(tokens[:, n:n + d + 1], vocab), p)
-            q_all = torch.cat(qs, dim=1) if qs else p[:, :0]
-            verdict = self.verifier(p, tokens[:, n:n + d], q_all, rng)
-            rows = torch.arange(b, device=device)
-            tokens[rows, n + verdict.accepted] = verdict.token  # every row's next token (decided)
-            advance = int(verdict.accepted.min()) + 1  # the KV cache keeps one length for the batch
-            ahead = verdict.accepted + 1 - advance
-            # target features of positions n .. n + advance - 1 (their inputs are all decided tokens)
-            feats = torch.cat([feats, out.hidden[:, :advance]], dim=1) if not d else out.hidden[:, :advance]
-            ahead_feats = out.hidden[:, advance:advance + int(ahead.max())]
-            if d:
-                dstate.truncate(n)  # drop the drafter's own chain; it re-reads the target's features
-            n += advance
-            stats.tokens += advance
-            if n < length:
-                state.truncate(n - 1)
-        stats.tokens += 1  # token 0
-        stats.extra.update(self.verifier.stats(), drafted_per_pass=drafted / max(stats.forward_passes - 1, 1))
-        return SampleResult(tokens=tokens, stats=finish(stats, start_time, device))

@@ -81,37 +81,46 @@ class Verifier:
             raise ValueError(f"the LANTERN neighbour table covers {self.neighbours.shape[0]} codes but the generator "
                              f"predicts {vocab}: it was built for another tokenizer")
 
-    def __call__(self, p: Tensor, drafts: Tensor, q: Tensor, rng: RowRandom) -> Verdict:
+    def __call__(self, p: Tensor, drafts: Tensor, q: Tensor, rng: RowRandom, counts: Tensor | None = None) -> Verdict:
         """p: (B, D + 1, V) target distributions at the D draft positions and the one after; drafts:
-        (B, D); q: (B, D, V) the distributions the drafts were drawn from. Draws D uniforms (none when
-        D = 0), then one categorical."""
+        (B, D); q: (B, D, V) the distributions the drafts were drawn from; counts: (B,) drafts each row
+        really has (default D; a row's drafts past its count are ignored, and its next token comes from
+        p at index counts[b]). Draws D uniforms (none when D = 0), then one categorical, whatever the
+        counts: a row's stream does not depend on its batch-mates."""
         b, d = drafts.shape
         device = p.device
         rows = torch.arange(b, device=device)
+        counts = torch.full((b,), d, dtype=torch.long, device=device) if counts is None else counts.to(device)
         if d == 0:
             return Verdict(accepted=torch.zeros(b, dtype=torch.long, device=device),
                            token=rng.categorical(p[:, :1])[:, 0])
-        target = p[:, :d]
+        target, moved = self._target(p[:, :d], drafts, q)
         q_draft = q.gather(-1, drafts[..., None])[..., 0]
-        if self.neighbours is not None:  # see the class docstring
-            candidate = q_draft >= 1.0  # (B, d): one-hot proposals
-            relaxed = lantern_relax(target, drafts, self.neighbours, self.lantern_delta)
-            moved = relaxed.mass
-            relaxed_target = lantern_target(target, drafts, self.neighbours, relaxed)
-            if not bool(candidate.all()):
-                p_hat, transported = neighbour_transport(target, q, self.neighbours, self.lantern_delta)
-                relaxed_target = torch.where(candidate[..., None], relaxed_target, p_hat)
-                moved = torch.where(candidate, moved, transported)
-            target = relaxed_target
         p_draft = target.gather(-1, drafts[..., None])[..., 0]
-        accepted = accepted_length(accept_exact(p_draft, q_draft, rng.uniform(d, device=device)))
-        if self.neighbours is not None:  # TVD(p, p~) of every verified position
-            verified = torch.arange(d, device=device)[None] <= accepted[:, None]
-            self.tvd.append(moved[verified])
+        uniform = rng.uniform(d, device=device)
+        accepted = torch.minimum(accepted_length(accept_exact(p_draft, q_draft, uniform)), counts)
+        if moved is not None:  # TVD(p, p~) of every verified position
+            j = torch.arange(d, device=device)[None]
+            self.tvd.append(moved[(j <= accepted[:, None]) & (j < counts[:, None])])
         # the residual of the first rejected position, or p after the last draft when all passed
         at = accepted.clamp_max(d - 1)
-        nxt = torch.where((accepted < d)[:, None], residual(target[rows, at], q[rows, at]), p[rows, accepted])
+        nxt = torch.where((accepted < counts)[:, None], residual(target[rows, at], q[rows, at]), p[rows, accepted])
         return Verdict(accepted=accepted, token=rng.categorical(nxt[:, None])[:, 0])
+
+    def _target(self, target: Tensor, drafts: Tensor, q: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The distributions drafts are verified against (p, or LANTERN's relaxation of it; see the class
+        docstring) and the mass each position moved (None for exact acceptance)."""
+        if self.neighbours is None:
+            return target, None
+        candidate = q.gather(-1, drafts[..., None])[..., 0] >= 1.0  # (B, d): one-hot proposals
+        relaxed = lantern_relax(target, drafts, self.neighbours, self.lantern_delta)
+        moved = relaxed.mass
+        relaxed_target = lantern_target(target, drafts, self.neighbours, relaxed)
+        if not bool(candidate.all()):
+            p_hat, transported = neighbour_transport(target, q, self.neighbours, self.lantern_delta)
+            relaxed_target = torch.where(candidate[..., None], relaxed_target, p_hat)
+            moved = torch.where(candidate, moved, transported)
+        return relaxed_target, moved
 
     def stats(self) -> dict[str, float]:
         """max_tvd / mean_tvd over the verified positions since :meth:`begin` (LANTERN only)."""

@@ -66,7 +66,7 @@ def sjd_pvalue(g: RasterGenerator, n: int, window: int) -> float:
     expected = exact_distribution(g, 1, vocab, length)
     out = JacobiSampler(window=window).sample(g, Condition(labels=torch.ones(n, dtype=torch.long)),
                                               seeds=torch.arange(n))
-    assert out.stats.tokens == length
+    assert out.stats.tokens == length * n
     return pooled_chisquare(sequence_counts(out.tokens, vocab), expected * n)
 
 
@@ -101,7 +101,7 @@ def test_larger_windows_take_fewer_passes() -> None:
               for w in (1, 4, 8)}
     assert passes[1] == 16 and passes[8] < passes[1] and passes[4] < passes[1]
     row = JacobiSampler(window=8, init="row").sample(g, cond, seeds=torch.tensor([1, 2]))
-    assert row.tokens.shape == (2, 16) and row.stats.tokens == 16
+    assert row.tokens.shape == (2, 16) and row.stats.tokens == 2 * 16
 
 
 def test_unsupported_generators_and_bad_settings_are_refused() -> None:
@@ -160,11 +160,19 @@ def test_lantern_with_delta_zero_is_sjd_token_for_token_and_tvd_stays_below_delt
 
 
 def test_row_init_copies_the_row_above_including_fresh_drafts() -> None:
-    sampler = JacobiSampler(window=9, init="row")
-    tokens = torch.zeros(1, 16, dtype=torch.long)
-    tokens[0, :3] = torch.tensor([5, 6, 7])  # decided: positions 0..2 of a 4-wide grid
+    from argen.samplers.batch import Flight
+    from argen.samplers.drafts import JacobiDrafts
+    from argen.samplers.policy import DecodingPolicy
     from argen.samplers.random import RowRandom
 
-    drafts = sampler._fresh_drafts(RowRandom(torch.tensor([0])), tokens, torch.arange(3, 11), 16, width=4)
+    g = toy(16, grid=4)
+    source = JacobiDrafts(window=9, init="row")
+    tokens = torch.zeros(1, 16, dtype=torch.long)
+    tokens[0, :3] = torch.tensor([5, 6, 7])  # decided: positions 0..2 of a 4-wide grid
+    flight = Flight(cond=Condition(labels=torch.tensor([0])), seeds=torch.tensor([0]), index=torch.tensor([0]),
+                    n=torch.tensor([3]), tokens=tokens, out=tokens.clone(), state=None, rng=RowRandom(torch.tensor([0])),
+                    doubled=False)  # type: ignore[arg-type]
+    source.begin(flight, g, DecodingPolicy())
+    drafts = source.propose(flight)
     assert tokens[0, 4:7].tolist() == [5, 6, 7] and tokens[0, 8] == tokens[0, 4] == 5  # a draft copies a draft
-    assert torch.equal(drafts[0], tokens[0, 3:11])
+    assert torch.equal(drafts.tokens[0], tokens[0, 3:11]) and drafts.counts.tolist() == [8]

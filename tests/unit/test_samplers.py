@@ -250,7 +250,7 @@ def test_ancestral_tokens_and_stats() -> None:
     res = AncestralSampler(top_k=5, top_p=0.9).sample(g, COND, seeds=sample_seeds(0, range(3)))
     assert res.tokens.shape == (3, 9) and res.tokens.dtype == torch.int64
     assert int(res.tokens.min()) >= 0 and int(res.tokens.max()) < V
-    assert res.stats.forward_passes == 9 and res.stats.tokens == 9
+    assert res.stats.forward_passes == 9 and res.stats.tokens == 3 * 9
     assert res.stats.accepted_per_pass == 1.0 and res.stats.wall_seconds > 0
 
 
@@ -288,11 +288,11 @@ def test_ancestral_rejects_wrong_number_of_seeds() -> None:
 
 
 class FakeGenerator:
-    capabilities = Capabilities(discrete=True, causal_window=False, rollback=False)
+    capabilities = Capabilities(output="logits")
 
 
 class FakeSpeculativeSampler:
-    requires = Requirements(discrete=True, causal_window=True, rollback=True)
+    requires = Requirements(chain=True, rollback=True)
 
 
 def test_check_compatible_names_both_classes() -> None:
@@ -300,7 +300,7 @@ def test_check_compatible_names_both_classes() -> None:
         check_compatible(FakeSpeculativeSampler(), FakeGenerator())
     msg = str(info.value)
     assert "FakeSpeculativeSampler" in msg and "FakeGenerator" in msg
-    assert "causal_window" in msg and "rollback" in msg
+    assert "chain" in msg and "rollback" in msg
     assert isinstance(info.value, TypeError)
     check_compatible(FakeSpeculativeSampler(), make_generator())  # the raster generator has both
     check_compatible(AncestralSampler(), FakeGenerator())
@@ -308,7 +308,7 @@ def test_check_compatible_names_both_classes() -> None:
 
 def test_ancestral_sampler_rejects_continuous_generators() -> None:
     class Continuous:
-        capabilities = Capabilities(discrete=False)
+        capabilities = Capabilities(output="velocity")
 
     with pytest.raises(IncompatibleError, match="AncestralSampler.*Continuous"):
         AncestralSampler().sample(Continuous(), COND, seeds=sample_seeds(0, range(3)))

@@ -107,7 +107,7 @@ def test_sampling_walks_one_scale_per_pass_and_reproduces() -> None:
     cond = Condition(labels=torch.tensor([1, 2, 3]))
     a = sampler.sample(g, cond, seeds=torch.tensor([5, 6, 7]))
     b = sampler.sample(g, cond.index(torch.tensor([2])), seeds=torch.tensor([7]))
-    assert a.stats.forward_passes == len(SCALES) and a.stats.tokens == 30
+    assert a.stats.forward_passes == len(SCALES) and a.stats.tokens == 3 * 30
     assert torch.equal(a.tokens[2:], b.tokens)  # per-row seeds: independent of batch-mates
 
 
@@ -150,7 +150,7 @@ def test_bad_calls_fail_early_and_leave_the_state_usable() -> None:
 
 def test_var_cannot_roll_back_so_speculative_samplers_are_refused() -> None:
     class Speculative:
-        requires = Requirements(discrete=True, causal_window=True, rollback=True)
+        requires = Requirements(chain=True, rollback=True)
         name = "speculative"
 
     with pytest.raises(IncompatibleError, match="VARGenerator"):
