@@ -58,7 +58,9 @@ class Conditions:
         if self.labels is not None:
             return Condition(labels=torch.tensor([self.labels[i] for i in ids], device=device))
         assert self.texts is not None
-        return Condition(texts=[self.texts[i] for i in ids])
+        texts = [self.texts[i] for i in ids]
+        empty = torch.tensor([not t.strip() for t in texts], device=device)  # the null condition
+        return Condition(texts=texts, null=empty if bool(empty.any()) else None)
 
 
 # ---- models ---------------------------------------------------------------------------------
@@ -110,6 +112,7 @@ def build_conditions(cfg: DictConfig, generator: Any) -> Conditions:
         return Conditions(labels=_class_ids(cfg.classes, num_classes), texts=None, metadata=None)
     if key == "prompts":
         prompts = [cfg.prompts] if isinstance(cfg.prompts, str) else [str(p) for p in cfg.prompts]
+        _warn_empty(prompts)
         return Conditions(labels=None, texts=prompts, metadata=None)
     if key == "prompt_file":
         path = Path(cfg.prompt_file).expanduser()
@@ -126,6 +129,14 @@ def build_conditions(cfg: DictConfig, generator: Any) -> Conditions:
     else:
         records = _suite(cfg, generator)
     return Conditions(labels=None, texts=[r["prompt"] for r in records], metadata=records)
+
+
+def _warn_empty(prompts: list[str]) -> None:
+    empty = [i for i, p in enumerate(prompts) if not p.strip()]
+    if empty:
+        log.warning("prompt(s) %s of %d are empty: an empty caption is the unconditional (null) condition, so "
+                    "these samples ignore any prompt (and guidance has no effect on them)",
+                    ", ".join(str(i) for i in empty), len(prompts))
 
 
 def _class_ids(classes: Any, num_classes: int) -> list[int]:
