@@ -30,10 +30,10 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
-from tqdm import tqdm
 
 from argen.cli.common import CONFIG_DIR, ConfigError, build, pick_device, pick_dtype, to_plain
 from argen.core import Condition, check_compatible
+from argen.core.progress import progress
 from argen.data.base import tensor_to_uint8
 from argen.samplers.random import sample_seeds
 from tokenizers_vq.io import load_pretrained, read_meta
@@ -193,7 +193,7 @@ def sample_shard(cfg: DictConfig, sampler: Any, generator: Any, tokenizer: Any, 
     mine = list(range(rank, total, world))
     device = next(generator.parameters()).device
     stats = {"forward_passes": 0.0, "tokens": 0.0, "wall_seconds": 0.0, "images": 0.0, "batches": 0.0}
-    bar = tqdm(total=len(mine), desc="sampling", unit="img", disable=rank != 0)
+    bar = progress(total=len(mine), desc="sampling", unit="img", enabled=rank == 0)
     for start in range(0, len(mine), int(cfg.batch_size)):
         ids = mine[start:start + int(cfg.batch_size)]
         cond = conds.batch([i // n for i in ids], device)
