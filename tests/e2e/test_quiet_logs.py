@@ -1,5 +1,5 @@
 """A quick-start log reads as a story: no progress-bar control codes off a terminal, no tips, no
-zero FLOPs, no warning repeated every epoch."""
+zero FLOPs (the skipped-samples warning said once: tests/e2e/test_tokenize_and_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from argen.cli.common import compose_config
-from argen.cli.train import run as train_run
 from tests.conftest import TINY, cli, cli_env
 
 # What a user's tiny run keeps from TINY: the default progress bar, model summary and loggers.
@@ -30,32 +28,6 @@ def test_tiny_train_log_has_no_noise_and_plain_progress(tmp_path: Path) -> None:
     assert not found, f"noise in the log: {found}\n{log}"
     assert re.search(r"step 3/3\b", log), log  # the plain progress line
     assert re.search(r"VQTokenizer.*parameters", log), log  # a one-line model summary
-
-
-def folder_with_two_bad_files(root: Path) -> Path:
-    root.mkdir()
-    for i in range(14):
-        Image.new("RGB", (48, 40), (10 * i, 80, 200 - 10 * i)).save(root / f"{i:02d}.png")
-    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)  # truncated PNG
-    (root / "empty.jpg").write_bytes(b"")
-    return root
-
-
-def test_skipped_samples_warning_is_not_repeated_every_epoch(tmp_path: Path,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
-    root = folder_with_two_bad_files(tmp_path / "imgs")
-    # 16 files / global batch 8 = 2 steps per epoch: 6 steps are 3 epochs.
-    cfg = compose_config("train", ["experiment=shapes_vq", *[o for o in TINY if not o.startswith("data.")],
-                                   f"paths.output_root={tmp_path}", "data=folder", f"data.train.root={root}",
-                                   "data.num_workers=0", "data.global_batch_size=8", "trainer.max_steps=6",
-                                   "callbacks.reconstruction_grid=null", "export_after_training=false"])
-    with caplog.at_level("WARNING"):
-        result = train_run(cfg)
-    assert result["metrics"]["train/skipped_samples"] == 2.0  # still counted every epoch
-    summaries = [r.getMessage() for r in caplog.records if "unreadable samples" in r.getMessage()]
-    assert len(summaries) == 1, summaries
-    per_file = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping unreadable image")]
-    assert len(per_file) == 2, per_file
 
 
 def test_tokenize_progress_is_plain_off_a_terminal(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
