@@ -112,7 +112,7 @@ class BriefModelSummary(ModelSummary):
         data = dict(summary._get_summary_data())
         parts = ", ".join(f"{name} {params.strip()}" for name, params in zip(data.get("Name", []),
                                                                                data.get("Params", [])))
-        model = getattr(pl_module, "tokenizer", None) or getattr(pl_module, "generator", None) or pl_module
+        model = next((getattr(pl_module, k) for k in ("tokenizer", "generator") if hasattr(pl_module, k)), pl_module)
         log.info("model: %s (%s): %s parameters, %s trainable, %.2f MB", type(model).__name__, parts,
                  get_human_readable_count(summary.total_parameters),
                  get_human_readable_count(summary.trainable_parameters), summary.model_size)
