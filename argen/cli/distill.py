@@ -17,10 +17,10 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from argen.cli.common import CONFIG_DIR, ConfigError, build, pick_device, pick_dtype, to_plain
 from argen.core import Condition
+from argen.core.progress import progress
 from argen.data.codes import MANIFEST, CodeDataset, check_manifest, publish_cache, read_manifest, write_shard
 from argen.samplers.random import sample_seeds
 from tokenizers_vq.io import load_pretrained, read_meta
@@ -52,7 +52,7 @@ def distill_split(cfg: DictConfig, sampler: Any, generator: Any, source: CodeDat
     conds, rows = _conditions(source, count, class_conditional)
     buffer: dict[str, list[Any]] = {k: [] for k in ("tokens", "label", "index", "caption", "metadata")}
     shards, pending, written = [], 0, 0
-    bar = tqdm(total=count, desc=f"distill {out.name}", unit="img")
+    bar = progress(total=count, desc=f"distill {out.name}", unit="img")
     for start in range(0, count, int(cfg.batch_size)):
         ids = list(range(start, min(start + int(cfg.batch_size), count)))
         part = [conds[i] for i in ids]

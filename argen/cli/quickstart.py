@@ -29,17 +29,29 @@ from argen.io.export import load
 log = logging.getLogger("argen")
 
 
+DESCRIPTION = """argen-quickstart: the embedded default end to end on a CPU: trains the shapes VQ tokenizer and
+a text-conditional raster GPT on its codes, then samples the shapes prompt suite and scores it."""
+EPILOG = """Example:
+  argen-quickstart --output outputs/quickstart --steps 400 --generator-steps 500
+Writes <output>/report.json; re-running resumes (finished runs are not retrained)."""
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="argen-quickstart", description=__doc__,
+    p = argparse.ArgumentParser(prog="argen-quickstart", usage="argen-quickstart [options] [overrides ...]",
+                                description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default="outputs/quickstart", help="folder for runs, grids and report.json")
-    p.add_argument("--steps", type=int, default=400, help="tokenizer training steps (shapes_vq itself trains 600)")
-    p.add_argument("--eval-images", type=int, default=1000, help="held-out shapes images to evaluate on")
-    p.add_argument("--generator-steps", type=int, default=500,
-                   help="generator training steps at batch 32 (shapes_raster itself trains 2500 at batch 64)")
-    p.add_argument("--suite-per-tag", type=int, default=20, help="ShapesEval prompts per task")
-    p.add_argument("--fd-samples", type=int, default=1000, help="samples for fd_shapes")
-    p.add_argument("overrides", nargs="*", help="extra Hydra overrides for the tokenizer run, e.g. seed=1")
+    p.add_argument("--output", default="outputs/quickstart", metavar="DIR",
+                   help="folder for runs, grids and report.json (%(default)s)")
+    p.add_argument("--steps", type=int, default=400, metavar="N",
+                   help="tokenizer training steps (%(default)s; shapes_vq trains 600)")
+    p.add_argument("--eval-images", type=int, default=1000, metavar="N",
+                   help="held-out shapes images to evaluate on (%(default)s)")
+    p.add_argument("--generator-steps", type=int, default=500, metavar="N",
+                   help="generator steps at batch 32 (%(default)s; shapes_raster: 2500 at 64)")
+    p.add_argument("--suite-per-tag", type=int, default=20, metavar="N",
+                   help="ShapesEval prompts per task (%(default)s)")
+    p.add_argument("--fd-samples", type=int, default=1000, metavar="N", help="samples for fd_shapes (%(default)s)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for the tokenizer run, e.g. seed=1")
     return p.parse_args(argv)
 
 

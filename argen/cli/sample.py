@@ -47,12 +47,12 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
-from tqdm import tqdm
 
 from argen.cli.common import CONFIG_DIR, ConfigError, build, pick_device, pick_dtype, target_class, to_plain
 from argen.cli.folders import (MARKER_NAME, FolderLock, atomic_write, atomic_write_json, read_marker,
                                remove_marker, remove_temp_files, write_marker)
 from argen.core import Condition, check_compatible
+from argen.core.progress import progress
 from argen.data.base import tensor_to_uint8
 from argen.samplers.random import sample_seeds
 from tokenizers_vq.io import load_pretrained, read_meta
@@ -77,7 +77,9 @@ class Conditions:
         if self.labels is not None:
             return Condition(labels=torch.tensor([self.labels[i] for i in ids], device=device))
         assert self.texts is not None
-        return Condition(texts=[self.texts[i] for i in ids])
+        texts = [self.texts[i] for i in ids]
+        empty = torch.tensor([not t.strip() for t in texts], device=device)  # the null condition
+        return Condition(texts=texts, null=empty if bool(empty.any()) else None)
 
     def fingerprint(self) -> dict[str, Any]:
         """Kind, count and sha256 of the conditions (ids or prompts, with their metadata)."""
@@ -147,6 +149,7 @@ def build_conditions(cfg: DictConfig, generator: Any) -> Conditions:
         return Conditions(labels=_class_ids(cfg.classes, num_classes), texts=None, metadata=None)
     if key == "prompts":
         prompts = [cfg.prompts] if isinstance(cfg.prompts, str) else [str(p) for p in cfg.prompts]
+        _warn_empty(prompts)
         return Conditions(labels=None, texts=prompts, metadata=None)
     if key == "prompt_file":
         path = Path(cfg.prompt_file).expanduser()
@@ -163,6 +166,14 @@ def build_conditions(cfg: DictConfig, generator: Any) -> Conditions:
     else:
         records = _suite(cfg, generator)
     return Conditions(labels=None, texts=[r["prompt"] for r in records], metadata=records)
+
+
+def _warn_empty(prompts: list[str]) -> None:
+    empty = [i for i, p in enumerate(prompts) if not p.strip()]
+    if empty:
+        log.warning("prompt(s) %s of %d are empty: an empty caption is the unconditional (null) condition, so "
+                    "these samples ignore any prompt (and guidance has no effect on them)",
+                    ", ".join(str(i) for i in empty), len(prompts))
 
 
 def _class_ids(classes: Any, num_classes: int) -> list[int]:
@@ -292,7 +303,7 @@ def sample_shard(cfg: DictConfig, sampler: Any, generator: Any, tokenizer: Any, 
         log.info("resume: %d of this process's %d images are already written; drawing the other %d",
                  len(share) - len(mine), len(share), len(mine))
     device = next(generator.parameters()).device
-    bar = tqdm(total=len(mine), desc="sampling", unit="img", disable=rank != 0)
+    bar = progress(total=len(mine), desc="sampling", unit="img", enabled=rank == 0)
 
     writing = [0.0]  # seconds spent decoding and writing inside the sampler's loop (not sampler time)
 

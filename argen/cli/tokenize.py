@@ -14,9 +14,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from argen.cli.common import CONFIG_DIR, ConfigError, build, to_plain
+from argen.core.progress import progress
 from argen.data.base import collate_samples
 from argen.data.codes import MANIFEST, publish_cache, write_shard
 from argen.io.export import load
@@ -33,7 +33,7 @@ def encode_split(tokenizer: Any, dataset: Dataset, out: Path, *, batch_size: int
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
     rows: dict[str, list[Any]] = {k: [] for k in ("tokens", "label", "index", "caption", "metadata")}
     shards, count, pending, skipped = [], 0, 0, 0
-    for batch in tqdm(loader, desc=desc):
+    for batch in progress(loader, desc=desc, unit="batch"):
         skipped += int(batch.get("num_skipped", 0))
         if "image" not in batch:
             continue

@@ -17,10 +17,12 @@ import hydra
 import lightning as L
 import torch
 import yaml
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from argen.cli.common import CONFIG_DIR, ConfigError, build, to_plain
 from argen.training.checkpoint_io import AtomicCheckpointIO, write_text_atomic
+from argen.training.progress import quiet_lightning
 
 log = logging.getLogger("argen")
 
@@ -110,6 +112,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # Manual optimisation checkpoints after the step by design (resume continues from there);
     # Lightning's notice about it would repeat at every checkpoint.
     warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps.*")
+    quiet_lightning()
     absolute_paths(cfg)
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = resolve_resume(cfg.get("resume"), run_dir)
@@ -118,9 +121,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     module, datamodule = build_stage(cfg)
     if ckpt_path:
         check_resume(cfg, run_dir)
-    trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=_callbacks(cfg), logger=_loggers(cfg),
+    callbacks = _callbacks(cfg)
+    # callbacks.progress=null means no progress at all, not Lightning's default (Rich) bar.
+    bar = {} if "enable_progress_bar" in cfg.trainer else {
+        "enable_progress_bar": any(isinstance(c, ProgressBar) for c in callbacks)}
+    trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=_loggers(cfg),
                                plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
-                               default_root_dir=str(run_dir))
+                               default_root_dir=str(run_dir), **bar)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "resolved_config.yaml", yaml.safe_dump(to_plain(cfg), sort_keys=False))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,11 +70,22 @@ class EpochShardSampler(Sampler[int]):
         return iter(order[self.rank:: self.world_size].tolist())
 
 
+def auto_workers(*, cpus: int | None = None, processes: int = 1) -> int:
+    """Loader workers per process when none are configured: this process's share of the CPUs it may
+    use, less one for the training loop itself, at most 4 (2 cores, 1 process: 1 worker)."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cpus // max(processes, 1) - 1))
+
+
 class DataModule(L.LightningDataModule):
-    """Wraps train/val/test datasets (instantiated by Hydra) with sharded, resumable loaders."""
+    """Wraps train/val/test datasets (instantiated by Hydra) with sharded, resumable loaders.
+
+    num_workers: loader processes per training process; None: :func:`auto_workers` of this machine.
+    """
 
     def __init__(self, *, train: Dataset, val: Dataset | None = None, test: Dataset | None = None,
-                 global_batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
+                 global_batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int | None = 0,
                  seed: int = 0, pin_memory: bool = False) -> None:
         super().__init__()
         self.train_set, self.val_set, self.test_set = train, val, test
@@ -87,10 +99,17 @@ class DataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
+    def workers(self) -> int:
+        if self.num_workers is not None:
+            return int(self.num_workers)
+        trainer = self.trainer
+        on_this_node = trainer.world_size // max(trainer.num_nodes, 1) if trainer is not None else 1
+        return auto_workers(processes=on_this_node)
+
     def _loader(self, dataset: Dataset, sampler: Sampler[int], batch_size: int) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=collate_samples, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+        workers = self.workers()
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          collate_fn=collate_samples, pin_memory=self.pin_memory, persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self._world()

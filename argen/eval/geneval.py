@@ -51,8 +51,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm
 
+from argen.core.progress import progress as progress_bar
 from argen.eval.detection import Box, Detection, Detector
 
 logger = logging.getLogger(__name__)
@@ -563,8 +563,8 @@ def evaluate_folder(root: str | Path, detector: Detector, options: ScoringOption
     prompts = list(iter_sample_folder(root))
     total = sum(len(paths) for _, _, paths in prompts)
     records: list[dict] = []
-    with tqdm(total=total, desc=f"geneval [{getattr(detector, 'name', 'detector')}]",
-              disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc=f"geneval [{getattr(detector, 'name', 'detector')}]", unit="img",
+                      enabled=progress, leave=False) as bar:
         for index, metadata, paths in prompts:
             for path in paths:
                 detections = detector.detect(load_image(path))

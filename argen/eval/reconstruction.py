@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.utils import make_grid, save_image
-from tqdm.auto import tqdm
 
+from argen.core.progress import progress as progress_bar
 from argen.data.base import collate_samples
 from argen.training.metrics import psnr, ssim
 
@@ -47,7 +47,7 @@ def evaluate_reconstruction(tokenizer: Any, dataset: Dataset, *, batch_size: int
     psnr_sum = ssim_sum = 0.0
     n = 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
-    for batch in tqdm(loader, desc="reconstruction eval", disable=not progress, leave=False):
+    for batch in progress_bar(loader, desc="reconstruction eval", unit="batch", enabled=progress, leave=False):
         if "image" not in batch:
             continue
         images = batch["image"].to(device)

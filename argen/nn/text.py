@@ -2,7 +2,9 @@
 
 * :class:`WordTextEncoder`: a small word-level transformer trained jointly with the generator
   (the embedded default). Its vocabulary is the set of words of the training captions, stored
-  in the config so an export rebuilds it; unknown words map to ``<unk>`` with a warning.
+  in the config so an export rebuilds it. Words are split after Unicode normalisation (accents
+  stripped, full-width forms folded, lowercase); unknown words map to ``<unk>`` and characters no
+  word keeps (emoji, other scripts) are dropped, each with one warning per encoder.
 * :class:`HFTextEncoder`: a frozen Hugging Face T5 or CLIP text encoder loaded from a local
   folder (``local_files_only``; needs the ``text`` extra). Its weights are not part of the
   generator's state dict; the export records the folder instead.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,10 +30,34 @@ log = logging.getLogger(__name__)
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 _WORD = re.compile(r"[a-z0-9]+")
+# Unicode categories that carry meaning when dropped (letters, digits, pictographs such as emoji);
+# punctuation, spaces and other symbols only separate words.
+_MEANINGFUL = ("L", "N", "So")
+
+
+def normalize(text: str) -> str:
+    """NFKC (full-width and ligature forms), casefold, then accents stripped (NFKD minus combining
+    marks): ``"Café Ｒｅｄ"`` -> ``"cafe red"``. ASCII text only changes case, so the vocabulary and
+    token ids of ASCII captions (all of the shapes world's) are those of the plain lowercase split."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(c for c in unicodedata.normalize("NFKD", folded) if not unicodedata.combining(c))
 
 
 def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+    return _WORD.findall(normalize(text))
+
+
+def dropped_characters(text: str) -> str:
+    """The letters, digits and pictographs of ``text`` that no word keeps (emoji, other scripts)."""
+    rest = _WORD.sub(" ", normalize(text))
+    return "".join(dict.fromkeys(c for c in rest if unicodedata.category(c).startswith(_MEANINGFUL)))
+
+
+def preview(text: str, *, width: int = 80) -> str:
+    """``text`` quoted for a log line: cut to ``width`` characters, with its word count when cut."""
+    if len(text) <= width:
+        return repr(text)
+    return f"{text[:width].rstrip()!r}… ({len(text.split())} words)"
 
 
 def build_vocab(captions: Iterable[str], *, min_count: int = 1) -> list[str]:
@@ -73,20 +100,29 @@ class WordTextEncoder(nn.Module):
         for row, text in enumerate(texts):
             toks = words(text)
             if len(toks) > self.max_length - 1:
-                self._warn(f"caption cut to {self.max_length - 1} words: {text!r}")
+                self._warn_once("cut", f"caption cut to its first {self.max_length - 1} words (max_length "
+                                       f"{self.max_length} slots, one for {EOS}): {preview(text)}")
                 toks = toks[: self.max_length - 1]
+            dropped = dropped_characters(text)
+            if dropped:
+                self._warn_once("dropped", f"characters {dropped!r} of {preview(text)} are outside the word "
+                                           f"alphabet (a-z, 0-9 after Unicode normalisation) and were dropped")
             unknown = [w for w in toks if w not in self.stoi]
-            for w in unknown:
-                self._warn(f"word {w!r} is not in the text encoder's vocabulary ({len(self.vocab)} words); "
-                           f"it is read as {UNK}")
+            if unknown:
+                self._warn_once("unknown", f"word {unknown[0]!r} of {preview(text)} is not in the text encoder's "
+                                           f"vocabulary ({len(self.vocab)} words); it is read as {UNK}")
             seq = [self.stoi.get(w, 1) for w in toks] + [self.stoi[EOS]]
             ids[row, self.max_length - len(seq):] = torch.tensor(seq)
         return ids, ids != 0
 
-    def _warn(self, message: str) -> None:
-        if message not in self._warned:
-            self._warned.add(message)
-            log.warning(message)
+    def _warn_once(self, kind: str, message: str) -> None:
+        """The first message of each kind is a warning; later ones go to DEBUG (one line per batch
+        would bury the log, and the first names an example)."""
+        if kind in self._warned:
+            log.debug(message)
+            return
+        self._warned.add(kind)
+        log.warning("%s (shown once; later ones at DEBUG level)", message)
 
     def forward(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
         ids, valid = self.tokenize(texts)

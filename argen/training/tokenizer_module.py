@@ -73,6 +73,7 @@ class TokenizerTrainingModule(L.LightningModule):
         self.seed = seed
         self.ema = EMA(tokenizer, decay=ema_decay) if ema_decay is not None else None
         self.skipped_samples = 0
+        self._skips_reported = False
         self.batches_done = 0  # optimisation steps of the tokenizer (global_step counts both optimisers)
         if loss.uses_discriminator and disc_optimizer is None:
             raise ValueError("the loss has a discriminator (disc_weight > 0) but no disc_optimizer is configured")
@@ -188,10 +189,14 @@ class TokenizerTrainingModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         skipped = int(self.trainer.strategy.reduce(torch.tensor(float(self.skipped_samples), device=self.device),
                                                    reduce_op="sum").item())
-        if skipped:
-            log.warning("epoch %d: skipped %d unreadable samples (see the warnings above for the files)",
-                        self.current_epoch, skipped)
-        self.log("train/skipped_samples", float(skipped), sync_dist=False, rank_zero_only=True)
+        if skipped and self.trainer.is_global_zero:
+            # The same files fail every epoch: say it once, count it in train/skipped_samples always.
+            report = log.debug if self._skips_reported else log.warning
+            report("epoch %d: skipped %d unreadable samples (see the warnings above for the files); later "
+                   "epochs count them in train/skipped_samples only", self.current_epoch, skipped)
+            self._skips_reported = True
+        # Already summed over processes, so equal on every rank: syncing (a mean) keeps the value.
+        self.log("train/skipped_samples", float(skipped), sync_dist=True)
         self.skipped_samples = 0
 
     # ---- validation -----------------------------------------------------------------------

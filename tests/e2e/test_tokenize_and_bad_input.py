@@ -66,12 +66,15 @@ def test_training_on_a_folder_with_corrupt_files_counts_skips(tmp_path: Path, ca
     (root / "empty.jpg").write_bytes(b"")
     cfg = compose_config("train", ["experiment=shapes_vq", *[o for o in TINY if not o.startswith("data.")],
                                    f"paths.output_root={tmp_path}", "data=folder", f"data.train.root={root}",
-                                   "data.num_workers=0", "data.global_batch_size=8", "trainer.max_steps=4",
+                                   "data.num_workers=0", "data.global_batch_size=8", "trainer.max_steps=6",
                                    "callbacks.reconstruction_grid=null", "export_after_training=false"])
     with caplog.at_level("WARNING"):
-        result = train_run(cfg)
-    assert result["metrics"]["train/skipped_samples"] == 2.0
-    assert any("skipped 2 unreadable" in r.getMessage() for r in caplog.records)
+        result = train_run(cfg)  # 16 files / global batch 8: 6 steps are 3 epochs
+    assert result["metrics"]["train/skipped_samples"] == 2.0  # counted every epoch ...
+    messages = [r.getMessage() for r in caplog.records]
+    summaries = [m for m in messages if "skipped 2 unreadable" in m]
+    assert len(summaries) == 1, summaries  # ... said once, not every epoch
+    assert len([m for m in messages if m.startswith("skipping unreadable image")]) == 2, messages
 
 
 def test_data_image_size_must_match_the_tokenizer(tmp_path: Path) -> None:
