@@ -76,16 +76,17 @@ def _call_problem(node: Mapping[str, Any] | DictConfig, where: str, given: Colle
 
 
 def _parameters(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
-    """A callable's parameters and type hints. A class whose ``__init__`` forwards ``**kwargs`` to its
-    base class (a sampler configured on a shared loop) also takes the base's keyword parameters."""
+    """A callable's parameters and type hints. A class whose ``__init__`` takes ``**kwargs`` (a sampler
+    configured on a shared loop forwards them to its base class) still accepts any key, but the keys its
+    nearest base's ``__init__`` declares are type-checked against that base's annotations."""
     params, hints = dict(inspect.signature(target).parameters), _hints(target)
     if isinstance(target, type) and any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        for base in target.__mro__[1:]:
-            if "__init__" in vars(base) and base is not object:
-                params.pop(next(n for n, p in params.items() if p.kind is p.VAR_KEYWORD), None)
-                params.update({n: p for n, p in inspect.signature(base).parameters.items() if n not in params})
-                hints = {**_hints(base), **hints}
-                break
+        base = next((b for b in target.__mro__[1:] if "__init__" in vars(b) and b is not object), None)
+        if base is not None:
+            extra = {n: p for n, p in inspect.signature(base).parameters.items()
+                     if n not in params and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            params.update(extra)
+            hints = {**{k: v for k, v in _hints(base).items() if k in extra}, **hints}
     return params, hints
 
 

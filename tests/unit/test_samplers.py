@@ -312,27 +312,3 @@ def test_ancestral_sampler_rejects_continuous_generators() -> None:
 
     with pytest.raises(IncompatibleError, match="AncestralSampler.*Continuous"):
         AncestralSampler().sample(Continuous(), COND, seeds=sample_seeds(0, range(3)))
-
-
-# Which sampler drives which generator (README, "Sampler support"): speculative samplers need a causal
-# window per pass and a rollback; VAR decides a whole scale per pass (block-causal, no rollback).
-SUPPORT = {("AncestralSampler", "RasterGenerator"): True, ("AncestralSampler", "VARGenerator"): True,
-           ("JacobiSampler", "RasterGenerator"): True, ("JacobiSampler", "VARGenerator"): False,
-           ("SpeculativeSampler", "RasterGenerator"): True, ("SpeculativeSampler", "VARGenerator"): False}
-
-
-def test_the_documented_sampler_support_matrix_holds() -> None:
-    from argen.generators.var import VARGenerator
-    from argen.samplers.jacobi import JacobiSampler
-    from argen.samplers.speculative import SpeculativeSampler
-
-    samplers = {"AncestralSampler": AncestralSampler, "JacobiSampler": JacobiSampler,
-                "SpeculativeSampler": SpeculativeSampler}
-    generators = {"RasterGenerator": RasterGenerator, "VARGenerator": VARGenerator}
-    for (s, g), supported in SUPPORT.items():
-        sampler, generator = samplers[s], generators[g]
-        if supported:
-            check_compatible(sampler, generator)
-        else:
-            with pytest.raises(IncompatibleError, match=g):
-                check_compatible(sampler, generator)

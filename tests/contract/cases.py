@@ -1,0 +1,80 @@
+"""The generator fixtures of the contract suite: one tiny, randomly initialised but non-trivial instance of
+every generator family, and a vocabulary-3 "toy" of the same family small enough to enumerate every
+sequence. A new generator joins the suite by adding one :class:`Case` to ``CASES``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+
+from argen.core import Condition
+from tokenizers_vq.msvq import MultiScaleQuantizer
+
+
+@dataclass(frozen=True)
+class Case:
+    """name; config(vocab): the generator's Hydra node; bind(generator, vocab): what it needs beside its
+    weights (VAR's tokenizer step); toy_vocab: the vocabulary of the enumerable toy."""
+
+    name: str
+    config: Callable[[int], dict[str, Any]]
+    bind: Callable[[Any, int], None] = lambda g, vocab: None
+    labels: int = 3
+
+    def build(self, vocab: int = 16, seed: int = 0, head_std: float = 0.5) -> Any:
+        torch.manual_seed(seed)
+        g = instantiate(self.config(vocab), _convert_="all")
+        with torch.no_grad():  # the released inits zero (raster) or shrink (VAR) the head: make p non-trivial
+            head = g.output.weight if hasattr(g, "output") else g.head.weight
+            head.normal_(0, head_std)
+        self.bind(g, vocab)
+        return g.eval()
+
+    def cond(self, n: int) -> Condition:
+        return Condition(labels=torch.arange(n) % self.labels)
+
+
+def _class_condition() -> dict[str, Any]:
+    return {"_target_": "argen.nn.conditioning.ClassEmbedder", "_partial_": True, "num_classes": 3}
+
+
+def raster(vocab: int, *, grid: int | None, length: int | None) -> dict[str, Any]:
+    return {"_target_": "argen.generators.raster.RasterGenerator", "vocab_size": vocab, "dim": 32, "n_layer": 2,
+            "n_head": 2, "multiple_of": 16, "grid_size": grid, "sequence_length": length,
+            "condition": _class_condition()}
+
+
+def var(vocab: int) -> dict[str, Any]:
+    scales = [1, 2] if vocab <= 3 else [1, 2, 3]
+    return {"_target_": "argen.generators.var.VARGenerator", "vocab_size": vocab, "scales": scales, "input_dim": 4,
+            "depth": 2, "width": 32, "n_head": 2, "init_adaln_gamma": 0.5, "condition": _class_condition()}
+
+
+def bind_var(g: Any, vocab: int) -> None:
+    torch.manual_seed(1)
+    q = MultiScaleQuantizer(codebook_size=vocab, embed_dim=4, scales=list(g.scales), num_phi=2)
+    with torch.no_grad():
+        q.embedding.weight.normal_()
+    g.attach_tokenizer(q)
+
+
+CASES: list[Case] = [
+    # the toys: a 2x2 grid and 4 1D positions (3^4 sequences); VAR at scales 1, 2 (3^5)
+    Case("raster_grid", lambda v: raster(v, grid=2 if v <= 3 else 4, length=None)),
+    Case("raster_1d", lambda v: raster(v, grid=None, length=4 if v <= 3 else 12)),
+    Case("var", var, bind=bind_var),
+]
+TOY_VOCAB = 3
+
+
+def case(name: str) -> Case:
+    return next(c for c in CASES if c.name == name)
+
+
+def make(name: str, **kw: Any) -> Any:
+    return case(name).build(**kw)
+
