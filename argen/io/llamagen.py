@@ -3,9 +3,10 @@
 argen's :class:`~argen.generators.raster.RasterGenerator` and
 :class:`~tokenizers_vq.vq.VQTokenizer` use LlamaGen's module names on purpose, so the conversion
 is a documented, nearly-identity key table (:data:`GPT_KEY_MAP`, :data:`VQ_KEY_MAP`) plus the
-handful of entries that are not weights. What the tables cannot carry, and is therefore an
-argument: the image grid of a GPT (its 2D RoPE table is recomputed, never stored), the head count
-of a GPT whose (n_layer, dim) is not an official preset, and the VQ's GroupNorm group count.
+handful of entries that are not weights. What the weights may not carry, and is therefore an
+argument: the image grid of a GPT (read from ``freqs_cis`` when an older checkpoint stores its 2D
+RoPE table, and checked; otherwise ``grid_size``), the head count of a GPT whose (n_layer, dim) is
+not an official preset (also read from a stored table), and the VQ's GroupNorm group count.
 
     from argen.io.llamagen import convert_gpt, convert_vq
     convert_gpt("c2i_B_256.pt", "weights/gpt_b", grid_size=16)   # -> argen.load("weights/gpt_b")
@@ -25,6 +26,7 @@ state dict.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +45,7 @@ from argen.io.keymap import (
     require_key,
 )
 from argen.nn.blocks import swiglu_hidden
+from argen.nn.rope import rope_2d
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +79,9 @@ GPT_KEY_MAP: dict[str, str | None] = {
     "layers.{i}.ffn_norm.weight": "layers.{i}.ffn_norm.weight",
     "norm.weight": "norm.weight",
     "output.weight": "output.weight",  # (V, dim), no bias, not tied to tok_embeddings
-    # Not weights. Older checkpoints store the 2D RoPE table; argen recomputes it from grid_size
-    # (a non-persistent buffer, rope.py), so a stored table is ignored, not trusted.
+    # Not weights. Older checkpoints store the 2D RoPE table (cls_token_num + grid^2, head_dim // 2, 2);
+    # argen recomputes it (a non-persistent buffer, rope.py), so it is dropped, after infer_gpt_config
+    # has read the grid from it and checked it against argen's own table.
     "freqs_cis": None,
     # Inference caches, present only if a model was saved after setup_caches(): the causal mask
     # and per-layer KV caches. argen keeps both in the DecodeState a sampler holds.
@@ -162,18 +166,80 @@ def _layer_count(state: Mapping[str, Tensor]) -> int:
     return indexed_count(state, "layers", _LAYER_KEYS, "LlamaGen GPT")
 
 
-def _resolve_heads(n_layer: int, dim: int, n_head: int | None) -> tuple[int, str | None]:
+def _resolve_heads(n_layer: int, dim: int, n_head: int | None, rope: Tensor | None) -> tuple[int, str | None]:
+    """The head count: given, else the official preset's, else read from a stored freqs_cis (its
+    second axis is head_dim // 2); the table itself is checked later (:func:`_resolve_grid`)."""
     preset = GPT_PRESETS.get((n_layer, dim))
     if n_head is None:
-        if preset is None:
+        stored_head_dim = 2 * int(rope.shape[1]) if rope is not None and rope.ndim == 3 else 0
+        if preset is not None:
+            n_head = preset[1]
+        elif stored_head_dim and dim % stored_head_dim == 0:
+            n_head = dim // stored_head_dim
+        else:
             raise ValueError(f"({n_layer} layers, dim {dim}) is not an official LlamaGen preset "
                              f"({sorted(GPT_PRESETS)}); the head count is not stored in the weights: pass n_head")
-        n_head = preset[1]
     if n_head < 1 or dim % n_head:
         raise ValueError(f"n_head {n_head} does not divide dim {dim}")
     if (dim // n_head) % 4:
         raise ValueError(f"head_dim {dim // n_head} (dim {dim} / n_head {n_head}) must be divisible by 4 for 2D RoPE")
     return n_head, None if preset is None else preset[0]
+
+
+def _resolve_grid(rope: Tensor | None, grid_size: int | None, *, prefix: int, dim: int, n_head: int) -> int:
+    """Tokens per image side: read from a stored ``freqs_cis`` (LlamaGen's ``precompute_freqs_cis_2d(grid,
+    head_dim, rope_base, cls_token_num)``: (cls_token_num + grid^2, head_dim // 2, 2)) and checked against
+    ``grid_size`` when both are given; else ``grid_size``, which must then be given."""
+    if rope is None:
+        if grid_size is None:
+            raise ValueError("the checkpoint stores no freqs_cis, so its token grid is not in the weights: pass "
+                             "grid_size (tokens per side: image size / 16 for LlamaGen's VQ-16, 16 for the 256 px "
+                             "models, 24 for the 384 px ones; --image-size or --grid-size on the command line)")
+        if grid_size < 1:
+            raise ValueError(f"grid_size must be >= 1, got {grid_size}")
+        return int(grid_size)
+    head_dim = dim // n_head
+    if rope.ndim != 3 or rope.shape[2] != 2 or not rope.is_floating_point():
+        raise ValueError(f"freqs_cis has shape {tuple(rope.shape)} ({rope.dtype}); LlamaGen stores a float "
+                         f"(cls_token_num + grid^2, head_dim // 2, 2) table of (cos, sin)")
+    if rope.shape[1] != head_dim // 2:
+        raise ValueError(f"n_head {n_head} gives head_dim {head_dim}, but the stored freqs_cis has "
+                         f"{rope.shape[1]} rotation pairs (head_dim {2 * rope.shape[1]}): pass "
+                         f"n_head={dim // (2 * rope.shape[1])}")
+    rows = int(rope.shape[0])
+    side = math.isqrt(max(rows - prefix, 0))
+    if rows - prefix < 1 or side * side != rows - prefix:
+        raise ValueError(f"freqs_cis has {rows} rows = {prefix} condition row(s) + {rows - prefix} grid cells, "
+                         f"not a whole square: not a LlamaGen 2D RoPE table for this condition")
+    if grid_size is not None and grid_size != side:
+        raise ValueError(f"grid_size {grid_size} ({grid_size * 16} px with LlamaGen's VQ-16) contradicts the "
+                         f"checkpoint's stored freqs_cis, a 2D RoPE table for a {side}x{side} grid ({rows} rows = "
+                         f"{prefix} condition + {side}^2): leave grid_size out (omit --image-size) to use the stored "
+                         f"grid, or pass grid_size={side} (--image-size {side * 16})")
+    if not rope.is_meta:  # shapes-only state dicts (meta tensors) carry no values to compare
+        _check_rope_values(rope, side, prefix, head_dim)
+    log.info("token grid %dx%d read from the stored freqs_cis", side, side)
+    return side
+
+
+def _check_rope_values(rope: Tensor, side: int, prefix: int, head_dim: int) -> None:
+    """The stored table must be the one argen computes (rope.py), or the converted model would rotate
+    queries and keys differently from the trained one."""
+    base = float(GPT_DEFAULTS["rope_base"])
+    expected = rope_2d(side, side, head_dim, base=base, prefix=prefix, zero_prefix=GPT_DEFAULTS["zero_condition_rope"])
+    stored = rope.detach().float().cpu()
+    atol = max(1e-4, 2 * torch.finfo(rope.dtype).eps)  # computed on another device, or stored in half precision
+    cond_diff = float(stored[:prefix].abs().max()) if prefix else 0.0
+    if cond_diff > atol:
+        raise ValueError(f"the first {prefix} condition row(s) of the stored freqs_cis are not zero (max "
+                         f"{cond_diff:.3g}): LlamaGen zeroes them (the condition's queries and keys vanish), and "
+                         f"argen's zero_condition_rope reproduces only that")
+    diff = float((stored[prefix:] - expected[prefix:]).abs().max())
+    if diff > atol:
+        raise ValueError(f"the stored freqs_cis does not match argen's 2D RoPE table for a {side}x{side} grid, "
+                         f"head_dim {head_dim}, rope_base {base:g} (max difference {diff:.3g}): the checkpoint was "
+                         f"built with another rope_base or RoPE layout, which argen's RasterGenerator does not "
+                         f"reproduce")
 
 
 def _condition_node(state: Mapping[str, Tensor], dim: int, text_encoder: str | None) -> dict[str, Any]:
@@ -195,31 +261,34 @@ def _condition_node(state: Mapping[str, Tensor], dim: int, text_encoder: str | N
                    "cls_embedding.cap_proj.fc1.weight (text-conditional)")
 
 
-def infer_gpt_config(state: Mapping[str, Tensor], *, grid_size: int, n_head: int | None = None,
+def infer_gpt_config(state: Mapping[str, Tensor], *, grid_size: int | None = None, n_head: int | None = None,
                      multiple_of: int = 256, text_encoder: str | None = None) -> dict[str, Any]:
     """The RasterGenerator config node (Hydra, with ``_target_``) that holds ``state`` (LlamaGen or
-    argen names: they agree). ``grid_size``: tokens per image side (image size / 16 for VQ-16),
-    not stored in the weights; ``n_head``: needed only off the official presets;
-    ``text_encoder``: local FLAN-T5 folder for t2i checkpoints."""
-    if grid_size < 1:
-        raise ValueError(f"grid_size must be >= 1, got {grid_size}")
+    argen names: they agree). ``grid_size``: tokens per image side (image size / 16 for VQ-16); None:
+    read from the stored ``freqs_cis`` (older checkpoints), which is checked against argen's table and
+    against ``grid_size`` when both are given. ``n_head``: needed only off the official presets without
+    a stored table; ``text_encoder``: local FLAN-T5 folder for t2i checkpoints."""
     tok = require_key(state, "tok_embeddings.weight", "token embeddings")
     out = require_key(state, "output.weight", "output head")
     vocab, dim = int(out.shape[0]), int(tok.shape[1])
     if tuple(tok.shape) != (vocab, dim):
         raise ValueError(f"tok_embeddings {tuple(tok.shape)} and output {tuple(out.shape)} disagree")
     n_layer = _layer_count(state)
-    heads, preset = _resolve_heads(n_layer, dim, n_head)
+    rope = state.get("freqs_cis")
+    heads, preset = _resolve_heads(n_layer, dim, n_head, rope)
     hidden = int(state["layers.0.feed_forward.w1.weight"].shape[0])
     expected = swiglu_hidden(dim, multiple_of)
     if hidden != expected:
         raise ValueError(f"SwiGLU hidden size {hidden} != find_multiple(int(8 * {dim} / 3), {multiple_of}) = "
                          f"{expected}: pass the multiple_of the model was built with")
+    condition = _condition_node(state, dim, text_encoder)
+    prefix = int(condition["encoder"]["max_length"]) if "encoder" in condition else 1  # LlamaGen's cls_token_num
+    grid = _resolve_grid(rope, grid_size, prefix=prefix, dim=dim, n_head=heads)
     if preset:
         log.info("recognised %s (%d layers, dim %d, %d heads)", preset, n_layer, dim, heads)
-    return {"condition": _condition_node(state, dim, text_encoder),
-            "_target_": "argen.generators.raster.RasterGenerator", "vocab_size": vocab, "grid_size": int(grid_size),
-            "dim": dim, "n_layer": n_layer, "n_head": heads, **GPT_DEFAULTS, "multiple_of": multiple_of}
+    return {"condition": condition, "_target_": "argen.generators.raster.RasterGenerator", "vocab_size": vocab,
+            "grid_size": grid, "dim": dim, "n_layer": n_layer, "n_head": heads, **GPT_DEFAULTS,
+            "multiple_of": multiple_of}
 
 
 def infer_vq_config(state: Mapping[str, Tensor], *, image_size: int = 256, norm_groups: int = 32) -> dict[str, Any]:
@@ -278,19 +347,20 @@ def _meta(path: Path, kind: str, layout: Any, dropped: list[str], **extra: Any) 
     return conversion_meta(path, kind, layout, dropped, "llamagen", **extra)
 
 
-def convert_gpt(path: str | Path, out_dir: str | Path, *, grid_size: int, n_head: int | None = None,
+def convert_gpt(path: str | Path, out_dir: str | Path, *, grid_size: int | None = None, n_head: int | None = None,
                 multiple_of: int = 256, text_encoder: str | None = None, entry: str | None = None,
                 overwrite: bool = False) -> Path:
     """Official LlamaGen GPT checkpoint -> argen export folder (``argen.load(out_dir)``).
 
-    grid_size: 16 for the 256 px models, 24 for the 384 px ones (image size / 16); t2i models
+    grid_size: 16 for the 256 px models, 24 for the 384 px ones (image size / 16); optional when the
+    checkpoint stores ``freqs_cis`` (then read from it, and a different value is refused); t2i models
     need ``text_encoder``, the local FLAN-T5-XL folder the export will load captions with."""
     from tokenizers_vq.io import save_pretrained
 
     path = Path(path).expanduser()
     raw = read_official_checkpoint(path, entry=entry)
     state, dropped = rename_keys(raw, GPT_KEY_MAP, (), "LlamaGen->argen GPT")
-    config = infer_gpt_config(state, grid_size=grid_size, n_head=n_head, multiple_of=multiple_of,
+    config = infer_gpt_config(raw, grid_size=grid_size, n_head=n_head, multiple_of=multiple_of,
                               text_encoder=text_encoder)
     if "encoder" in config["condition"] and text_encoder is None:
         raise ValueError(f"{path} is a text-to-image model: pass text_encoder (--text-encoder), the local folder of "
