@@ -36,12 +36,14 @@ import torch
 from torch import Tensor, nn
 
 from argen.io.keymap import (
+    Drop,
+    KeyLedger,
+    KeyReport,
     build_on_meta,
     conversion_meta,
     indexed_count,
     inverse_table,
     read_official_checkpoint,
-    rename_keys,
     require_key,
 )
 from argen.nn.blocks import swiglu_hidden
@@ -50,10 +52,11 @@ from argen.nn.rope import rope_2d
 log = logging.getLogger(__name__)
 
 # ---- the conversion tables ----------------------------------------------------------------------
-# Patterns: "{i}" stands for a layer index, "*" for any remaining suffix. A value of None means
-# the LlamaGen entry is not a weight and is dropped on the way into argen.
+# Patterns: "{i}" stands for a layer index, "*" for any remaining suffix. A Drop value means the
+# LlamaGen entry is not a weight and is dropped on the way into argen; its reason goes into meta.json.
+_CACHE = "an inference cache of LlamaGen's setup_caches(); argen keeps it in the sampler's DecodeState"
 
-GPT_KEY_MAP: dict[str, str | None] = {
+GPT_KEY_MAP: dict[str, str | Drop] = {
     # Class condition (algorithms.md 2.3, LlamaGen LabelEmbedder): (num_classes + 1, dim); the
     # last row is the null class used by CFG, which is argen ClassEmbedder's row num_classes too.
     "cls_embedding.embedding_table.weight": "cls_embedding.embedding_table.weight",
@@ -82,19 +85,21 @@ GPT_KEY_MAP: dict[str, str | None] = {
     # Not weights. Older checkpoints store the 2D RoPE table (cls_token_num + grid^2, head_dim // 2, 2);
     # argen recomputes it (a non-persistent buffer, rope.py), so it is dropped, after infer_gpt_config
     # has read the grid from it and checked it against argen's own table.
-    "freqs_cis": None,
+    "freqs_cis": Drop("LlamaGen's 2D RoPE table: argen recomputes it from the grid (which conversion reads "
+                      "from this table, after checking it equals argen's own)"),
     # Inference caches, present only if a model was saved after setup_caches(): the causal mask
     # and per-layer KV caches. argen keeps both in the DecodeState a sampler holds.
-    "causal_mask": None,
-    "layers.{i}.attention.kv_cache.k_cache": None,
-    "layers.{i}.attention.kv_cache.v_cache": None,
+    "causal_mask": Drop(_CACHE),
+    "layers.{i}.attention.kv_cache.k_cache": Drop(_CACHE),
+    "layers.{i}.attention.kv_cache.v_cache": Drop(_CACHE),
 }
 
 # argen-only GPT keys, dropped by argen_to_gpt: a jointly trained text encoder (WordTextEncoder)
 # has no place in LlamaGen, which always reads T5 features.
-GPT_ARGEN_ONLY: tuple[str, ...] = ("cls_embedding.encoder.*",)
+GPT_ARGEN_ONLY: dict[str, str] = {
+    "cls_embedding.encoder.*": "argen's jointly trained text encoder: LlamaGen reads precomputed T5 features"}
 
-VQ_KEY_MAP: dict[str, str | None] = {
+VQ_KEY_MAP: dict[str, str | Drop] = {
     # Encoder/decoder, quant_conv (z 256 -> 8) and post_quant_conv keep LlamaGen's names and
     # level order (algorithms.md 2.2: decoder conv_blocks[0] is the lowest resolution).
     "encoder.*": "encoder.*",
@@ -107,9 +112,12 @@ VQ_KEY_MAP: dict[str, str | None] = {
     # that drives dead-code restart. The FIFO is dropped and the EMA starts at argen's own
     # initial value 1/V ("no code known dead"); a histogram of the FIFO is not used because an
     # untouched all-zero FIFO would mark every code but 0 as dead and a fine-tune would re-seed them.
-    "quantize.codebook_used": None,
+    "quantize.codebook_used": Drop("LlamaGen's FIFO of the last 65536 chosen code ids; argen's usage EMA "
+                                   "starts at 1/V instead (an all-zero FIFO would mark every code but 0 dead)"),
 }
-VQ_ARGEN_ONLY: tuple[str, ...] = ("quantize.usage_ema",)
+VQ_ARGEN_ONLY: dict[str, str] = {
+    "quantize.usage_ema": "argen's per-code usage EMA (dead-code restart); LlamaGen's usage FIFO is a different "
+                          "statistic, so it is not derived from it"}
 LLAMAGEN_USAGE_SLOTS = 65536  # length of LlamaGen's quantize.codebook_used
 
 # Official GPT presets (algorithms.md 2.3): (n_layer, dim) -> (name, n_head).
@@ -126,40 +134,50 @@ GPT_DEFAULTS: dict[str, Any] = {
 }
 _LAYER_KEYS = ("attention.wqkv.weight", "attention.wo.weight", "feed_forward.w1.weight", "feed_forward.w3.weight",
                "feed_forward.w2.weight", "attention_norm.weight", "ffn_norm.weight")
-def gpt_to_argen(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """LlamaGen GPT state dict -> RasterGenerator state dict (drops ``freqs_cis`` and caches)."""
-    return rename_keys(state, GPT_KEY_MAP, (), "LlamaGen->argen GPT")[0]
+def gpt_to_argen(state: Mapping[str, Tensor], *, reports: list[KeyReport] | None = None) -> dict[str, Tensor]:
+    """LlamaGen GPT state dict -> RasterGenerator state dict (drops ``freqs_cis`` and caches).
+    ``reports``: a list to append the record of what became of every key to (meta.json stores it)."""
+    ledger = KeyLedger(state, "llamagen->argen")
+    ledger.rename(GPT_KEY_MAP, what="LlamaGen->argen GPT")
+    return ledger.result(reports)
 
 
-def argen_to_gpt(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def argen_to_gpt(state: Mapping[str, Tensor], *, reports: list[KeyReport] | None = None) -> dict[str, Tensor]:
     """RasterGenerator state dict -> LlamaGen ``Transformer`` state dict (loads with LlamaGen's
     ``load_state_dict``, which does not expect ``freqs_cis``). A jointly trained argen text
     encoder has no LlamaGen counterpart and is dropped with a warning."""
-    out, dropped = rename_keys(state, inverse_table(GPT_KEY_MAP), GPT_ARGEN_ONLY, "argen->LlamaGen GPT")
-    if dropped:
-        log.warning("dropped %d argen-only text-encoder key(s): LlamaGen reads T5 features instead", len(dropped))
-    return out
+    ledger = KeyLedger(state, "argen->llamagen")
+    ledger.rename(inverse_table(GPT_KEY_MAP), what="argen->LlamaGen GPT", drop=GPT_ARGEN_ONLY)
+    report = ledger.report()
+    if report.dropped:
+        log.warning("dropped %d argen-only text-encoder key(s): LlamaGen reads T5 features instead",
+                    len(report.dropped))
+    return ledger.result(reports)
 
 
-def vq_to_argen(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """LlamaGen VQ state dict -> VQTokenizer state dict (``codebook_used`` -> ``usage_ema`` = 1/V)."""
-    out, _ = rename_keys(state, VQ_KEY_MAP, (), "LlamaGen->argen VQ")
-    codebook = require_key(out, "quantize.embedding.weight", "the VQ codebook")
+def vq_to_argen(state: Mapping[str, Tensor], *, reports: list[KeyReport] | None = None) -> dict[str, Tensor]:
+    """LlamaGen VQ state dict -> VQTokenizer state dict (``codebook_used`` dropped, ``usage_ema`` = 1/V)."""
+    ledger = KeyLedger(state, "llamagen->argen")
+    ledger.rename(VQ_KEY_MAP, what="LlamaGen->argen VQ")
+    codebook = require_key(ledger.state, "quantize.embedding.weight", "the VQ codebook")
     size = codebook.shape[0]
-    out["quantize.usage_ema"] = torch.full((size,), 1.0 / size, dtype=torch.float32, device=codebook.device)
-    return out
+    ledger.create("quantize.usage_ema", torch.full((size,), 1.0 / size, dtype=torch.float32, device=codebook.device),
+                  "argen's initial value 1/V per code (no code known dead)")
+    return ledger.result(reports)
 
 
-def argen_to_vq(state: Mapping[str, Tensor], *, codebook_used: bool = True) -> dict[str, Tensor]:
+def argen_to_vq(state: Mapping[str, Tensor], *, codebook_used: bool = True,
+                reports: list[KeyReport] | None = None) -> dict[str, Tensor]:
     """VQTokenizer state dict -> LlamaGen ``VQModel`` state dict. ``codebook_used``: add LlamaGen's
     zero-filled usage FIFO (its models register it when ``codebook_show_usage``, the default)."""
-    out, _ = rename_keys(state, inverse_table(VQ_KEY_MAP), VQ_ARGEN_ONLY, "argen->LlamaGen VQ")
+    ledger = KeyLedger(state, "argen->llamagen")
+    ledger.rename(inverse_table(VQ_KEY_MAP), what="argen->LlamaGen VQ", drop=VQ_ARGEN_ONLY)
     if codebook_used:
-        out["quantize.codebook_used"] = torch.zeros(LLAMAGEN_USAGE_SLOTS)
-    return out
+        ledger.create("quantize.codebook_used", torch.zeros(LLAMAGEN_USAGE_SLOTS),
+                      f"zeros: LlamaGen's FIFO of the last {LLAMAGEN_USAGE_SLOTS} code ids, empty")
+    return ledger.result(reports)
 
 
-# ---- reading official files ---------------------------------------------------------------------
 # ---- config inference ---------------------------------------------------------------------------
 def _layer_count(state: Mapping[str, Tensor]) -> int:
     """Number of transformer layers, after checking every layer has all its weights."""
@@ -343,8 +361,8 @@ def _build_generator(config: dict[str, Any]) -> nn.Module:
                                                                      dropout=cond["dropout"]))
 
 
-def _meta(path: Path, kind: str, layout: Any, dropped: list[str], **extra: Any) -> dict[str, Any]:
-    return conversion_meta(path, kind, layout, dropped, "llamagen", **extra)
+def _meta(path: Path, kind: str, layout: Any, reports: list[KeyReport], **extra: Any) -> dict[str, Any]:
+    return conversion_meta(path, kind, layout, reports, "llamagen", **extra)
 
 
 def convert_gpt(path: str | Path, out_dir: str | Path, *, grid_size: int | None = None, n_head: int | None = None,
@@ -359,7 +377,8 @@ def convert_gpt(path: str | Path, out_dir: str | Path, *, grid_size: int | None 
 
     path = Path(path).expanduser()
     raw = read_official_checkpoint(path, entry=entry)
-    state, dropped = rename_keys(raw, GPT_KEY_MAP, (), "LlamaGen->argen GPT")
+    reports: list[KeyReport] = []
+    state = gpt_to_argen(raw, reports=reports)
     config = infer_gpt_config(raw, grid_size=grid_size, n_head=n_head, multiple_of=multiple_of,
                               text_encoder=text_encoder)
     if "encoder" in config["condition"] and text_encoder is None:
@@ -368,10 +387,11 @@ def convert_gpt(path: str | Path, out_dir: str | Path, *, grid_size: int | None 
     module = _build_generator(config)
     module.load_state_dict(state, strict=True, assign=True)
     preset = GPT_PRESETS.get((config["n_layer"], config["dim"]), (None,))[0]
-    meta = _meta(path, "generator", module.layout, dropped, preset=preset, checkpoint_entry=entry)
+    argen_to_gpt(module.state_dict(), reports=reports)  # the way back, for the record
+    meta = _meta(path, "generator", module.layout, reports, preset=preset, checkpoint_entry=entry)
     out = save_pretrained(module, out_dir, config=config, meta=meta, overwrite=overwrite)
-    log.info("converted %s (%s, %d layers, dim %d) to %s", path, preset or "custom", config["n_layer"],
-             config["dim"], out)
+    log.info("converted %s (%s, %d layers, dim %d) to %s; %s; %s", path, preset or "custom", config["n_layer"],
+             config["dim"], out, *(r.summary() for r in reports))
     return out
 
 
@@ -384,13 +404,15 @@ def convert_vq(path: str | Path, out_dir: str | Path, *, image_size: int = 256, 
 
     path = Path(path).expanduser()
     raw = read_official_checkpoint(path, entry=entry)
-    dropped = [k for k in raw if VQ_KEY_MAP.get(k, "") is None]
-    state = vq_to_argen(raw)
+    reports: list[KeyReport] = []
+    state = vq_to_argen(raw, reports=reports)
     config = infer_vq_config(state, image_size=image_size, norm_groups=norm_groups)
     with torch.device("meta"):
         module = instantiate(config, _convert_="all")
     module.load_state_dict(state, strict=True, assign=True)
-    meta = _meta(path, "tokenizer", module.layout, dropped, image_size=image_size, checkpoint_entry=entry)
+    argen_to_vq(module.state_dict(), reports=reports)  # the way back, for the record
+    meta = _meta(path, "tokenizer", module.layout, reports, image_size=image_size, checkpoint_entry=entry)
     out = save_pretrained(module, out_dir, config=config, meta=meta, overwrite=overwrite)
-    log.info("converted %s (%d codes, f=%d) to %s", path, config["codebook_size"], module.downsample_factor, out)
+    log.info("converted %s (%d codes, f=%d) to %s; %s; %s", path, config["codebook_size"], module.downsample_factor,
+             out, *(r.summary() for r in reports))
     return out

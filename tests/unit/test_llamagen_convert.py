@@ -352,3 +352,30 @@ def test_no_stored_table_and_no_grid_says_to_pass_the_image_size(tmp_path: Path)
     with pytest.raises(ValueError, match=r"no freqs_cis.*--image-size"):
         convert_gpt(tmp_path / "g.pt", tmp_path / "out", n_head=HEADS, multiple_of=MULT)
     assert not (tmp_path / "out").exists()
+
+
+# ---- (g) what the conversion did with every key, in both directions ----------------------------------
+def test_meta_records_each_key_by_what_happened_in_both_directions(tmp_path: Path) -> None:
+    state = official_gpt_state()
+    caches = {"causal_mask": torch.ones(1, 24, 24, dtype=torch.bool),
+              "layers.0.attention.kv_cache.k_cache": torch.zeros(1, HEADS, 24, DIM // HEADS)}
+    torch.save({"model": {**state, **caches, "freqs_cis": llamagen_freqs_cis(GRID, DIM // HEADS)}}, tmp_path / "g.pt")
+    meta = json.loads((convert_gpt(tmp_path / "g.pt", tmp_path / "g", n_head=HEADS, multiple_of=MULT)
+                       / "meta.json").read_text())
+    forward, backward = meta["conversion"]["llamagen->argen"], meta["conversion"]["argen->llamagen"]
+    names = sorted(llamagen_gpt_names(LAYERS))
+    assert forward["kept"] == names and forward["renamed"] == {} and forward["transformed"] == []
+    assert sorted(forward["dropped"]) == ["causal_mask", "freqs_cis", "layers.0.attention.kv_cache.k_cache"]
+    assert "grid" in forward["dropped"]["freqs_cis"] and forward["created"] == {}
+    assert backward == {"kept": names, "renamed": {}, "transformed": [], "dropped": {}, "created": {}}
+    official = argen_to_vq(tiny_vq().state_dict())
+    torch.save({"model": official}, tmp_path / "v.pt")
+    meta = json.loads((convert_vq(tmp_path / "v.pt", tmp_path / "v", image_size=16, norm_groups=4)
+                       / "meta.json").read_text())
+    forward, backward = meta["conversion"]["llamagen->argen"], meta["conversion"]["argen->llamagen"]
+    weights = sorted(set(official) - {"quantize.codebook_used"})
+    assert forward["kept"] == weights and backward["kept"] == weights
+    assert list(forward["dropped"]) == ["quantize.codebook_used"] and list(forward["created"]) == ["quantize.usage_ema"]
+    assert list(backward["dropped"]) == ["quantize.usage_ema"]
+    assert list(backward["created"]) == ["quantize.codebook_used"]
+    assert forward["renamed"] == backward["renamed"] == {} and forward["transformed"] == backward["transformed"] == []
