@@ -13,7 +13,7 @@ import argparse
 import logging
 import pickle
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,11 +234,46 @@ def indexed_count(state: Mapping[str, Tensor], prefix: str, names: tuple[str, ..
 
 
 def build_on_meta(config: dict[str, Any]) -> nn.Module:
-    """The module ``config`` describes, on the meta device (filled by ``load_state_dict(assign=True)``)."""
+    """The module ``config`` describes, on the meta device: its key names and shapes, for free."""
     from hydra.utils import instantiate
 
     with torch.device("meta"):
         return instantiate(config, _convert_="all")
+
+
+@dataclass
+class Conversion:
+    """An official state dict converted in memory: the argen module (strictly loaded, eval mode), the
+    config node an export stores with it, and the key record of both directions (official -> argen,
+    then back)."""
+
+    module: nn.Module
+    config: dict[str, Any]
+    reports: list[KeyReport]
+
+
+def build_and_load(build: dict[str, Any] | Callable[[], nn.Module], state: Mapping[str, Tensor]) -> nn.Module:
+    """The module (a config node, instantiated, or ``build()``) on the CPU with ``state`` loaded strictly,
+    in eval mode: real tensors everywhere, the buffers argen recomputes (RoPE tables, masks) included,
+    exactly as ``argen.load`` rebuilds an export. Costs the module's memory beside ``state``'s."""
+    from hydra.utils import instantiate
+
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten: leave the caller's RNG as it was
+        module = instantiate(build, _convert_="all") if isinstance(build, dict) else build()
+    module.load_state_dict(state, strict=True)
+    return module.eval()
+
+
+def save_conversion(conversion: Conversion, path: Path, out_dir: str | Path, *, kind: str, source: str,
+                    describe: str, overwrite: bool, **extra: Any) -> Path:
+    """Write a conversion as an export folder (model.safetensors, config.yaml, meta.json with the key
+    record) and log one line: what it is and, per direction, how many keys went which way."""
+    from tokenizers_vq.io import save_pretrained
+
+    meta = conversion_meta(path, kind, conversion.module.layout, conversion.reports, source, **extra)
+    out = save_pretrained(conversion.module, out_dir, config=conversion.config, meta=meta, overwrite=overwrite)
+    log.info("converted %s (%s) to %s; %s", path, describe, out, "; ".join(r.summary() for r in conversion.reports))
+    return out
 
 
 def conversion_meta(path: Path, kind: str, layout: Any, reports: Sequence[KeyReport], source: str,

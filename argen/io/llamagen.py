@@ -8,11 +8,14 @@ argument: the image grid of a GPT (read from ``freqs_cis`` when an older checkpo
 RoPE table, and checked; otherwise ``grid_size``), the head count of a GPT whose (n_layer, dim) is
 not an official preset (also read from a stored table), and the VQ's GroupNorm group count.
 
-    from argen.io.llamagen import convert_gpt, convert_vq
+    from argen.io.llamagen import convert_gpt, convert_vq, gpt_from_state_dict
     convert_gpt("c2i_B_256.pt", "weights/gpt_b", grid_size=16)   # -> argen.load("weights/gpt_b")
     convert_vq("vq_ds16_c2i.pt", "weights/vq16")
+    gpt = gpt_from_state_dict(torch.load("c2i_B_256.pt", weights_only=True), grid_size=16)  # in memory
 
 or ``python scripts/convert_llamagen.py gpt --ckpt c2i_B_256.pt --out weights/gpt_b --image-size 256``.
+Both ways run the same conversion; an export's meta.json records, per direction, which keys were kept,
+renamed, transformed, dropped (and why) or created.
 
 Only weights are checked here (names and shapes, strict loading). Numerical parity with LlamaGen
 additionally relies on the forward pass reproducing LlamaGen's quirks (research/algorithms.md
@@ -30,24 +33,30 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from argen.io.keymap import (
+    Conversion,
     Drop,
     KeyLedger,
     KeyReport,
-    build_on_meta,
-    conversion_meta,
+    build_and_load,
     indexed_count,
     inverse_table,
     read_official_checkpoint,
     require_key,
+    save_conversion,
+    unwrap_state_dict,
 )
 from argen.nn.blocks import swiglu_hidden
 from argen.nn.rope import rope_2d
+
+if TYPE_CHECKING:
+    from argen.generators.raster import RasterGenerator
+    from tokenizers_vq.vq import VQTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -331,10 +340,10 @@ def infer_vq_config(state: Mapping[str, Tensor], *, image_size: int = 256, norm_
             "entropy_weight": 0.0, "entropy_temperature": 0.01}
 
 
-# ---- conversion to export folders ---------------------------------------------------------------
+# ---- conversion: in memory, and to export folders (one path) ---------------------------------------
 class _CaptionSlots(nn.Module):
-    """Stand-in for HFTextEncoder while converting: it has no weights in the generator's state
-    dict, so the weights can be checked without loading T5; the export names the real encoder."""
+    """Stand-in for HFTextEncoder while converting to a folder: it has no weights in the generator's
+    state dict, so the weights are checked and saved without loading T5; the export names the real one."""
 
     def __init__(self, *, max_length: int, out_dim: int) -> None:
         super().__init__()
@@ -344,25 +353,81 @@ class _CaptionSlots(nn.Module):
         raise RuntimeError("conversion stand-in: load the export with argen.load to encode captions")
 
 
-def _build_generator(config: dict[str, Any]) -> nn.Module:
-    """The module ``config`` describes, on the meta device (filled by ``load_state_dict(assign=True)``)."""
+def _build_generator(config: dict[str, Any], encoder: nn.Module | None) -> nn.Module:
+    """The RasterGenerator ``config`` describes; a t2i one around ``encoder`` when given (a loaded
+    HFTextEncoder or the stand-in), else with the encoder the config names."""
     import functools
 
     from argen.generators.raster import RasterGenerator
     from argen.nn.conditioning import TextConditioner
 
     cond = config["condition"]
-    if "encoder" not in cond:
-        return build_on_meta(config)
-    with torch.device("meta"):
-        stub = _CaptionSlots(max_length=cond["encoder"]["max_length"], out_dim=cond["encoder"]["out_dim"])
-        kwargs = {k: v for k, v in config.items() if k not in ("_target_", "condition")}
-        return RasterGenerator(**kwargs, condition=functools.partial(TextConditioner, encoder=stub,
-                                                                     dropout=cond["dropout"]))
+    if "encoder" not in cond or encoder is None:
+        from hydra.utils import instantiate
+
+        return instantiate(config, _convert_="all")
+    want = (cond["encoder"]["max_length"], cond["encoder"]["out_dim"])
+    if (getattr(encoder, "max_length", None), getattr(encoder, "out_dim", None)) != want:
+        raise ValueError(f"the text encoder gives (slots, width) ({getattr(encoder, 'max_length', None)}, "
+                         f"{getattr(encoder, 'out_dim', None)}) but the checkpoint's caption projection and null "
+                         f"caption need {want}")
+    kwargs = {k: v for k, v in config.items() if k not in ("_target_", "condition")}
+    return RasterGenerator(**kwargs, condition=functools.partial(TextConditioner, encoder=encoder,
+                                                                 dropout=cond["dropout"]))
 
 
-def _meta(path: Path, kind: str, layout: Any, reports: list[KeyReport], **extra: Any) -> dict[str, Any]:
-    return conversion_meta(path, kind, layout, reports, "llamagen", **extra)
+def _gpt_conversion(raw: Mapping[str, Tensor], *, grid_size: int | None, n_head: int | None, multiple_of: int,
+                    text_encoder: str | nn.Module | None, stand_in: bool, source: str) -> Conversion:
+    """The one conversion path of a GPT state dict. ``text_encoder`` (t2i): a folder (loaded here unless
+    ``stand_in``: converting to a folder needs no T5) or a loaded HFTextEncoder (its ``path`` is recorded)."""
+    folder = getattr(text_encoder, "path", None) if isinstance(text_encoder, nn.Module) else text_encoder
+    if not (folder is None or isinstance(folder, str)):
+        raise TypeError(f"text_encoder must be the local FLAN-T5 folder or a loaded HFTextEncoder, not a "
+                        f"{type(text_encoder).__name__} without a path: the export records the encoder's folder")
+    reports: list[KeyReport] = []
+    state = gpt_to_argen(raw, reports=reports)
+    config = infer_gpt_config(raw, grid_size=grid_size, n_head=n_head, multiple_of=multiple_of, text_encoder=folder)
+    node = config["condition"].get("encoder")
+    if node is not None and text_encoder is None:
+        raise ValueError(f"{source} is a text-to-image model: pass text_encoder (--text-encoder), the local folder of "
+                         f"the FLAN-T5-XL encoder it was trained with")
+    encoder = text_encoder if isinstance(text_encoder, nn.Module) else None
+    if node is not None and stand_in:
+        encoder = _CaptionSlots(max_length=node["max_length"], out_dim=node["out_dim"])
+    module = build_and_load(lambda: _build_generator(config, encoder), state)
+    argen_to_gpt(module.state_dict(), reports=reports)  # the way back, for the record
+    return Conversion(module, config, reports)
+
+
+def gpt_from_state_dict(state: Mapping[str, Any], *, grid_size: int | None = None, n_head: int | None = None,
+                        multiple_of: int = 256, text_encoder: str | nn.Module | None = None,
+                        entry: str | None = None) -> RasterGenerator:
+    """An official LlamaGen GPT state dict already in memory (e.g. ``torch.load(p, weights_only=True)``;
+    a ``{"model": ...}`` wrapper and DDP prefixes are unwrapped, ``entry`` picks another) -> a ready
+    :class:`~argen.generators.raster.RasterGenerator` (strict load, eval mode, on the CPU). Arguments
+    as :func:`convert_gpt`; ``text_encoder`` (t2i): the FLAN-T5-XL folder, loaded here, or a loaded
+    HFTextEncoder."""
+    raw = unwrap_state_dict(state, source="the state dict", entry=entry)
+    conversion = _gpt_conversion(raw, grid_size=grid_size, n_head=n_head, multiple_of=multiple_of,
+                                 text_encoder=text_encoder, stand_in=False, source="the state dict")
+    return cast("RasterGenerator", conversion.module)
+
+
+def _vq_conversion(raw: Mapping[str, Tensor], *, image_size: int, norm_groups: int) -> Conversion:
+    reports: list[KeyReport] = []
+    state = vq_to_argen(raw, reports=reports)
+    config = infer_vq_config(state, image_size=image_size, norm_groups=norm_groups)
+    module = build_and_load(config, state)
+    argen_to_vq(module.state_dict(), reports=reports)  # the way back, for the record
+    return Conversion(module, config, reports)
+
+
+def vq_from_state_dict(state: Mapping[str, Any], *, image_size: int = 256, norm_groups: int = 32,
+                       entry: str | None = None) -> VQTokenizer:
+    """An official LlamaGen VQ state dict already in memory -> a ready
+    :class:`~tokenizers_vq.vq.VQTokenizer` (strict load, eval mode, on the CPU); see :func:`convert_vq`."""
+    raw = unwrap_state_dict(state, source="the state dict", entry=entry)
+    return cast("VQTokenizer", _vq_conversion(raw, image_size=image_size, norm_groups=norm_groups).module)
 
 
 def convert_gpt(path: str | Path, out_dir: str | Path, *, grid_size: int | None = None, n_head: int | None = None,
@@ -372,47 +437,25 @@ def convert_gpt(path: str | Path, out_dir: str | Path, *, grid_size: int | None 
 
     grid_size: 16 for the 256 px models, 24 for the 384 px ones (image size / 16); optional when the
     checkpoint stores ``freqs_cis`` (then read from it, and a different value is refused); t2i models
-    need ``text_encoder``, the local FLAN-T5-XL folder the export will load captions with."""
-    from tokenizers_vq.io import save_pretrained
-
+    need ``text_encoder``, the local FLAN-T5-XL folder the export will load captions with (not loaded
+    here). The same conversion as :func:`gpt_from_state_dict`, then saved."""
     path = Path(path).expanduser()
-    raw = read_official_checkpoint(path, entry=entry)
-    reports: list[KeyReport] = []
-    state = gpt_to_argen(raw, reports=reports)
-    config = infer_gpt_config(raw, grid_size=grid_size, n_head=n_head, multiple_of=multiple_of,
-                              text_encoder=text_encoder)
-    if "encoder" in config["condition"] and text_encoder is None:
-        raise ValueError(f"{path} is a text-to-image model: pass text_encoder (--text-encoder), the local folder of "
-                         f"the FLAN-T5-XL encoder it was trained with")
-    module = _build_generator(config)
-    module.load_state_dict(state, strict=True, assign=True)
+    conversion = _gpt_conversion(read_official_checkpoint(path, entry=entry), grid_size=grid_size, n_head=n_head,
+                                 multiple_of=multiple_of, text_encoder=text_encoder, stand_in=True, source=str(path))
+    config = conversion.config
     preset = GPT_PRESETS.get((config["n_layer"], config["dim"]), (None,))[0]
-    argen_to_gpt(module.state_dict(), reports=reports)  # the way back, for the record
-    meta = _meta(path, "generator", module.layout, reports, preset=preset, checkpoint_entry=entry)
-    out = save_pretrained(module, out_dir, config=config, meta=meta, overwrite=overwrite)
-    log.info("converted %s (%s, %d layers, dim %d) to %s; %s; %s", path, preset or "custom", config["n_layer"],
-             config["dim"], out, *(r.summary() for r in reports))
-    return out
+    describe = f"{preset or 'custom'}, {config['n_layer']} layers, dim {config['dim']}, grid {config['grid_size']}"
+    return save_conversion(conversion, path, out_dir, kind="generator", source="llamagen", describe=describe,
+                           overwrite=overwrite, preset=preset, checkpoint_entry=entry)
 
 
 def convert_vq(path: str | Path, out_dir: str | Path, *, image_size: int = 256, norm_groups: int = 32,
                entry: str | None = None, overwrite: bool = False) -> Path:
-    """Official LlamaGen VQ checkpoint (e.g. ``vq_ds16_c2i.pt``) -> argen export folder."""
-    from hydra.utils import instantiate
-
-    from tokenizers_vq.io import save_pretrained
-
+    """Official LlamaGen VQ checkpoint (e.g. ``vq_ds16_c2i.pt``) -> argen export folder; the same
+    conversion as :func:`vq_from_state_dict`, then saved."""
     path = Path(path).expanduser()
-    raw = read_official_checkpoint(path, entry=entry)
-    reports: list[KeyReport] = []
-    state = vq_to_argen(raw, reports=reports)
-    config = infer_vq_config(state, image_size=image_size, norm_groups=norm_groups)
-    with torch.device("meta"):
-        module = instantiate(config, _convert_="all")
-    module.load_state_dict(state, strict=True, assign=True)
-    argen_to_vq(module.state_dict(), reports=reports)  # the way back, for the record
-    meta = _meta(path, "tokenizer", module.layout, reports, image_size=image_size, checkpoint_entry=entry)
-    out = save_pretrained(module, out_dir, config=config, meta=meta, overwrite=overwrite)
-    log.info("converted %s (%d codes, f=%d) to %s; %s; %s", path, config["codebook_size"], module.downsample_factor,
-             out, *(r.summary() for r in reports))
-    return out
+    conversion = _vq_conversion(read_official_checkpoint(path, entry=entry), image_size=image_size,
+                                norm_groups=norm_groups)
+    describe = f"{conversion.config['codebook_size']} codes, f={conversion.module.downsample_factor}"
+    return save_conversion(conversion, path, out_dir, kind="tokenizer", source="llamagen", describe=describe,
+                           overwrite=overwrite, image_size=image_size, checkpoint_entry=entry)

@@ -14,11 +14,15 @@
 What the weights do not store is an argument: the scales (VAR's ``patch_nums``; ``pos_1LC`` only holds
 their sum of squares), the phi ratio (0.5) and GroupNorm groups (32, hard-coded in VAR's basic_vae).
 
-    from argen.io.var import convert_vae, convert_var
+    from argen.io.var import convert_vae, convert_var, vae_from_state_dict, var_from_state_dict
     convert_vae("vae_ch160v4096z32.pth", "weights/var_vae")
     convert_var("var_d16.pth", "weights/var_d16", tokenizer="weights/var_vae")
+    vae = vae_from_state_dict(torch.load("vae_ch160v4096z32.pth", weights_only=True))  # in memory
+    var = var_from_state_dict(torch.load("var_d16.pth", weights_only=True), tokenizer=vae)
 
 or ``python scripts/convert_var.py --kind var --checkpoint var_d16.pth --out weights/var_d16``.
+Both ways run the same conversion; an export's meta.json records, per direction, which keys were kept,
+renamed, transformed (the qkv split, the hit counts), dropped (and why) or created.
 
 Forward parity is tested against functional re-derivations of VAR's equations on official-named
 weights (tests/unit/test_var_convert.py). Outside the weights: VAR's ``fhat_to_img`` clamps to [-1, 1]
@@ -31,23 +35,30 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from argen.io.keymap import (
+    Conversion,
     Drop,
     KeyLedger,
     KeyReport,
+    build_and_load,
     build_on_meta,
     compile_pattern,
-    conversion_meta,
     indexed_count,
     inverse_table,
     read_official_checkpoint,
     require_key,
+    save_conversion,
+    unwrap_state_dict,
 )
+
+if TYPE_CHECKING:
+    from argen.generators.var import VARGenerator
+    from tokenizers_vq.msvq import MultiScaleVQTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -406,13 +417,66 @@ def _check_names(raw: Mapping[str, Tensor], expected: Mapping[str, Tensor], opti
                        f"key(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}, unexpected {extra[:8]}")
 
 
+def _var_conversion(raw: Mapping[str, Tensor], *, scales: Sequence[int], n_head: int | None, depth: int | None,
+                    source: str) -> Conversion:
+    """The one conversion path of a VAR transformer state dict (in memory; :func:`convert_var` saves it)."""
+    reports: list[KeyReport] = []
+    state = var_to_argen(raw, reports=reports)
+    config = infer_var_config(state, scales=scales, n_head=n_head)
+    if depth is not None and depth != config["depth"]:
+        raise ValueError(f"{source} holds a depth-{config['depth']} VAR, not depth {depth}")
+    expected = argen_to_var(build_on_meta(config).state_dict(), scales=scales, reports=reports)  # the way back
+    _check_names(raw, expected, set(var_buffers(scales)), "VAR")
+    return Conversion(build_and_load(config, state), config, reports)
+
+
+def _vae_conversion(raw: Mapping[str, Tensor], *, scales: Sequence[int], image_size: int | None, phi_ratio: float,
+                    norm_groups: int) -> Conversion:
+    """The one conversion path of a VQVAE state dict (in memory; :func:`convert_vae` saves it)."""
+    reports: list[KeyReport] = []
+    state = vae_to_argen(raw, num_scales=len(scales), reports=reports)
+    config = infer_vae_config(raw, scales=scales, image_size=image_size, phi_ratio=phi_ratio, norm_groups=norm_groups)
+    share = _phi_layout(raw, len(scales))[1]
+    expected = argen_to_vae(build_on_meta(config).state_dict(), share_quant_resi=share, reports=reports)  # the way back
+    _check_names(raw, expected, {"quantize.ema_vocab_hit_SV"}, "VAE")
+    return Conversion(build_and_load(config, state), config, reports)
+
+
+def var_from_state_dict(state: Mapping[str, Any], *, scales: Sequence[int] | None = None, n_head: int | None = None,
+                        depth: int | None = None, tokenizer: nn.Module | None = None,
+                        entry: str | None = None) -> VARGenerator:
+    """An official VAR state dict already in memory (e.g. ``torch.load(p, weights_only=True)``) -> a
+    ready :class:`~argen.generators.var.VARGenerator` (strict load, eval mode, on the CPU). ``scales``:
+    default the ``tokenizer``'s, else VAR's 256 px ones; ``tokenizer``: the scale-residual tokenizer to
+    bind (``attach_tokenizer`` checks its codes, code width and scales); the rest as :func:`convert_var`."""
+    raw = unwrap_state_dict(state, source="the state dict", entry=entry)
+    scales = list(scales or getattr(getattr(tokenizer, "quantize", tokenizer), "scales", None) or VAR_SCALES)
+    module = cast("VARGenerator", _var_conversion(raw, scales=scales, n_head=n_head, depth=depth,
+                                                  source="the state dict").module)
+    if tokenizer is not None:
+        module.attach_tokenizer(tokenizer)
+    return module
+
+
+def vae_from_state_dict(state: Mapping[str, Any], *, scales: Sequence[int] = VAR_SCALES, image_size: int | None = None,
+                        phi_ratio: float = 0.5, norm_groups: int = 32,
+                        entry: str | None = None) -> MultiScaleVQTokenizer:
+    """An official VQVAE state dict already in memory -> a ready
+    :class:`~tokenizers_vq.msvq.MultiScaleVQTokenizer` (strict load, eval mode, on the CPU); see :func:`convert_vae`."""
+    raw = unwrap_state_dict(state, source="the state dict", entry=entry)
+    conversion = _vae_conversion(raw, scales=scales, image_size=image_size, phi_ratio=phi_ratio,
+                                 norm_groups=norm_groups)
+    return cast("MultiScaleVQTokenizer", conversion.module)
+
+
 def convert_var(path: str | Path, out_dir: str | Path, *, scales: Sequence[int] | None = None,
                 n_head: int | None = None, depth: int | None = None, tokenizer: str | Path | None = None,
                 entry: str | None = None, overwrite: bool = False) -> Path:
     """Official ``var_d*.pth`` -> argen export folder. ``scales``: default the tokenizer export's, else
     VAR's; ``depth``: checked against the weights; ``tokenizer``: the converted VAE export, recorded in
-    meta.json so argen-sample attaches it (checked for codes, code width and scales)."""
-    from tokenizers_vq.io import read_meta, save_pretrained
+    meta.json so argen-sample attaches it (checked for codes, code width and scales). The same conversion
+    as :func:`var_from_state_dict`, then saved."""
+    from tokenizers_vq.io import read_meta
 
     tok_config: dict[str, Any] | None = None
     if tokenizer is not None:
@@ -421,16 +485,8 @@ def convert_var(path: str | Path, out_dir: str | Path, *, scales: Sequence[int] 
         tok_config = yaml.safe_load((Path(tokenizer) / "config.yaml").read_text())
     scales = list(scales or (tok_config or {}).get("scales") or VAR_SCALES)
     path, raw = _read(path, entry, "var_d16.pth (or d20, d24, d30)")
-    _refuse_shared_aln(raw)
-    reports: list[KeyReport] = []
-    state = var_to_argen(raw, reports=reports)
-    config = infer_var_config(state, scales=scales, n_head=n_head)
-    if depth is not None and depth != config["depth"]:
-        raise ValueError(f"{path} holds a depth-{config['depth']} VAR, not depth {depth}")
-    module = build_on_meta(config)
-    expected = argen_to_var(module.state_dict(), scales=scales, reports=reports)  # the way back, for the record
-    _check_names(raw, expected, set(var_buffers(scales)), "VAR")
-    module.load_state_dict(state, strict=True, assign=True)
+    conversion = _var_conversion(raw, scales=scales, n_head=n_head, depth=depth, source=str(path))
+    config = conversion.config
     preset = VAR_PRESETS.get(config["depth"]) if config["width"] == 64 * config["depth"] else None
     extra: dict[str, Any] = {"preset": preset, "checkpoint_entry": entry}
     if tokenizer is not None and tok_config is not None:
@@ -439,35 +495,21 @@ def convert_var(path: str | Path, out_dir: str | Path, *, scales: Sequence[int] 
         if got != want:
             raise ValueError(f"tokenizer {tokenizer} has (codes, code width, scales) {got}; this VAR needs {want}")
         extra["tokenizer"] = {"path": str(Path(tokenizer).resolve()), "sha256": read_meta(tokenizer)["sha256"]}
-    meta = conversion_meta(path, "generator", module.layout, reports, "var", **extra)
-    out = save_pretrained(module, out_dir, config=config, meta=meta, overwrite=overwrite)
-    log.info("converted %s (%s, depth %d, width %d) to %s; %s; %s", path, preset or "custom", config["depth"],
-             config["width"], out, *(r.summary() for r in reports))
-    return out
+    describe = f"{preset or 'custom'}, depth {config['depth']}, width {config['width']}"
+    return save_conversion(conversion, path, out_dir, kind="generator", source="var", describe=describe,
+                           overwrite=overwrite, **extra)
 
 
 def convert_vae(path: str | Path, out_dir: str | Path, *, scales: Sequence[int] = VAR_SCALES,
                 image_size: int | None = None, phi_ratio: float = 0.5, norm_groups: int = 32,
                 entry: str | None = None, overwrite: bool = False) -> Path:
-    """Official ``vae_ch160v4096z32.pth`` -> argen export folder (a MultiScaleVQTokenizer)."""
-    from hydra.utils import instantiate
-
-    from tokenizers_vq.io import save_pretrained
-
+    """Official ``vae_ch160v4096z32.pth`` -> argen export folder (a MultiScaleVQTokenizer); the same
+    conversion as :func:`vae_from_state_dict`, then saved."""
     path, raw = _read(path, entry, "vae_ch160v4096z32.pth")
-    reports: list[KeyReport] = []
-    state = vae_to_argen(raw, num_scales=len(scales), reports=reports)
-    config = infer_vae_config(raw, scales=scales, image_size=image_size, phi_ratio=phi_ratio,
-                              norm_groups=norm_groups)
-    with torch.device("meta"):
-        module: nn.Module = instantiate(config, _convert_="all")
-    share = _phi_layout(raw, len(scales))[1]
-    expected = argen_to_vae(module.state_dict(), share_quant_resi=share, reports=reports)  # for the record
-    _check_names(raw, expected, {"quantize.ema_vocab_hit_SV"}, "VAE")
-    module.load_state_dict(state, strict=True, assign=True)
-    meta = conversion_meta(path, "tokenizer", module.layout, reports, "var", image_size=config["image_size"],
-                           share_quant_resi=share, checkpoint_entry=entry)
-    out = save_pretrained(module, out_dir, config=config, meta=meta, overwrite=overwrite)
-    log.info("converted %s (%d codes, %d scales, f=%d) to %s; %s; %s", path, config["codebook_size"], len(scales),
-             module.downsample_factor, out, *(r.summary() for r in reports))
-    return out
+    conversion = _vae_conversion(raw, scales=scales, image_size=image_size, phi_ratio=phi_ratio,
+                                 norm_groups=norm_groups)
+    config = conversion.config
+    describe = f"{config['codebook_size']} codes, {len(scales)} scales, f={conversion.module.downsample_factor}"
+    return save_conversion(conversion, path, out_dir, kind="tokenizer", source="var", describe=describe,
+                           overwrite=overwrite, image_size=config["image_size"],
+                           share_quant_resi=_phi_layout(raw, len(scales))[1], checkpoint_entry=entry)

@@ -379,3 +379,60 @@ def test_meta_records_each_key_by_what_happened_in_both_directions(tmp_path: Pat
     assert list(backward["dropped"]) == ["quantize.usage_ema"]
     assert list(backward["created"]) == ["quantize.codebook_used"]
     assert forward["renamed"] == backward["renamed"] == {} and forward["transformed"] == backward["transformed"] == []
+
+
+# ---- (f) one-call in-memory conversion -----------------------------------------------------------------
+def test_in_memory_gpt_and_vq_equal_the_file_exports_bit_for_bit(tmp_path: Path) -> None:
+    from argen.io.llamagen import gpt_from_state_dict, vq_from_state_dict
+
+    state = {**official_gpt_state(), "freqs_cis": llamagen_freqs_cis(GRID, DIM // HEADS)}
+    torch.save({"model": state}, tmp_path / "g.pt")
+    loaded = argen.load(convert_gpt(tmp_path / "g.pt", tmp_path / "g", n_head=HEADS, multiple_of=MULT))
+    rng = torch.get_rng_state()
+    model = gpt_from_state_dict(torch.load(tmp_path / "g.pt", weights_only=True), n_head=HEADS, multiple_of=MULT)
+    assert torch.equal(torch.get_rng_state(), rng)  # the random init it overwrites leaves the caller's RNG alone
+    assert isinstance(model, RasterGenerator) and not model.training
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    tokens, cond = batch()
+    with torch.no_grad():
+        out, ref = model.logits(tokens, cond), loaded.logits(tokens, cond)
+    assert ref.abs().max() > 0.1 and torch.equal(out, ref)
+    official = argen_to_vq(tiny_vq().state_dict())
+    torch.save({"model": official}, tmp_path / "v.pt")
+    loaded_vq = argen.load(convert_vq(tmp_path / "v.pt", tmp_path / "v", image_size=16, norm_groups=4))
+    vq = vq_from_state_dict(official, image_size=16, norm_groups=4)
+    assert isinstance(vq, VQTokenizer) and not vq.training
+    codes = torch.randint(0, 32, (2, 64), generator=torch.Generator().manual_seed(0))  # 16 px / f 2 = 8x8
+    assert torch.equal(vq.decode(codes), loaded_vq.decode(codes))
+
+
+class FakeT5(torch.nn.Module):
+    """Stands in for a loaded HFTextEncoder (a folder, slots, width; no weights in the state dict)."""
+
+    def __init__(self, *, max_length: int, out_dim: int) -> None:
+        super().__init__()
+        self.path, self.kind, self.max_length, self.out_dim = "/models/flan-t5-xl", "t5", max_length, out_dim
+
+    def forward(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(len(texts))
+        return torch.randn(len(texts), self.max_length, self.out_dim, generator=g), \
+            torch.ones(len(texts), self.max_length, dtype=torch.bool)
+
+
+def test_in_memory_t2i_takes_a_loaded_text_encoder() -> None:
+    from argen.io.llamagen import gpt_from_state_dict
+
+    state = official_gpt_state(caption=(3, 12))
+    with pytest.raises(ValueError, match="the state dict is a text-to-image model"):
+        gpt_from_state_dict(state, grid_size=GRID, n_head=HEADS, multiple_of=MULT)
+    with pytest.raises(ValueError, match=r"\(slots, width\) \(4, 12\) .*need \(3, 12\)"):
+        gpt_from_state_dict(state, grid_size=GRID, n_head=HEADS, multiple_of=MULT,
+                            text_encoder=FakeT5(max_length=4, out_dim=12))
+    encoder = FakeT5(max_length=3, out_dim=12)
+    model = gpt_from_state_dict(state, grid_size=GRID, n_head=HEADS, multiple_of=MULT, text_encoder=encoder)
+    assert model.cls_embedding.encoder is encoder and not model.training
+    assert set(model.state_dict()) == set(state) and all(torch.equal(model.state_dict()[k], state[k]) for k in state)
+    tokens = torch.randint(0, V, (2, GRID * GRID), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model.logits(tokens, Condition(texts=["a red cube", "two balls"]))
+    assert logits.shape == (2, GRID * GRID, V) and bool(torch.isfinite(logits).all())

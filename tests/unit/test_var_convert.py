@@ -471,7 +471,7 @@ def test_vae_meta_records_each_key_by_what_happened_in_both_directions(tmp_path:
                                                                        caplog: pytest.LogCaptureFixture) -> None:
     official = random_state(official_vae_shapes())
     torch.save(official, tmp_path / "vae.pth")
-    with caplog.at_level("INFO", logger="argen.io.var"):
+    with caplog.at_level("INFO", logger="argen.io"):
         out = convert_vae(tmp_path / "vae.pth", tmp_path / "vae", scales=SCALES, norm_groups=GROUPS)
     meta = json.loads((out / "meta.json").read_text())
     forward, backward = meta["conversion"]["var->argen"], meta["conversion"]["argen->var"]
@@ -531,3 +531,27 @@ def test_var_meta_records_the_class_table_rename_and_the_recomputed_buffers(tmp_
     assert backward["renamed"] == {"cond_embed.embedding_table.weight": "class_emb.weight"}
     assert sorted(forward["dropped"]) == sorted(backward["created"]) == ["attn_bias_for_masking", "lvl_1L"]
     assert forward["created"] == backward["dropped"] == {} and forward["transformed"] == backward["transformed"] == []
+
+
+# ---- one-call in-memory conversion ------------------------------------------------------------------
+def test_in_memory_vae_and_var_equal_the_file_exports_bit_for_bit(tmp_path: Path) -> None:
+    from argen.io.var import vae_from_state_dict, var_from_state_dict
+
+    vae, official, _ = generator_setup()
+    torch.save(vae, tmp_path / "vae.pth")
+    torch.save(official, tmp_path / "var.pth")
+    vae_dir = convert_vae(tmp_path / "vae.pth", tmp_path / "vae", scales=GSCALES, norm_groups=GROUPS)
+    loaded_tok, loaded = load_pretrained(vae_dir), argen.load(convert_var(tmp_path / "var.pth", tmp_path / "var",
+                                                                          scales=GSCALES))
+    tok = vae_from_state_dict(torch.load(tmp_path / "vae.pth", weights_only=True), scales=GSCALES, norm_groups=GROUPS)
+    model = var_from_state_dict(official, tokenizer=tok)  # scales from the tokenizer, which it is bound to
+    assert isinstance(tok, MultiScaleVQTokenizer) and isinstance(model, VARGenerator)
+    assert not tok.training and not model.training and model.scales == GSCALES
+    assert not any(t.is_meta for m in (tok, model) for t in [*m.parameters(), *m.buffers()])
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    assert torch.equal(tok.encode(images), loaded_tok.encode(images))
+    loaded.attach_tokenizer(loaded_tok)
+    tokens, cond, _ = batch()
+    with torch.no_grad():
+        out, ref = model.logits(tokens, cond), loaded.logits(tokens, cond)
+    assert ref.abs().max() > 0.5 and torch.equal(out, ref)
