@@ -24,7 +24,6 @@ from torch import Tensor
 import argen
 from argen.core import Condition
 from argen.generators.var import VARGenerator
-from argen.io.keymap import KeyReport
 from argen.io.var import (VAR_SCALES, argen_to_vae, argen_to_var, convert_vae, convert_var, infer_vae_config,
                           infer_var_config, vae_to_argen, var_to_argen)
 from argen.nn.conditioning import ClassEmbedder
@@ -498,6 +497,8 @@ def test_vae_meta_records_each_key_by_what_happened_in_both_directions(tmp_path:
 
 
 def test_vae_round_trip_reports_what_it_drops() -> None:
+    from argen.io.keymap import KeyReport
+
     model = tiny_vae()
     randomise(model)
     with torch.no_grad():
