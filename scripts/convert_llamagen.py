@@ -2,13 +2,15 @@
 
     python scripts/convert_llamagen.py gpt --ckpt c2i_B_256.pt --out weights/gpt_b --image-size 256
     python scripts/convert_llamagen.py gpt --ckpt c2i_L_384.pt --out weights/gpt_l_384 --image-size 384
+    python scripts/convert_llamagen.py gpt --ckpt old_c2i_with_freqs_cis.pt --out weights/gpt   # grid stored
     python scripts/convert_llamagen.py gpt --ckpt t2i_XL_stage1_256.pt --out weights/t2i_xl \\
         --image-size 256 --text-encoder ~/models/flan-t5-xl
     python scripts/convert_llamagen.py vq --ckpt vq_ds16_c2i.pt --out weights/vq16
 
-The GPT's token grid is not stored in its weights: it is --image-size / --downsample (16 for the
-VQ-16 tokenizer), or --grid-size directly. The key table and every deliberate difference from
-LlamaGen are documented in argen/io/llamagen.py.
+The GPT's token grid is --image-size / --downsample (16 for the VQ-16 tokenizer), or --grid-size
+directly. Checkpoints that store their 2D RoPE table (freqs_cis) carry the grid: then --image-size is
+optional, and a value that contradicts the table is refused. The VQ's --image-size defaults to 256.
+The key table and every deliberate difference from LlamaGen are documented in argen/io/llamagen.py.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from argen.io.llamagen import convert_gpt, convert_vq
 log = logging.getLogger("convert_llamagen")
 
 
-def _grid_size(args: argparse.Namespace) -> int:
+def _grid_size(args: argparse.Namespace) -> int | None:
+    """The grid the flags ask for; None (neither flag): read from the checkpoint's freqs_cis."""
     if args.grid_size is not None:
         return int(args.grid_size)
+    if args.image_size is None:
+        return None
     if args.image_size % args.downsample:
         raise SystemExit(f"--image-size {args.image_size} is not a multiple of --downsample {args.downsample}")
     return args.image_size // args.downsample
@@ -38,7 +43,9 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--ckpt", type=Path, required=True, help="official .pt file")
         s.add_argument("--out", type=Path, required=True, help="export folder to write")
-        s.add_argument("--image-size", type=int, default=256, help="image side in pixels (default 256)")
+        s.add_argument("--image-size", type=int, default=None,
+                       help="image side in pixels (vq: default 256; gpt: needed unless the checkpoint stores "
+                            "freqs_cis, which holds the grid)")
         s.add_argument("--entry", default=None,
                        help="checkpoint entry holding the weights (default: model, module, state_dict, ema "
                             "or the file itself for --from-fsdp checkpoints); e.g. --entry ema")
@@ -61,7 +68,8 @@ def main(argv: list[str] | None = None) -> Path:
                           multiple_of=args.multiple_of, text_encoder=args.text_encoder, entry=args.entry,
                           overwrite=args.overwrite)
     else:
-        out = convert_vq(args.ckpt, args.out, image_size=args.image_size, norm_groups=args.norm_groups,
+        image_size = 256 if args.image_size is None else args.image_size
+        out = convert_vq(args.ckpt, args.out, image_size=image_size, norm_groups=args.norm_groups,
                          entry=args.entry, overwrite=args.overwrite)
     log.info("done: argen.load(%r)", str(out))
     return out

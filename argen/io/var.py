@@ -14,11 +14,15 @@
 What the weights do not store is an argument: the scales (VAR's ``patch_nums``; ``pos_1LC`` only holds
 their sum of squares), the phi ratio (0.5) and GroupNorm groups (32, hard-coded in VAR's basic_vae).
 
-    from argen.io.var import convert_vae, convert_var
+    from argen.io.var import convert_vae, convert_var, vae_from_state_dict, var_from_state_dict
     convert_vae("vae_ch160v4096z32.pth", "weights/var_vae")
     convert_var("var_d16.pth", "weights/var_d16", tokenizer="weights/var_vae")
+    vae = vae_from_state_dict(torch.load("vae_ch160v4096z32.pth", weights_only=True))  # in memory
+    var = var_from_state_dict(torch.load("var_d16.pth", weights_only=True), tokenizer=vae)
 
 or ``python scripts/convert_var.py --kind var --checkpoint var_d16.pth --out weights/var_d16``.
+Both ways run the same conversion; an export's meta.json records, per direction, which keys were kept,
+renamed, transformed (the qkv split, the hit counts), dropped (and why) or created.
 
 Forward parity is tested against functional re-derivations of VAR's equations on official-named
 weights (tests/unit/test_var_convert.py). Outside the weights: VAR's ``fhat_to_img`` clamps to [-1, 1]
@@ -31,29 +35,39 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from argen.io.keymap import (
+    Conversion,
+    Drop,
+    KeyLedger,
+    KeyReport,
+    build_and_load,
     build_on_meta,
     compile_pattern,
-    conversion_meta,
     indexed_count,
     inverse_table,
     read_official_checkpoint,
-    rename_keys,
     require_key,
+    save_conversion,
+    unwrap_state_dict,
 )
+
+if TYPE_CHECKING:
+    from argen.generators.var import VARGenerator
+    from tokenizers_vq.msvq import MultiScaleVQTokenizer
 
 log = logging.getLogger(__name__)
 
 VAR_SCALES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # patch_nums of every released 256px model
 
 # ---- the conversion tables ----------------------------------------------------------------------
-# Official pattern -> argen pattern ("{i}": an index, "*": any suffix); None: not a weight, dropped.
-VAR_KEY_MAP: dict[str, str | None] = {
+# Official pattern -> argen pattern ("{i}": an index, "*": any suffix); Drop: not a weight, dropped (why).
+_RECOMPUTED = "recomputed from the scales (argen's non-persistent levels and block-causal mask)"
+VAR_KEY_MAP: dict[str, str | Drop] = {
     "word_embed.*": "word_embed.*",  # Linear(Cvae=32 -> C) on f_hat features
     # (num_classes + 1, C); row num_classes is VAR's null class, as in argen's ClassEmbedder.
     "class_emb.weight": "cond_embed.embedding_table.weight",
@@ -75,14 +89,14 @@ VAR_KEY_MAP: dict[str, str | None] = {
     "head.*": "head.*",  # Linear(C -> V)
     # Buffers recomputed from the scales (argen's `levels` and the block-causal mask are non-persistent);
     # argen_to_var writes them back because VAR's strict load_state_dict expects them.
-    "lvl_1L": None,  # (1, L) scale id per position
-    "attn_bias_for_masking": None,  # (1, 1, L, L), 0 / -inf
+    "lvl_1L": Drop(_RECOMPUTED),  # (1, L) scale id per position
+    "attn_bias_for_masking": Drop(_RECOMPUTED),  # (1, 1, L, L), 0 / -inf
 }
 # Shared adaLN (VAR-d36-s, --saln=1): one SharedAdaLin for all blocks plus a per-block ada_gss offset.
 # argen's blocks own their ada_lin; such checkpoints are refused, not approximated.
 VAR_SHARED_ALN: tuple[str, ...] = ("shared_ada_lin.*", "blocks.{i}.ada_gss")
 
-VAE_KEY_MAP: dict[str, str | None] = {
+VAE_KEY_MAP: dict[str, str | Drop] = {
     "encoder.conv_in.*": "encoder.conv_in.*",
     "encoder.down.{i}.block.*": "encoder.conv_blocks.{i}.res.*",  # ResnetBlock: norm1 conv1 norm2 conv2 nin_shortcut
     "encoder.down.{i}.attn.*": "encoder.conv_blocks.{i}.attn.*",  # norm, qkv (split), proj_out; last level only
@@ -109,8 +123,9 @@ VAE_KEY_MAP: dict[str, str | None] = {
     # (K, V) EMA of per-scale code hit COUNTS (VAR's usage log; never used in the forward). argen keeps
     # fractions: usage_ema_scales = each row / its sum and usage_ema = column sums / total (the token-
     # weighted histogram argen's update_usage folds in); all-zero rows or totals -> argen's initial 1/V.
-    # A row count other than len(scales) resets usage_ema_scales to 1/V (VAR tolerates it too).
-    "quantize.ema_vocab_hit_SV": None,
+    # A row count other than len(scales) resets usage_ema_scales to 1/V (VAR tolerates it too). Kept
+    # by name here, then transformed by _usage_from_hits (and back by argen_to_vae).
+    "quantize.ema_vocab_hit_SV": "quantize.ema_vocab_hit_SV",
 }
 # phi (quant_resi) naming by VAR's share_quant_resi; the scale -> phi tick mapping is the same in all
 # three and in argen (phi_indices), so only the names differ. argen num_phi: n, 1, 0 (or n if n != K).
@@ -119,7 +134,12 @@ PHI_KEY_MAP: dict[str, str] = {
     "quantize.quant_resi.qresi.*": "quantize.phi.0.*",  # 1: PhiShared
     "quantize.quant_resi.{i}.*": "quantize.phi.{i}.*",  # 0: PhiNonShared, one per scale
 }
-VAE_ARGEN_ONLY: tuple[str, ...] = ("quantize.usage_ema", "quantize.usage_ema_scales")
+# argen_to_vae stores usage_ema_scales as VAR's hits; the total usage has no VAR counterpart.
+VAE_ARGEN_ONLY: dict[str, str] = {
+    "quantize.usage_ema": "argen's usage over all scales has no VAR counterpart (VAR keeps per-scale hits, "
+                          "written from usage_ema_scales); converting back recomputes it from those rows"}
+_VAR_KIND_HINT = ("is this the right kind of checkpoint (--kind var for var_d*.pth, --kind vae for "
+                  "vae_ch160v4096z32.pth)?")
 
 VAR_PRESETS: dict[int, str] = {16: "VAR-d16", 20: "VAR-d20", 24: "VAR-d24", 30: "VAR-d30"}  # width 64d, d heads
 VAR_DEFAULTS: dict[str, Any] = {  # build_vae_var; init_* only matter if the model is re-initialised
@@ -132,63 +152,63 @@ _QKV = re.compile(r"(?P<pre>(?:en|de)coder\..+)\.qkv\.(?P<kind>weight|bias)\Z")
 _DECODER_LEVEL = re.compile(r"decoder\.conv_blocks\.(\d+)\.")
 
 
-# ---- structural steps ---------------------------------------------------------------------------
-def _split_qkv(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
+# ---- structural steps (each declares what it does to the ledger's record) ------------------------
+def _split_qkv(ledger: KeyLedger) -> None:
+    for key in list(ledger.state):
         m = _QKV.match(key)
         if m is None:
-            out[key] = value
             continue
+        value = ledger.state[key]
         if value.shape[0] % 3:
             raise ValueError(f"{key} has {value.shape[0]} output channels, not 3 x C (fused q, k, v)")
-        for name, part in zip("qkv", value.chunk(3, dim=0)):
-            out[f"{m['pre']}.{name}.{m['kind']}"] = part.clone()
-    return out
+        parts = {f"{m['pre']}.{name}.{m['kind']}": part.clone() for name, part in zip("qkv", value.chunk(3, dim=0))}
+        ledger.transform([key], parts, "split along the output channels into thirds [q | k | v] (VAR's fused "
+                                       "qkv conv -> argen's separate q, k, v convs)")
 
 
-def _fuse_qkv(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    out = dict(state)
-    for key in [k for k in state if re.match(r"(?:en|de)coder\..+\.q\.(?:weight|bias)\Z", k)]:
+def _fuse_qkv(ledger: KeyLedger) -> None:
+    for key in [k for k in ledger.state if re.match(r"(?:en|de)coder\..+\.q\.(?:weight|bias)\Z", k)]:
         pre, kind = key.rsplit(".q.", 1)
         parts = [f"{pre}.{n}.{kind}" for n in "qkv"]
-        missing = [p for p in parts if p not in state]
+        missing = [p for p in parts if p not in ledger.state]
         if missing:
             raise KeyError(f"attention {pre} lacks {missing}: cannot fuse q, k, v into VAR's qkv conv")
-        out[f"{pre}.qkv.{kind}"] = torch.cat([out.pop(p) for p in parts], dim=0)
-    return out
+        fused = torch.cat([ledger.state[p] for p in parts], dim=0)
+        ledger.transform(parts, {f"{pre}.qkv.{kind}": fused}, "concatenated along the output channels as "
+                                                             "[q | k | v] (VAR's fused qkv conv)")
 
 
-def _flip_decoder(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """decoder.conv_blocks.{i} -> decoder.conv_blocks.{n - 1 - i} (an involution)."""
-    n = 1 + max((int(m.group(1)) for k in state if (m := _DECODER_LEVEL.match(k))), default=-1)
-    return {(f"decoder.conv_blocks.{n - 1 - int(m.group(1))}.{k[m.end():]}" if (m := _DECODER_LEVEL.match(k))
-             else k): v for k, v in state.items()}
+def _flip_decoder(ledger: KeyLedger) -> None:
+    """decoder.conv_blocks.{i} -> decoder.conv_blocks.{n - 1 - i} (an involution; a pure rename)."""
+    n = 1 + max((int(m.group(1)) for k in ledger.state if (m := _DECODER_LEVEL.match(k))), default=-1)
+    ledger.move({k: f"decoder.conv_blocks.{n - 1 - int(m.group(1))}.{k[m.end():]}"
+                 for k in ledger.state if (m := _DECODER_LEVEL.match(k))})
 
 
-def _usage_from_hits(hits: Tensor | None, num_scales: int, vocab: int) -> dict[str, Tensor]:
-    uniform = torch.full((vocab,), 1.0 / vocab)
+def _usage_from_hits(ledger: KeyLedger, num_scales: int, vocab: int) -> None:
+    hits_key, uniform = "quantize.ema_vocab_hit_SV", torch.full((vocab,), 1.0 / vocab)
+    hits = ledger.state.get(hits_key)
     if hits is None:
-        return {"quantize.usage_ema": uniform, "quantize.usage_ema_scales": uniform.repeat(num_scales, 1)}
+        initial = {"quantize.usage_ema": uniform, "quantize.usage_ema_scales": uniform.repeat(num_scales, 1)}
+        for key, value in initial.items():
+            ledger.create(key, value, "argen's initial 1/V per code (the checkpoint has no ema_vocab_hit_SV)")
+        return
     hits = hits.detach().float().clamp_min(0)
     total = hits.sum(0)
     usage = total / total.sum() if float(total.sum()) > 0 else uniform
+    how = "per-code hit counts summed over scales / their total (all zero -> 1/V)"
     if hits.shape != (num_scales, vocab):
         log.warning("quantize.ema_vocab_hit_SV is %s, not (%d scales, %d codes): per-scale usage reset to 1/V",
                     tuple(hits.shape), num_scales, vocab)
-        return {"quantize.usage_ema": usage, "quantize.usage_ema_scales": uniform.repeat(num_scales, 1)}
+        ledger.transform([hits_key], {"quantize.usage_ema": usage}, how)
+        ledger.create("quantize.usage_ema_scales", uniform.repeat(num_scales, 1),
+                      f"argen's initial 1/V: ema_vocab_hit_SV has {tuple(hits.shape)}, not {num_scales} scales")
+        return
     rows = hits.sum(1, keepdim=True)
     scales = torch.where(rows > 0, hits / rows.clamp_min(1e-30), uniform.expand_as(hits))
-    return {"quantize.usage_ema": usage, "quantize.usage_ema_scales": scales}
-
-
-def _checkedrename_keys(state: Mapping[str, Tensor], table: Mapping[str, str | None], drop: tuple[str, ...],
-                    what: str) -> tuple[dict[str, Tensor], list[str]]:
-    try:
-        return rename_keys(state, table, drop, what)
-    except KeyError as e:
-        raise KeyError(f"{e.args[0].split(': is this')[0]}: is this the right kind of checkpoint "
-                       f"(--kind var for var_d*.pth, --kind vae for vae_ch160v4096z32.pth)?") from None
+    ledger.transform([hits_key], {"quantize.usage_ema": usage, "quantize.usage_ema_scales": scales},
+                     f"hit counts -> usage fractions: usage_ema = {how}; usage_ema_scales = each scale's "
+                     f"row / its sum (all zero -> 1/V)")
 
 
 # ---- VAR transformer ----------------------------------------------------------------------------
@@ -200,10 +220,13 @@ def _refuse_shared_aln(state: Mapping[str, Tensor]) -> None:
                          f"VARGenerator has a separate ada_lin per block, so the checkpoint is not converted")
 
 
-def var_to_argen(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """VAR state dict -> VARGenerator state dict (drops ``lvl_1L`` and ``attn_bias_for_masking``)."""
+def var_to_argen(state: Mapping[str, Tensor], *, reports: list[KeyReport] | None = None) -> dict[str, Tensor]:
+    """VAR state dict -> VARGenerator state dict (drops ``lvl_1L`` and ``attn_bias_for_masking``).
+    ``reports``: a list to append the record of what became of every key to (meta.json stores it)."""
     _refuse_shared_aln(state)
-    return _checkedrename_keys(state, VAR_KEY_MAP, (), "VAR->argen")[0]
+    ledger = KeyLedger(state, "var->argen")
+    ledger.rename(VAR_KEY_MAP, what="VAR->argen", hint=_VAR_KIND_HINT)
+    return ledger.result(reports)
 
 
 def var_buffers(scales: Sequence[int]) -> dict[str, Tensor]:
@@ -214,19 +237,22 @@ def var_buffers(scales: Sequence[int]) -> dict[str, Tensor]:
     return {"lvl_1L": levels[None], "attn_bias_for_masking": bias[None, None].contiguous()}
 
 
-def argen_to_var(state: Mapping[str, Tensor], *, scales: Sequence[int] = VAR_SCALES,
-                 buffers: bool = True) -> dict[str, Tensor]:
+def argen_to_var(state: Mapping[str, Tensor], *, scales: Sequence[int] = VAR_SCALES, buffers: bool = True,
+                 reports: list[KeyReport] | None = None) -> dict[str, Tensor]:
     """VARGenerator state dict -> VAR state dict, with ``lvl_1L`` and ``attn_bias_for_masking`` rebuilt
     from ``scales`` (VAR's strict ``load_state_dict`` expects them) unless ``buffers=False``."""
     extra = sorted(k for k in state if k.startswith("cond_embed.") and k != "cond_embed.embedding_table.weight")
     if extra:
         raise ValueError(f"VAR is class-conditional only; this generator has text-condition keys {extra[:4]}")
-    out, _ = _checkedrename_keys(state, inverse_table(VAR_KEY_MAP), (), "argen->VAR")
+    ledger = KeyLedger(state, "argen->var")
+    ledger.rename(inverse_table(VAR_KEY_MAP), what="argen->VAR", hint=_VAR_KIND_HINT)
     if buffers:
-        _check_scales(scales, require_key(out, "pos_1LC", "the position table"), out.get("lvl_embed.weight"),
-                      out.get("pos_start"))
-        out.update(var_buffers(scales))
-    return out
+        _check_scales(scales, require_key(ledger.state, "pos_1LC", "the position table"),
+                      ledger.state.get("lvl_embed.weight"), ledger.state.get("pos_start"))
+        for key, value in var_buffers(scales).items():
+            ledger.create(key, value, f"rebuilt from the scales {list(scales)}: VAR's strict load_state_dict "
+                                      f"expects it")
+    return ledger.result(reports)
 
 
 def _check_scales(scales: Sequence[int], pos_1LC: Tensor, lvl: Tensor | None, pos_start: Tensor | None) -> None:
@@ -283,33 +309,42 @@ def infer_var_config(state: Mapping[str, Tensor], *, scales: Sequence[int] = VAR
 
 
 # ---- VQVAE ---------------------------------------------------------------------------------------
-def vae_to_argen(state: Mapping[str, Tensor], *, num_scales: int | None = None) -> dict[str, Tensor]:
+def vae_to_argen(state: Mapping[str, Tensor], *, num_scales: int | None = None,
+                 reports: list[KeyReport] | None = None) -> dict[str, Tensor]:
     """VAR VQVAE state dict -> MultiScaleVQTokenizer state dict. ``num_scales``: the tokenizer's
     scale count (default: the rows of ``ema_vocab_hit_SV``)."""
-    out, _ = _checkedrename_keys(state, {**VAE_KEY_MAP, **PHI_KEY_MAP}, (), "VAR->argen VAE")
-    out = _split_qkv(_flip_decoder(out))
-    hits = state.get("quantize.ema_vocab_hit_SV")
+    ledger = KeyLedger(state, "var->argen")
+    ledger.rename({**VAE_KEY_MAP, **PHI_KEY_MAP}, what="VAR->argen VAE", hint=_VAR_KIND_HINT)
+    _flip_decoder(ledger)
+    _split_qkv(ledger)
     if num_scales is None:
         num_scales = int(require_key(state, "quantize.ema_vocab_hit_SV", "the scale count: pass num_scales").shape[0])
-    vocab = int(require_key(out, "quantize.embedding.weight", "the codebook").shape[0])
-    out.update(_usage_from_hits(hits, num_scales, vocab))
-    return out
+    vocab = int(require_key(ledger.state, "quantize.embedding.weight", "the codebook").shape[0])
+    _usage_from_hits(ledger, num_scales, vocab)
+    return ledger.result(reports)
 
 
-def argen_to_vae(state: Mapping[str, Tensor], *, share_quant_resi: int | None = None) -> dict[str, Tensor]:
+def argen_to_vae(state: Mapping[str, Tensor], *, share_quant_resi: int | None = None,
+                 reports: list[KeyReport] | None = None) -> dict[str, Tensor]:
     """MultiScaleVQTokenizer state dict -> VAR ``VQVAE`` state dict. ``share_quant_resi`` picks VAR's phi
     naming (0: ``quant_resi.{i}``, 1: ``quant_resi.qresi``, n: ``quant_resi.qresi_ls.{i}``); default 1 for
-    one phi, else the phi count. ``ema_vocab_hit_SV`` gets ``usage_ema_scales`` (fractions, not counts)."""
+    one phi, else the phi count. ``ema_vocab_hit_SV`` gets ``usage_ema_scales`` (fractions, not counts);
+    ``usage_ema`` is dropped (recomputed from those on the way back)."""
     count = len({k.split(".")[2] for k in state if k.startswith("quantize.phi.")})
     share = (1 if count == 1 else count) if share_quant_resi is None else share_quant_resi
     if count and (share == 1 and count != 1 or share >= 2 and share != count):
         raise ValueError(f"share_quant_resi={share} does not fit {count} phi convs")
     phi = {0: "quantize.quant_resi.{i}.*", 1: "quantize.quant_resi.qresi.*"}.get(
         share, "quantize.quant_resi.qresi_ls.{i}.*")
+    ledger = KeyLedger(state, "argen->var")
+    _flip_decoder(ledger)
+    _fuse_qkv(ledger)
+    scales = require_key(state, "quantize.usage_ema_scales", "per-scale usage")
+    ledger.transform(["quantize.usage_ema_scales"], {"quantize.ema_vocab_hit_SV": scales.clone()},
+                     "stored as it is: per-scale usage fractions where VAR keeps hit counts (VAR only logs them)")
     table = {**inverse_table(VAE_KEY_MAP), "quantize.phi.{i}.*": phi}
-    out, _ = _checkedrename_keys(_fuse_qkv(_flip_decoder(state)), table, VAE_ARGEN_ONLY, "argen->VAR VAE")
-    out["quantize.ema_vocab_hit_SV"] = require_key(state, "quantize.usage_ema_scales", "per-scale usage").clone()
-    return out
+    ledger.rename(table, what="argen->VAR VAE", drop=VAE_ARGEN_ONLY, hint=_VAR_KIND_HINT)
+    return ledger.result(reports)
 
 
 def _phi_layout(state: Mapping[str, Tensor], num_scales: int) -> tuple[int, int | None]:
@@ -382,13 +417,66 @@ def _check_names(raw: Mapping[str, Tensor], expected: Mapping[str, Tensor], opti
                        f"key(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}, unexpected {extra[:8]}")
 
 
+def _var_conversion(raw: Mapping[str, Tensor], *, scales: Sequence[int], n_head: int | None, depth: int | None,
+                    source: str) -> Conversion:
+    """The one conversion path of a VAR transformer state dict (in memory; :func:`convert_var` saves it)."""
+    reports: list[KeyReport] = []
+    state = var_to_argen(raw, reports=reports)
+    config = infer_var_config(state, scales=scales, n_head=n_head)
+    if depth is not None and depth != config["depth"]:
+        raise ValueError(f"{source} holds a depth-{config['depth']} VAR, not depth {depth}")
+    expected = argen_to_var(build_on_meta(config).state_dict(), scales=scales, reports=reports)  # the way back
+    _check_names(raw, expected, set(var_buffers(scales)), "VAR")
+    return Conversion(build_and_load(config, state), config, reports)
+
+
+def _vae_conversion(raw: Mapping[str, Tensor], *, scales: Sequence[int], image_size: int | None, phi_ratio: float,
+                    norm_groups: int) -> Conversion:
+    """The one conversion path of a VQVAE state dict (in memory; :func:`convert_vae` saves it)."""
+    reports: list[KeyReport] = []
+    state = vae_to_argen(raw, num_scales=len(scales), reports=reports)
+    config = infer_vae_config(raw, scales=scales, image_size=image_size, phi_ratio=phi_ratio, norm_groups=norm_groups)
+    share = _phi_layout(raw, len(scales))[1]
+    expected = argen_to_vae(build_on_meta(config).state_dict(), share_quant_resi=share, reports=reports)  # the way back
+    _check_names(raw, expected, {"quantize.ema_vocab_hit_SV"}, "VAE")
+    return Conversion(build_and_load(config, state), config, reports)
+
+
+def var_from_state_dict(state: Mapping[str, Any], *, scales: Sequence[int] | None = None, n_head: int | None = None,
+                        depth: int | None = None, tokenizer: nn.Module | None = None,
+                        entry: str | None = None) -> VARGenerator:
+    """An official VAR state dict already in memory (e.g. ``torch.load(p, weights_only=True)``) -> a
+    ready :class:`~argen.generators.var.VARGenerator` (strict load, eval mode, on the CPU). ``scales``:
+    default the ``tokenizer``'s, else VAR's 256 px ones; ``tokenizer``: the scale-residual tokenizer to
+    bind (``attach_tokenizer`` checks its codes, code width and scales); the rest as :func:`convert_var`."""
+    raw = unwrap_state_dict(state, source="the state dict", entry=entry)
+    scales = list(scales or getattr(getattr(tokenizer, "quantize", tokenizer), "scales", None) or VAR_SCALES)
+    module = cast("VARGenerator", _var_conversion(raw, scales=scales, n_head=n_head, depth=depth,
+                                                  source="the state dict").module)
+    if tokenizer is not None:
+        module.attach_tokenizer(tokenizer)
+    return module
+
+
+def vae_from_state_dict(state: Mapping[str, Any], *, scales: Sequence[int] = VAR_SCALES, image_size: int | None = None,
+                        phi_ratio: float = 0.5, norm_groups: int = 32,
+                        entry: str | None = None) -> MultiScaleVQTokenizer:
+    """An official VQVAE state dict already in memory -> a ready
+    :class:`~tokenizers_vq.msvq.MultiScaleVQTokenizer` (strict load, eval mode, on the CPU); see :func:`convert_vae`."""
+    raw = unwrap_state_dict(state, source="the state dict", entry=entry)
+    conversion = _vae_conversion(raw, scales=scales, image_size=image_size, phi_ratio=phi_ratio,
+                                 norm_groups=norm_groups)
+    return cast("MultiScaleVQTokenizer", conversion.module)
+
+
 def convert_var(path: str | Path, out_dir: str | Path, *, scales: Sequence[int] | None = None,
                 n_head: int | None = None, depth: int | None = None, tokenizer: str | Path | None = None,
                 entry: str | None = None, overwrite: bool = False) -> Path:
     """Official ``var_d*.pth`` -> argen export folder. ``scales``: default the tokenizer export's, else
     VAR's; ``depth``: checked against the weights; ``tokenizer``: the converted VAE export, recorded in
-    meta.json so argen-sample attaches it (checked for codes, code width and scales)."""
-    from tokenizers_vq.io import read_meta, save_pretrained
+    meta.json so argen-sample attaches it (checked for codes, code width and scales). The same conversion
+    as :func:`var_from_state_dict`, then saved."""
+    from tokenizers_vq.io import read_meta
 
     tok_config: dict[str, Any] | None = None
     if tokenizer is not None:
@@ -397,14 +485,8 @@ def convert_var(path: str | Path, out_dir: str | Path, *, scales: Sequence[int] 
         tok_config = yaml.safe_load((Path(tokenizer) / "config.yaml").read_text())
     scales = list(scales or (tok_config or {}).get("scales") or VAR_SCALES)
     path, raw = _read(path, entry, "var_d16.pth (or d20, d24, d30)")
-    _refuse_shared_aln(raw)
-    state, dropped = _checkedrename_keys(raw, VAR_KEY_MAP, (), "VAR->argen")
-    config = infer_var_config(state, scales=scales, n_head=n_head)
-    if depth is not None and depth != config["depth"]:
-        raise ValueError(f"{path} holds a depth-{config['depth']} VAR, not depth {depth}")
-    module = build_on_meta(config)
-    _check_names(raw, argen_to_var(module.state_dict(), scales=scales), set(var_buffers(scales)), "VAR")
-    module.load_state_dict(state, strict=True, assign=True)
+    conversion = _var_conversion(raw, scales=scales, n_head=n_head, depth=depth, source=str(path))
+    config = conversion.config
     preset = VAR_PRESETS.get(config["depth"]) if config["width"] == 64 * config["depth"] else None
     extra: dict[str, Any] = {"preset": preset, "checkpoint_entry": entry}
     if tokenizer is not None and tok_config is not None:
@@ -413,34 +495,21 @@ def convert_var(path: str | Path, out_dir: str | Path, *, scales: Sequence[int] 
         if got != want:
             raise ValueError(f"tokenizer {tokenizer} has (codes, code width, scales) {got}; this VAR needs {want}")
         extra["tokenizer"] = {"path": str(Path(tokenizer).resolve()), "sha256": read_meta(tokenizer)["sha256"]}
-    meta = conversion_meta(path, "generator", module.layout, dropped, "var", **extra)
-    out = save_pretrained(module, out_dir, config=config, meta=meta, overwrite=overwrite)
-    log.info("converted %s (%s, depth %d, width %d) to %s", path, preset or "custom", config["depth"],
-             config["width"], out)
-    return out
+    describe = f"{preset or 'custom'}, depth {config['depth']}, width {config['width']}"
+    return save_conversion(conversion, path, out_dir, kind="generator", source="var", describe=describe,
+                           overwrite=overwrite, **extra)
 
 
 def convert_vae(path: str | Path, out_dir: str | Path, *, scales: Sequence[int] = VAR_SCALES,
                 image_size: int | None = None, phi_ratio: float = 0.5, norm_groups: int = 32,
                 entry: str | None = None, overwrite: bool = False) -> Path:
-    """Official ``vae_ch160v4096z32.pth`` -> argen export folder (a MultiScaleVQTokenizer)."""
-    from hydra.utils import instantiate
-
-    from tokenizers_vq.io import save_pretrained
-
+    """Official ``vae_ch160v4096z32.pth`` -> argen export folder (a MultiScaleVQTokenizer); the same
+    conversion as :func:`vae_from_state_dict`, then saved."""
     path, raw = _read(path, entry, "vae_ch160v4096z32.pth")
-    state = vae_to_argen(raw, num_scales=len(scales))
-    config = infer_vae_config(raw, scales=scales, image_size=image_size, phi_ratio=phi_ratio,
-                              norm_groups=norm_groups)
-    with torch.device("meta"):
-        module: nn.Module = instantiate(config, _convert_="all")
-    share = _phi_layout(raw, len(scales))[1]
-    expected = argen_to_vae(module.state_dict(), share_quant_resi=share)
-    _check_names(raw, expected, {"quantize.ema_vocab_hit_SV"}, "VAE")
-    module.load_state_dict(state, strict=True, assign=True)
-    meta = conversion_meta(path, "tokenizer", module.layout, [], "var", image_size=config["image_size"],
-                 share_quant_resi=share, checkpoint_entry=entry)
-    out = save_pretrained(module, out_dir, config=config, meta=meta, overwrite=overwrite)
-    log.info("converted %s (%d codes, %d scales, f=%d) to %s", path, config["codebook_size"], len(scales),
-             module.downsample_factor, out)
-    return out
+    conversion = _vae_conversion(raw, scales=scales, image_size=image_size, phi_ratio=phi_ratio,
+                                 norm_groups=norm_groups)
+    config = conversion.config
+    describe = f"{config['codebook_size']} codes, {len(scales)} scales, f={conversion.module.downsample_factor}"
+    return save_conversion(conversion, path, out_dir, kind="tokenizer", source="var", describe=describe,
+                           overwrite=overwrite, image_size=config["image_size"],
+                           share_quant_resi=_phi_layout(raw, len(scales))[1], checkpoint_entry=entry)

@@ -78,6 +78,19 @@ def official_gpt_state(seed: int = 0, **kw: object) -> dict[str, Tensor]:
             else 0.2 * torch.randn(s, generator=g) for k, s in shapes.items()}
 
 
+def llamagen_freqs_cis(grid: int, head_dim: int, *, base: float = 10000.0, cls_token_num: int = 1) -> Tensor:
+    """LlamaGen's ``precompute_freqs_cis_2d(grid, head_dim, base, cls_token_num)`` (gpt.py), re-derived
+    in float64 from algorithms.md 2.3: (cls_token_num + grid^2, head_dim // 2, 2) holding (cos, sin),
+    the first head_dim/4 pairs rotating with the row, the rest with the column, condition rows zero."""
+    quarter = head_dim // 4
+    freqs = base ** (-torch.arange(quarter, dtype=torch.float64) * 2 / (head_dim // 2))  # (hd/4,)
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+    angles = torch.cat([rows.reshape(-1, 1) * freqs, cols.reshape(-1, 1) * freqs], dim=1)  # (grid^2, hd/2)
+    table = torch.stack([angles.cos(), angles.sin()], dim=-1)
+    return torch.cat([torch.zeros(cls_token_num, head_dim // 2, 2, dtype=torch.float64), table]).float()
+
+
 def tiny_gpt(**kw: object) -> RasterGenerator:
     args = dict(vocab_size=V, dim=DIM, n_layer=LAYERS, n_head=HEADS, grid_size=GRID, multiple_of=MULT,
                 condition=functools.partial(ClassEmbedder, num_classes=CLASSES, dropout=0.1))
@@ -132,7 +145,8 @@ def test_text_generator_names_drop_the_argen_only_encoder() -> None:
 def test_convert_gpt_file_to_export_with_identical_logits(tmp_path: Path) -> None:
     state = official_gpt_state()
     ckpt = tmp_path / "c2i_tiny.pt"
-    torch.save({"model": {**state, "freqs_cis": torch.zeros(1 + GRID * GRID, 8, 2)}, "steps": 7}, ckpt)
+    # an older checkpoint storing LlamaGen's RoPE table: checked against argen's, then dropped
+    torch.save({"model": {**state, "freqs_cis": llamagen_freqs_cis(GRID, DIM // HEADS)}, "steps": 7}, ckpt)
     out = convert_gpt(ckpt, tmp_path / "gpt", grid_size=GRID, n_head=HEADS, multiple_of=MULT)
     loaded = argen.load(out)
     reference = tiny_gpt()
@@ -278,3 +292,147 @@ def test_gpt_b_config_and_parameter_count_from_shapes() -> None:
         model = instantiate(config, _convert_="all")
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
     assert sum(p.numel() for p in model.parameters()) == total
+
+
+# ---- (e) the token grid from a stored freqs_cis -------------------------------------------------------
+def test_grid_is_read_from_a_stored_freqs_cis(tmp_path: Path) -> None:
+    # a "384 px" checkpoint: grid 6 here (24 for LlamaGen's VQ-16), converted without a grid argument
+    state = {**official_gpt_state(), "freqs_cis": llamagen_freqs_cis(6, DIM // HEADS)}
+    config = infer_gpt_config(state, n_head=HEADS, multiple_of=MULT)
+    assert config["grid_size"] == 6
+    assert infer_gpt_config(state, grid_size=6, n_head=HEADS, multiple_of=MULT)["grid_size"] == 6  # agreeing: fine
+    torch.save({"model": state}, tmp_path / "c2i_384.pt")
+    out = convert_gpt(tmp_path / "c2i_384.pt", tmp_path / "gpt", n_head=HEADS, multiple_of=MULT)
+    assert argen.load(out).seq_len == 36
+    # the head count is read from the table's rotation pairs (head_dim // 2) when it is not a preset
+    assert infer_gpt_config(state, multiple_of=MULT)["n_head"] == HEADS
+    # t2i: the condition prefix is the caption's slots (LlamaGen's cls_token_num = 120; 3 here)
+    text = {**official_gpt_state(caption=(3, 12)), "freqs_cis": llamagen_freqs_cis(5, DIM // HEADS, cls_token_num=3)}
+    assert infer_gpt_config(text, n_head=HEADS, multiple_of=MULT, text_encoder="/t5")["grid_size"] == 5
+
+
+def test_an_image_size_contradicting_the_stored_grid_is_refused(tmp_path: Path) -> None:
+    state = {**official_gpt_state(), "freqs_cis": llamagen_freqs_cis(6, DIM // HEADS)}
+    with pytest.raises(ValueError, match=r"grid_size 4 .*6x6.*(leave|drop) .*grid_size=6"):
+        infer_gpt_config(state, grid_size=4, n_head=HEADS, multiple_of=MULT)
+    spec = importlib.util.spec_from_file_location("convert_llamagen", REPO / "scripts" / "convert_llamagen.py")
+    assert spec is not None and spec.loader is not None
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    torch.save({"model": state}, tmp_path / "g.pt")
+    args = ["gpt", "--ckpt", str(tmp_path / "g.pt"), "--n-head", str(HEADS), "--multiple-of", str(MULT)]
+    with pytest.raises(ValueError, match="grid_size 4"):
+        cli.main([*args, "--out", str(tmp_path / "bad"), "--image-size", "64"])  # 64 px / 16 = 4, stored 6
+    assert not (tmp_path / "bad").exists()
+    out = cli.main([*args, "--out", str(tmp_path / "g")])  # --image-size is optional: the table has the grid
+    assert argen.load(out).seq_len == 36
+
+
+def test_a_stored_table_argen_would_not_compute_is_refused() -> None:
+    state = official_gpt_state()
+    hd = DIM // HEADS
+    identity_prefix = llamagen_freqs_cis(GRID, hd)
+    identity_prefix[0, :, 0] = 1.0  # cos 1, sin 0 on the condition row: not LlamaGen's zeroed rows
+    cases = [
+        (llamagen_freqs_cis(GRID, hd, base=100.0), r"rope_base 10000"),
+        (identity_prefix, r"condition row"),
+        (llamagen_freqs_cis(GRID, hd)[:-1], r"16 rows .*1 condition.* not a whole square"),
+        (llamagen_freqs_cis(GRID, 8), r"n_head 2 .*head_dim 16.*4 rotation pairs"),
+        (torch.zeros(1 + GRID * GRID, hd // 2), r"freqs_cis has shape \(17, 8\)"),
+    ]
+    for table, match in cases:
+        with pytest.raises(ValueError, match=match):
+            infer_gpt_config({**state, "freqs_cis": table}, n_head=HEADS, multiple_of=MULT)
+
+
+def test_no_stored_table_and_no_grid_says_to_pass_the_image_size(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"no freqs_cis.*--image-size"):
+        infer_gpt_config(official_gpt_state(), n_head=HEADS, multiple_of=MULT)
+    torch.save({"model": official_gpt_state()}, tmp_path / "g.pt")
+    with pytest.raises(ValueError, match=r"no freqs_cis.*--image-size"):
+        convert_gpt(tmp_path / "g.pt", tmp_path / "out", n_head=HEADS, multiple_of=MULT)
+    assert not (tmp_path / "out").exists()
+
+
+# ---- (g) what the conversion did with every key, in both directions ----------------------------------
+def test_meta_records_each_key_by_what_happened_in_both_directions(tmp_path: Path) -> None:
+    state = official_gpt_state()
+    caches = {"causal_mask": torch.ones(1, 24, 24, dtype=torch.bool),
+              "layers.0.attention.kv_cache.k_cache": torch.zeros(1, HEADS, 24, DIM // HEADS)}
+    torch.save({"model": {**state, **caches, "freqs_cis": llamagen_freqs_cis(GRID, DIM // HEADS)}}, tmp_path / "g.pt")
+    meta = json.loads((convert_gpt(tmp_path / "g.pt", tmp_path / "g", n_head=HEADS, multiple_of=MULT)
+                       / "meta.json").read_text())
+    forward, backward = meta["conversion"]["llamagen->argen"], meta["conversion"]["argen->llamagen"]
+    names = sorted(llamagen_gpt_names(LAYERS))
+    assert forward["kept"] == names and forward["renamed"] == {} and forward["transformed"] == []
+    assert sorted(forward["dropped"]) == ["causal_mask", "freqs_cis", "layers.0.attention.kv_cache.k_cache"]
+    assert "grid" in forward["dropped"]["freqs_cis"] and forward["created"] == {}
+    assert backward == {"kept": names, "renamed": {}, "transformed": [], "dropped": {}, "created": {}}
+    official = argen_to_vq(tiny_vq().state_dict())
+    torch.save({"model": official}, tmp_path / "v.pt")
+    meta = json.loads((convert_vq(tmp_path / "v.pt", tmp_path / "v", image_size=16, norm_groups=4)
+                       / "meta.json").read_text())
+    forward, backward = meta["conversion"]["llamagen->argen"], meta["conversion"]["argen->llamagen"]
+    weights = sorted(set(official) - {"quantize.codebook_used"})
+    assert forward["kept"] == weights and backward["kept"] == weights
+    assert list(forward["dropped"]) == ["quantize.codebook_used"] and list(forward["created"]) == ["quantize.usage_ema"]
+    assert list(backward["dropped"]) == ["quantize.usage_ema"]
+    assert list(backward["created"]) == ["quantize.codebook_used"]
+    assert forward["renamed"] == backward["renamed"] == {} and forward["transformed"] == backward["transformed"] == []
+
+
+# ---- (f) one-call in-memory conversion -----------------------------------------------------------------
+def test_in_memory_gpt_and_vq_equal_the_file_exports_bit_for_bit(tmp_path: Path) -> None:
+    from argen.io.llamagen import gpt_from_state_dict, vq_from_state_dict
+
+    state = {**official_gpt_state(), "freqs_cis": llamagen_freqs_cis(GRID, DIM // HEADS)}
+    torch.save({"model": state}, tmp_path / "g.pt")
+    loaded = argen.load(convert_gpt(tmp_path / "g.pt", tmp_path / "g", n_head=HEADS, multiple_of=MULT))
+    rng = torch.get_rng_state()
+    model = gpt_from_state_dict(torch.load(tmp_path / "g.pt", weights_only=True), n_head=HEADS, multiple_of=MULT)
+    assert torch.equal(torch.get_rng_state(), rng)  # the random init it overwrites leaves the caller's RNG alone
+    assert isinstance(model, RasterGenerator) and not model.training
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    tokens, cond = batch()
+    with torch.no_grad():
+        out, ref = model.logits(tokens, cond), loaded.logits(tokens, cond)
+    assert ref.abs().max() > 0.1 and torch.equal(out, ref)
+    official = argen_to_vq(tiny_vq().state_dict())
+    torch.save({"model": official}, tmp_path / "v.pt")
+    loaded_vq = argen.load(convert_vq(tmp_path / "v.pt", tmp_path / "v", image_size=16, norm_groups=4))
+    vq = vq_from_state_dict(official, image_size=16, norm_groups=4)
+    assert isinstance(vq, VQTokenizer) and not vq.training
+    codes = torch.randint(0, 32, (2, 64), generator=torch.Generator().manual_seed(0))  # 16 px / f 2 = 8x8
+    assert torch.equal(vq.decode(codes), loaded_vq.decode(codes))
+
+
+class FakeT5(torch.nn.Module):
+    """Stands in for a loaded HFTextEncoder (a folder, slots, width; no weights in the state dict)."""
+
+    def __init__(self, *, max_length: int, out_dim: int) -> None:
+        super().__init__()
+        self.path, self.kind, self.max_length, self.out_dim = "/models/flan-t5-xl", "t5", max_length, out_dim
+
+    def forward(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(len(texts))
+        return torch.randn(len(texts), self.max_length, self.out_dim, generator=g), \
+            torch.ones(len(texts), self.max_length, dtype=torch.bool)
+
+
+def test_in_memory_t2i_takes_a_loaded_text_encoder() -> None:
+    from argen.io.llamagen import gpt_from_state_dict
+
+    state = official_gpt_state(caption=(3, 12))
+    with pytest.raises(ValueError, match="the state dict is a text-to-image model"):
+        gpt_from_state_dict(state, grid_size=GRID, n_head=HEADS, multiple_of=MULT)
+    with pytest.raises(ValueError, match=r"\(slots, width\) \(4, 12\) .*need \(3, 12\)"):
+        gpt_from_state_dict(state, grid_size=GRID, n_head=HEADS, multiple_of=MULT,
+                            text_encoder=FakeT5(max_length=4, out_dim=12))
+    encoder = FakeT5(max_length=3, out_dim=12)
+    model = gpt_from_state_dict(state, grid_size=GRID, n_head=HEADS, multiple_of=MULT, text_encoder=encoder)
+    assert model.cls_embedding.encoder is encoder and not model.training
+    assert set(model.state_dict()) == set(state) and all(torch.equal(model.state_dict()[k], state[k]) for k in state)
+    tokens = torch.randint(0, V, (2, GRID * GRID), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model.logits(tokens, Condition(texts=["a red cube", "two balls"]))
+    assert logits.shape == (2, GRID * GRID, V) and bool(torch.isfinite(logits).all())

@@ -11,6 +11,7 @@ import functools
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -433,3 +434,125 @@ def test_released_vae_and_var_d16_configs_from_shapes() -> None:
         model = instantiate(config, _convert_="all")
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {k: tuple(v.shape) for k, v in state.items()}
     assert 305e6 < sum(p.numel() for p in model.parameters()) < 315e6  # VAR's table: d16 310M
+
+
+# ---- what the conversion did with every key, in both directions --------------------------------------
+def vae_argen_name(key: str, levels: int = len(MULT)) -> str:
+    """An official VAE key's argen name, by hand (the qkv split aside): LDM names -> argen's modules."""
+    for pattern, repl in [(r"down\.(\d+)\.block\.", r"conv_blocks.\1.res."), (r"down\.(\d+)\.", r"conv_blocks.\1."),
+                          (r"mid\.block_1\.", "mid.0."), (r"mid\.attn_1\.", "mid.1."), (r"mid\.block_2\.", "mid.2."),
+                          (r"quant_resi\.qresi_ls\.", "phi.")]:
+        key = re.sub(pattern, repl, key)
+    m = re.match(r"decoder\.up\.(\d+)\.(block|attn|upsample)\.(.*)", key)
+    if m:  # up.0 is the highest resolution, argen's conv_blocks.0 the lowest
+        key = f"decoder.conv_blocks.{levels - 1 - int(m[1])}.{'res' if m[2] == 'block' else m[2]}.{m[3]}"
+    return key
+
+
+def expected_vae_record(official: dict[str, Tensor]) -> tuple[list[str], dict[str, str], list[dict[str, object]]]:
+    """(kept, renamed, qkv splits) of the VAR -> argen direction, derived from the official names."""
+    kept, renamed, splits = [], {}, []
+    for key in official:
+        if key == "quantize.ema_vocab_hit_SV":
+            continue
+        new = vae_argen_name(key)
+        if ".qkv." in new:
+            pre, kind = new.split(".qkv.")
+            splits.append({"from": [key], "to": [f"{pre}.{n}.{kind}" for n in "kqv"]})
+        elif new == key:
+            kept.append(key)
+        else:
+            renamed[key] = new
+    return sorted(kept), renamed, sorted(splits, key=lambda t: t["from"])  # type: ignore[arg-type, return-value]
+
+
+def test_vae_meta_records_each_key_by_what_happened_in_both_directions(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    official = random_state(official_vae_shapes())
+    torch.save(official, tmp_path / "vae.pth")
+    with caplog.at_level("INFO", logger="argen.io"):
+        out = convert_vae(tmp_path / "vae.pth", tmp_path / "vae", scales=SCALES, norm_groups=GROUPS)
+    meta = json.loads((out / "meta.json").read_text())
+    forward, backward = meta["conversion"]["var->argen"], meta["conversion"]["argen->var"]
+    kept, renamed, splits = expected_vae_record(official)
+    assert forward["kept"] == kept and forward["renamed"] == renamed
+    assert [{"from": t["from"], "to": t["to"]} for t in forward["transformed"][:-1]] == splits
+    assert all("split" in t["how"] for t in forward["transformed"][:-1])
+    usage = forward["transformed"][-1]
+    assert (usage["from"], usage["to"]) == (["quantize.ema_vocab_hit_SV"],
+                                            ["quantize.usage_ema", "quantize.usage_ema_scales"])
+    assert forward["dropped"] == {} and forward["created"] == {}
+    # back to VAR: the inverse renames, q/k/v fused, per-scale usage stored as the hits, the total usage dropped
+    assert backward["kept"] == kept and backward["renamed"] == {v: k for k, v in renamed.items()}
+    assert [(t["from"], t["to"]) for t in backward["transformed"][:-1]] == \
+        sorted((sorted(t["to"]), t["from"]) for t in splits)  # type: ignore[arg-type]
+    assert (backward["transformed"][-1]["from"], backward["transformed"][-1]["to"]) == \
+        (["quantize.usage_ema_scales"], ["quantize.ema_vocab_hit_SV"])
+    assert list(backward["dropped"]) == ["quantize.usage_ema"] and backward["created"] == {}
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("converted"))
+    n_qkv = len(splits)
+    assert (f"var->argen: {len(kept)} kept, {len(renamed)} renamed, {n_qkv + 1} transformed, 0 dropped, "
+            f"0 created") in line
+    assert f"argen->var: {len(kept)} kept, {len(renamed)} renamed, {n_qkv + 1} transformed, 1 dropped" in line
+
+
+def test_vae_round_trip_reports_what_it_drops() -> None:
+    from argen.io.keymap import KeyReport
+
+    model = tiny_vae()
+    randomise(model)
+    with torch.no_grad():
+        model.quantize.usage_ema.copy_(torch.rand(V, generator=torch.Generator().manual_seed(0)))
+    reports: list[KeyReport] = []
+    back = vae_to_argen(argen_to_vae(model.state_dict(), reports=reports), reports=reports)
+    there, home = reports
+    assert (there.direction, home.direction) == ("argen->var", "var->argen")
+    assert list(there.dropped) == ["quantize.usage_ema"]
+    assert "usage_ema_scales" in there.dropped["quantize.usage_ema"]  # says what it comes back from
+    assert there.created == {} and home.dropped == {} and home.created == {}
+    assert home.transformed[-1]["to"] == ["quantize.usage_ema", "quantize.usage_ema_scales"]
+    # what was dropped really is lost: the total usage comes back recomputed from the per-scale rows
+    assert not torch.equal(back["quantize.usage_ema"], model.quantize.usage_ema)
+    # a VAE without hit counts: the usage EMAs are created at argen's 1/V
+    official = argen_to_vae(model.state_dict())
+    del official["quantize.ema_vocab_hit_SV"]
+    vae_to_argen(official, num_scales=len(SCALES), reports=reports)
+    assert sorted(reports[-1].created) == ["quantize.usage_ema", "quantize.usage_ema_scales"]
+    assert "1/V" in reports[-1].created["quantize.usage_ema"]
+
+
+def test_var_meta_records_the_class_table_rename_and_the_recomputed_buffers(tmp_path: Path) -> None:
+    official = random_state(official_var_shapes())
+    torch.save(official, tmp_path / "var.pth")
+    meta = json.loads((convert_var(tmp_path / "var.pth", tmp_path / "var", scales=GSCALES) / "meta.json").read_text())
+    forward, backward = meta["conversion"]["var->argen"], meta["conversion"]["argen->var"]
+    weights = sorted(set(official) - {"class_emb.weight", "lvl_1L", "attn_bias_for_masking"})
+    assert forward["kept"] == weights and backward["kept"] == weights
+    assert forward["renamed"] == {"class_emb.weight": "cond_embed.embedding_table.weight"}
+    assert backward["renamed"] == {"cond_embed.embedding_table.weight": "class_emb.weight"}
+    assert sorted(forward["dropped"]) == sorted(backward["created"]) == ["attn_bias_for_masking", "lvl_1L"]
+    assert forward["created"] == backward["dropped"] == {} and forward["transformed"] == backward["transformed"] == []
+
+
+# ---- one-call in-memory conversion ------------------------------------------------------------------
+def test_in_memory_vae_and_var_equal_the_file_exports_bit_for_bit(tmp_path: Path) -> None:
+    from argen.io.var import vae_from_state_dict, var_from_state_dict
+
+    vae, official, _ = generator_setup()
+    torch.save(vae, tmp_path / "vae.pth")
+    torch.save(official, tmp_path / "var.pth")
+    vae_dir = convert_vae(tmp_path / "vae.pth", tmp_path / "vae", scales=GSCALES, norm_groups=GROUPS)
+    loaded_tok, loaded = load_pretrained(vae_dir), argen.load(convert_var(tmp_path / "var.pth", tmp_path / "var",
+                                                                          scales=GSCALES))
+    tok = vae_from_state_dict(torch.load(tmp_path / "vae.pth", weights_only=True), scales=GSCALES, norm_groups=GROUPS)
+    model = var_from_state_dict(official, tokenizer=tok)  # scales from the tokenizer, which it is bound to
+    assert isinstance(tok, MultiScaleVQTokenizer) and isinstance(model, VARGenerator)
+    assert not tok.training and not model.training and model.scales == GSCALES
+    assert not any(t.is_meta for m in (tok, model) for t in [*m.parameters(), *m.buffers()])
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    assert torch.equal(tok.encode(images), loaded_tok.encode(images))
+    loaded.attach_tokenizer(loaded_tok)
+    tokens, cond, _ = batch()
+    with torch.no_grad():
+        out, ref = model.logits(tokens, cond), loaded.logits(tokens, cond)
+    assert ref.abs().max() > 0.5 and torch.equal(out, ref)
