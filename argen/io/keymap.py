@@ -142,7 +142,7 @@ def build_on_meta(config: dict[str, Any]) -> nn.Module:
 def conversion_meta(path: Path, kind: str, layout: Any, dropped: list[str], source: str,
                     **extra: Any) -> dict[str, Any]:
     """meta.json of a converted export: what it is, where it came from, what was dropped."""
-    from argen import __version__
+    from argen._version import __version__
 
     return {"kind": kind, "layout": layout.to_dict(), "source": str(path), "converted_from": source,
             "argen_version": __version__, "dropped_keys": sorted(dropped), **extra}

@@ -5,21 +5,22 @@ unit to a row. A module may import from its own unit and from the units of lower
 same row or a higher one fails, naming the file, the line and the rule. Imports inside functions count (a
 lazy import is still a dependency), and so do those under ``if TYPE_CHECKING:``.
 
-| row | units                    | what it is; why it sits here                                                        |
-|-----|--------------------------|-------------------------------------------------------------------------------------|
-| 8   | cli                      | thin @hydra.main wrappers over all below                                            |
-| 7   | the root, argen/__init__ | the package facade (``argen.load``, ``__version__``): lazily imports io; nothing in   |
-|     |                          | the library imports it (importing any ``argen.x`` runs it, so it must stay light)   |
-| 6   | training, eval           | runs: Lightning modules, callbacks; metrics, judges, evaluation runners              |
-| 5   | pipeline                 | library API (load an export + its tokenizer, sample): over io and samplers, for the |
-|     |                          | CLIs, eval runners and training-time samples                                         |
-| 4   | io, data                 | io: export/load and converters (they build generators from nn parts); data: datasets |
-|     |                          | and the DataModule, used by training, eval and the CLIs                             |
-| 3   | samplers                 | drive generators through the protocol                                               |
-| 2   | generators               | configurations of nn parts                                                          |
-| 1   | nn                       | attention, trunk, blocks, conditioning                                              |
-| 0   | core                     | protocols, decode state, shared errors (``argen.core.errors``), the version          |
-| -   | tokenizers_vq            | a package of its own below all of argen: every unit may import it; it imports none   |
+| row | units                    | what it is; why it sits here                                                  |
+|-----|--------------------------|-------------------------------------------------------------------------------|
+| 8   | cli                      | thin @hydra.main wrappers over all below                                      |
+| 7   | the root, argen/__init__ | the facade ``argen.load`` (lazily imports io); no library module imports it:  |
+|     |                          | importing any ``argen.x`` runs it, so it stays light                          |
+| 6   | training, eval           | Lightning modules, callbacks; metrics, judges, evaluation runners             |
+| 5   | pipeline                 | library API (load an export + its tokenizer, sample) over io and samplers;    |
+|     |                          | below training and eval so that eval runners and training may sample with it |
+| 4   | io, data                 | io: export/load, converters (they build generators from nn parts);            |
+|     |                          | data: datasets and the DataModule, for training, eval and the CLIs            |
+| 3   | samplers                 | drive generators through the protocol                                         |
+| 2   | generators               | configurations of nn parts                                                    |
+| 1   | nn                       | attention, trunk, blocks, conditioning                                        |
+| 0   | core, _version           | protocols, decode state, shared errors (argen.core.errors); ``__version__``   |
+| -   | tokenizers_vq            | a package of its own below all of argen: any unit may import it, it imports   |
+|     |                          | no argen (PSNR/SSIM live there: tokenizer training and eval both use them)    |
 
 Units of one row are peers and do not import each other (training and eval share what lies below them).
 A unit found on disk but missing from the table fails too: place it before it grows dependencies.
@@ -47,7 +48,7 @@ ROWS: dict[str, int] = {
     "samplers": 3,
     "generators": 2,
     "nn": 1,
-    "core": 0,
+    "core": 0, "_version": 0,
 }
 SEPARATE = "tokenizers_vq"  # below every row of argen; never imports argen
 
