@@ -137,6 +137,8 @@ def layer_violation(src: str, imp: Import) -> str | None:
     dst = unit(imp.module)
     if src == SEPARATE or dst in (None, SEPARATE, src):
         return None
+    if src not in ROWS or dst not in ROWS:
+        return f"{imp.where()}: {src} imports {imp.module}: {src if src not in ROWS else dst} has no row in ROWS"
     if ROWS[dst] < ROWS[src]:
         return None
     how = "a peer in the same row" if ROWS[dst] == ROWS[src] else "a higher row"
@@ -183,3 +185,4 @@ def test_the_checker_sees_what_it_must() -> None:
     assert msg and "argen/samplers/_probe.py:1" in msg and "rule (b)" in msg
     assert layer_violation("samplers", Import(probe, 2, "argen.samplers.policy")) is None
     assert layer_violation("samplers", Import(probe, 3, "argen.core.state")) is None
+    assert "has no row" in (layer_violation("samplers", Import(probe, 3, "argen.newthing")) or "")
