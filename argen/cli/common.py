@@ -1,4 +1,8 @@
-"""Helpers shared by the CLIs: the config folder, config composition and clear config errors."""
+"""Helpers shared by the CLIs: the config folder, config composition and clear config errors.
+
+:class:`ConfigError` lives in :mod:`argen.core.errors` (the library raises it too); it is imported here
+for the CLIs, the tests and the scripts that know it as ``argen.cli.common.ConfigError``.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from argen.cli.config_types import find_key, find_problem, locate
-from argen.core.errors import MissingFileError
+from argen.core.errors import ConfigError, MissingFileError
 
 log = logging.getLogger("argen")
 
@@ -47,10 +51,6 @@ def pick_dtype(name: str) -> torch.dtype:
     if dtype is None:
         raise ConfigError(f"dtype must be float32 or bfloat16, got {name!r}")
     return dtype
-
-
-class ConfigError(ValueError):
-    """A config that cannot be built, with the node that failed and what to change."""
 
 
 def compose_config(config_name: str, overrides: list[str] | None = None) -> DictConfig:

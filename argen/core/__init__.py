@@ -1,11 +1,11 @@
 """The protocols every generator and sampler speak (see DESIGN.md, "The one idea")."""
 
 from argen.core.condition import Condition
-from argen.core.errors import MissingFileError
-from argen.core.protocols import (Capabilities, Generator, IncompatibleError, LossOutput, Requirements, Sampler,
-                                  SampleResult, SamplingStats, StepOutput, check_compatible)
+from argen.core.errors import ConfigError, IncompatibleError, MissingFileError
+from argen.core.protocols import (Capabilities, Generator, LossOutput, Requirements, Sampler, SampleResult,
+                                  SamplingStats, StepOutput, check_compatible)
 from argen.core.state import DecodeState, KVCache
 
-__all__ = ["Capabilities", "Condition", "DecodeState", "Generator", "IncompatibleError", "KVCache", "LossOutput",
-           "MissingFileError", "Requirements", "SampleResult", "Sampler", "SamplingStats", "StepOutput",
+__all__ = ["Capabilities", "Condition", "ConfigError", "DecodeState", "Generator", "IncompatibleError", "KVCache",
+           "LossOutput", "MissingFileError", "Requirements", "SampleResult", "Sampler", "SamplingStats", "StepOutput",
            "check_compatible"]

@@ -1,6 +1,17 @@
-"""Errors shared across layers that carry what the caller needs to word the fix."""
+"""Errors shared across layers that carry what the caller needs to word the fix.
+
+They live in the lowest layer so that any layer may raise them and the CLIs (the top) catch them.
+"""
 
 from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config that cannot be built, with the node that failed and what to change."""
+
+
+class IncompatibleError(TypeError):
+    """A sampler was paired with a generator that lacks a capability it needs."""
 
 
 class MissingFileError(FileNotFoundError):

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from argen.core.condition import Condition
+from argen.core.errors import IncompatibleError
 from argen.core.state import DecodeState
 
 
@@ -56,10 +57,6 @@ class Capabilities:
 
 
 Requirements = Capabilities  # what a sampler needs is a set of capabilities
-
-
-class IncompatibleError(TypeError):
-    """A sampler was paired with a generator that lacks a capability it needs."""
 
 
 def check_compatible(sampler: Any, generator: Any) -> None:

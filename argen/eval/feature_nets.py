@@ -539,7 +539,7 @@ def build_and_export(kind: Literal["digits", "shapes"], out_dir: str | Path, *,
     ``kind="feature_net"``, ``name``, the val (and digits test) metrics and the training
     settings. Returns the export folder, loadable with ``argen.load``.
     """
-    from argen import __version__
+    from argen._version import __version__
     from tokenizers_vq.io import save_pretrained
 
     if kind not in DEFAULTS:

@@ -12,7 +12,7 @@ from torchvision.utils import make_grid, save_image
 
 from argen.core.progress import progress as progress_bar
 from argen.data.base import collate_samples
-from argen.training.metrics import psnr, ssim
+from tokenizers_vq.metrics import psnr, ssim
 
 
 @dataclass

@@ -50,7 +50,7 @@ def _pick_checkpoint(run_dir: Path, ckpt: str) -> Path:
 def export_run(run_dir: str | Path, *, ckpt: str = "last", out: str | Path | None = None,
                weights: Literal["ema", "raw"] = "ema", overwrite: bool = False) -> Path:
     """Write ``<out or run_dir/export>`` from a run's checkpoint; returns the export folder."""
-    from argen import __version__
+    from argen._version import __version__
 
     run_dir = Path(run_dir)
     config_file = run_dir / "resolved_config.yaml"

@@ -281,7 +281,7 @@ def conversion_meta(path: Path, kind: str, layout: Any, reports: Sequence[KeyRep
     """meta.json of a converted export: what it is, where it came from, and per direction (official ->
     argen first, then back) what became of every key; ``dropped_keys`` lists the official keys not
     carried into argen (the first direction's ``dropped``)."""
-    from argen import __version__
+    from argen._version import __version__
 
     return {"kind": kind, "layout": layout.to_dict(), "source": str(path), "converted_from": source,
             "argen_version": __version__, "dropped_keys": sorted(reports[0].dropped),

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from argen.cli.common import ConfigError
+from argen.core.errors import ConfigError
 from argen.data.codes import CodeDataset, check_manifest, read_manifest
 from argen.nn.text import build_vocab
 from tokenizers_vq.io import read_meta

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from argen.cli.common import ConfigError
+from argen.core.errors import ConfigError
 
 # Dotted prefixes that may differ between a run and its resumption.
 RESUMABLE: tuple[str, ...] = (

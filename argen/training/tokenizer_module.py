@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from argen.training.ema import EMA, prepare_ema
-from argen.training.metrics import psnr
 from tokenizers_vq.losses.vq_loss import VQLoss
+from tokenizers_vq.metrics import psnr
 
 log = logging.getLogger(__name__)
 

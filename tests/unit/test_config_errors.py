@@ -33,6 +33,16 @@ def var_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_pretrained(generator, root / "gen", config=VAR_TINY, meta=meta)
 
 
+def test_config_error_is_one_class_from_core() -> None:
+    """The library raises argen.core's ConfigError; argen.cli.common names the same class (tests, scripts)."""
+    import argen.cli.common
+    import argen.core.errors
+    import argen.core.protocols
+
+    assert argen.cli.common.ConfigError is argen.core.errors.ConfigError
+    assert argen.core.protocols.IncompatibleError is argen.core.errors.IncompatibleError is IncompatibleError
+
+
 def sample_cfg(generator: Path, out: Path, *extra: str) -> DictConfig:
     return compose_config("sample", [f"generator_path={generator}", f"output_dir={out}", "device=cpu",
                                      "classes=[0]", "n_per_condition=1", f"paths.output_root={out}", *extra])

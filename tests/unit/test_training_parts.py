@@ -10,8 +10,8 @@ from torch import nn
 
 from argen.data.module import EpochShardSampler
 from argen.training.ema import EMA
-from argen.training.metrics import psnr, ssim
 from argen.training.schedules import build_schedule
+from tokenizers_vq.metrics import psnr, ssim
 
 
 def test_ema_tracks_and_stays_separate() -> None:

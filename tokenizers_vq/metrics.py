@@ -1,4 +1,8 @@
-"""Image-quality metrics on [-1, 1] images: PSNR and SSIM (Wang et al. 2004)."""
+"""Reconstruction quality of a tokenizer on [-1, 1] images: PSNR and SSIM (Wang et al. 2004).
+
+Here, below argen, because both tokenizer training (argen.training, the val/psnr it logs) and evaluation
+(argen.eval.reconstruction) measure reconstructions with them, and neither of those peers imports the other.
+"""
 
 from __future__ import annotations
 
