@@ -19,7 +19,9 @@ class Tokenizer(Protocol):
 
     ``encode``: images (B, 3, H, W) in [-1, 1] -> tokens (B, L) int64, or (B, L, C) float
     for a continuous tokenizer; ``decode`` is its inverse signature and returns images in
-    [-1, 1] (not clamped; callers clamp for display).
+    [-1, 1] (not clamped; callers clamp for display). ``seeds`` (B,): per-sample seeds of a
+    stochastic decoder (a rectified-flow decoder draws its noise from them, so image i does not
+    depend on its batch-mates); deterministic decoders accept and ignore them.
     """
 
     layout: TokenLayout
@@ -27,7 +29,7 @@ class Tokenizer(Protocol):
 
     def encode(self, images: Tensor) -> Tensor: ...
 
-    def decode(self, tokens: Tensor) -> Tensor: ...
+    def decode(self, tokens: Tensor, seeds: Tensor | None = None) -> Tensor: ...
 
 
 @runtime_checkable

@@ -3,9 +3,9 @@
 from argen.core.condition import Condition
 from argen.core.errors import ConfigError, IncompatibleError, MissingFileError
 from argen.core.protocols import (Capabilities, Generator, LossOutput, Requirements, Sampler, SampleResult,
-                                  SamplingStats, StepOutput, check_compatible)
+                                  SamplingStats, StepOutput, bind, check_compatible, needs)
 from argen.core.state import DecodeState, KVCache
 
 __all__ = ["Capabilities", "Condition", "ConfigError", "DecodeState", "Generator", "IncompatibleError", "KVCache",
            "LossOutput", "MissingFileError", "Requirements", "SampleResult", "Sampler", "SamplingStats", "StepOutput",
-           "check_compatible"]
+           "bind", "check_compatible", "needs"]

@@ -9,10 +9,12 @@ to the state (the group decided last step, or a speculative window), and return 
 layout positions ``query`` (Q,) given everything fed so far. With F = 0 the first step runs the
 condition prefix only.
 
-A generator whose inputs are built by its tokenizer (VAR: the scale-residual accumulate step turns
-the scale just decided into the next scale's inputs) also has ``attach_tokenizer(tokenizer)``;
-``argen-train`` and ``argen-sample`` call it with the tokenizer its codes came from. The
-tokenizer stays outside the generator's state dict.
+Protocol 2: rows advance on their own. Positions and queries may be given per row ((B, F), -1 where a
+row has fewer), a row can be restarted with a new condition (``restart``: continuous batching), and
+what a generator or sampler needs beside its weights it declares in ``binds`` (``"tokenizer"``: VAR's
+accumulate step, LANTERN's codebook; ``"target"``: a drafter's generator) and receives through
+:func:`bind`; ``argen-train`` and ``argen-sample`` bind from the export's meta.json. Bound objects stay
+outside the module's state dict.
 """
 
 from __future__ import annotations
@@ -73,6 +75,23 @@ def check_compatible(sampler: Any, generator: Any) -> None:
                                 f"pick another sampler, e.g. sampler=ancestral")
 
 
+def needs(module: Any) -> tuple[str, ...]:
+    """What ``module`` (a generator, drafter or sampler) must be bound to before it runs, as it declares
+    in ``binds``: ``"tokenizer"`` (VAR's accumulate step, LANTERN's codebook) or ``"target"`` (a drafter's
+    generator). Nothing is discovered with ``hasattr``."""
+    return tuple(getattr(module, "binds", ()))
+
+
+def bind(module: Any, **available: Any) -> None:
+    """Hand ``module`` each thing it ``needs`` from ``available`` (``tokenizer=``, ``target=``), through its
+    ``bind`` method; a need with nothing given is an error naming it."""
+    for name in needs(module):
+        if available.get(name) is None:
+            raise TypeError(f"{type(module).__name__} needs its {name} bound before it runs; pass {name}=... "
+                            f"(argen-train and argen-sample take it from the export's meta.json)")
+        module.bind(**{name: available[name]})
+
+
 @dataclass
 class LossOutput:
     """loss: scalar to minimise; logs: scalars for the logger (detached)."""
@@ -121,11 +140,15 @@ class SampleResult:
 
 @runtime_checkable
 class Generator(Protocol):
+    """``layout``: what it generates (kind, shapes, vocabulary); ``restart(state, rows, cond)`` for
+    ``ragged`` generators; ``binds``/``bind`` when it needs its tokenizer (see :func:`bind`)."""
+
     capabilities: Capabilities
+    layout: Any
 
     def loss(self, tokens: Tensor, cond: Condition) -> LossOutput: ...
 
-    def plan(self) -> list[Tensor]: ...
+    def plan(self, length: int | None = None) -> list[Tensor]: ...
 
     def start(self, cond: Condition, *, max_len: int | None = None) -> DecodeState: ...
 
@@ -136,9 +159,13 @@ class Generator(Protocol):
 
 @runtime_checkable
 class Sampler(Protocol):
+    """``sample`` draws one sample per condition row from its seed; at most ``batch_size`` rows share a
+    forward pass; ``on_finish(indices, tokens)`` hears of samples as they complete."""
+
     requires: Requirements
 
-    def sample(self, generator: Generator, cond: Condition, *, seeds: Tensor) -> SampleResult: ...
+    def sample(self, generator: Generator, cond: Condition, *, seeds: Tensor, batch_size: int | None = None,
+               on_finish: Any = None) -> SampleResult: ...
 
 
 def as_positions(x: Tensor | list[int] | range, device: torch.device | str = "cpu") -> Tensor:

@@ -75,6 +75,12 @@ class EagleDrafter(nn.Module):
         self._target: _Shared | None = None
 
     # ---- the target -----------------------------------------------------------------------------
+    binds = ("target",)  # the drafter reads its target's features, embedding and head
+
+    def bind(self, *, target: Any) -> None:
+        """Protocol 2's binding (:func:`argen.core.protocols.bind`): :meth:`attach_target`."""
+        self.attach_target(target)
+
     def attach_target(self, target: Any) -> None:
         """Hand over the frozen target generator whose features, token embedding and output head the
         drafter uses. It stays outside the drafter's state dict and parameters."""

@@ -142,9 +142,14 @@ class RasterGenerator(nn.Module):
         return LossOutput(loss=loss, logs={"loss": loss.detach(), "token_accuracy": acc})
 
     # ---- inference --------------------------------------------------------------------------
-    def plan(self) -> list[Tensor]:
-        """One raster position per step."""
-        return [torch.tensor([i]) for i in range(self.seq_len)]
+    def plan(self, length: int | None = None) -> list[Tensor]:
+        """One raster position per step; ``length``: stop after that many (1D sequences only: a grid
+        needs all its tokens to decode)."""
+        n = self.seq_len if length is None else int(length)
+        if not 1 <= n <= self.seq_len or (n != self.seq_len and self.layout.kind == "grid"):
+            raise ValueError(f"plan length {length} is not available for a {self.layout.kind} layout of "
+                             f"{self.seq_len} positions (1D sequences take 1..{self.seq_len}; grids all of them)")
+        return [torch.tensor([i]) for i in range(n)]
 
     def start(self, cond: Condition, *, max_len: int | None = None) -> DecodeState:
         """Allocate the KV caches (prefix + L slots, rounded up to 8 as LlamaGen) for ``cond``'s rows;

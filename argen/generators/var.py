@@ -121,6 +121,12 @@ class VARGenerator(nn.Module):
                 w[: 2 * self.dim].mul_(gamma)
 
     # ---- the tokenizer's accumulate step ----------------------------------------------------
+    binds = ("tokenizer",)  # the next-scale inputs come from the tokenizer's accumulate step
+
+    def bind(self, *, tokenizer: Any) -> None:
+        """Protocol 2's binding (:func:`argen.core.protocols.bind`): :meth:`attach_tokenizer`."""
+        self.attach_tokenizer(tokenizer)
+
     def attach_tokenizer(self, tokenizer: Any) -> None:
         """Hand over the scale-residual quantizer whose accumulate step builds the next-scale inputs
         (a :class:`~tokenizers_vq.msvq.MultiScaleVQTokenizer` or its ``quantize``). Kept outside
@@ -214,8 +220,10 @@ class VARGenerator(nn.Module):
         return LossOutput(loss=loss, logs=logs)
 
     # ---- inference ------------------------------------------------------------------------------
-    def plan(self) -> list[Tensor]:
-        """One whole scale per step, coarse to fine."""
+    def plan(self, length: int | None = None) -> list[Tensor]:
+        """One whole scale per step, coarse to fine (the whole pyramid: ``length`` None or L)."""
+        if length is not None and int(length) != self.layout.length:
+            raise ValueError(f"VAR decodes every scale: plan length must be {self.layout.length}, got {length}")
         return [torch.arange(self.begins[k], self.begins[k + 1]) for k in range(len(self.scales))]
 
     def start(self, cond: Condition, *, max_len: int | None = None) -> DecodeState:

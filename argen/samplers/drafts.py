@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from argen.core import DecodeState, StepOutput
+from argen.core.protocols import bind
 from argen.samplers.acceptance import one_hot_probs
 from argen.samplers.batch import Flight
 from argen.samplers.policy import DecodingPolicy
@@ -138,7 +139,7 @@ class DrafterDrafts:
     def begin(self, flight: Flight, generator: Any, policy: DecodingPolicy) -> None:
         param = next(generator.parameters())
         self.drafter.to(device=param.device, dtype=param.dtype).eval()
-        self.drafter.attach_target(generator)
+        bind(self.drafter, target=generator)
         self.policy, self.vocab = policy, int(generator.layout.vocab_size)
         self.dstate = self.drafter.start(flight.state.batch_size)
         self.feats = None

@@ -87,9 +87,16 @@ class SpeculativeLoop:
     def settings(self) -> dict[str, object]:
         return {"sampler": self.name, **self.source.settings(), **self.policy.settings(), **self.verifier.settings()}
 
-    def attach_tokenizer(self, tokenizer: object) -> None:
+    @property
+    def binds(self) -> tuple[str, ...]:
         """LANTERN's latent proximity comes from the tokenizer's codebook (see :class:`Verifier`)."""
+        return ("tokenizer",) if self.verifier.relaxed else ()
+
+    def bind(self, *, tokenizer: object) -> None:
         self.verifier.attach_tokenizer(tokenizer)
+
+    def attach_tokenizer(self, tokenizer: object) -> None:
+        self.bind(tokenizer=tokenizer)
 
     @torch.no_grad()
     def sample(self, generator: Any, cond: Condition, *, seeds: Tensor, batch_size: int | None = None,

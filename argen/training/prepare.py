@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from argen.core.errors import ConfigError
+from argen.core.protocols import bind, needs
 from argen.data.codes import CodeDataset, check_manifest, read_manifest
 from argen.nn.text import build_vocab
 from tokenizers_vq.io import read_meta
@@ -50,13 +51,13 @@ def export_config(path: str | Path) -> dict[str, Any]:
 def attach_tokenizer(generator: Any, tokenizer_path: str | Path) -> None:
     """Give a generator that needs its tokenizer's steps (VAR's scale accumulation) the exported
     tokenizer at ``tokenizer_path``; other generators are left alone."""
-    if hasattr(generator, "attach_tokenizer"):
+    if "tokenizer" in needs(generator):
         import torch
 
         from tokenizers_vq.io import load_pretrained
 
         with torch.device("cpu"):  # real weights even when the generator is built on the meta device
-            generator.attach_tokenizer(load_pretrained(tokenizer_path))
+            bind(generator, tokenizer=load_pretrained(tokenizer_path))
 
 
 def prepare_generator_config(cfg: DictConfig) -> None:
@@ -166,4 +167,4 @@ def attach_target(drafter: Any, target_path: str | Path) -> None:
     from tokenizers_vq.io import load_pretrained
 
     with torch.device("cpu"):
-        drafter.attach_target(load_pretrained(target_path))
+        bind(drafter, target=load_pretrained(target_path))

@@ -101,8 +101,9 @@ class MultiScaleVQTokenizer(nn.Module):
         return self.decoder(self.post_quant_conv(f_hat.to(self.post_quant_conv.weight.dtype)))
 
     @torch.no_grad()
-    def decode(self, tokens: Tensor) -> Tensor:
-        """tokens (B, L) -> images (B, 3, H, W): rebuild f_hat from every scale, then decode."""
+    def decode(self, tokens: Tensor, seeds: Tensor | None = None) -> Tensor:
+        """tokens (B, L) -> images (B, 3, H, W): rebuild f_hat from every scale, then decode.
+        Deterministic: ``seeds`` (the protocol's, for stochastic decoders) are ignored."""
         self._check_tokens(tokens)
         return self.decode_fhat(self.quantize.fhat_from_tokens(tokens.long()))
 

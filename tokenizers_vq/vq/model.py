@@ -112,8 +112,9 @@ class VQTokenizer(nn.Module):
         return q.indices.flatten(1)
 
     @torch.no_grad()
-    def decode(self, tokens: Tensor) -> Tensor:
-        """tokens (B, L) int64 -> images (B, 3, H, W), roughly in [-1, 1]."""
+    def decode(self, tokens: Tensor, seeds: Tensor | None = None) -> Tensor:
+        """tokens (B, L) int64 -> images (B, 3, H, W), roughly in [-1, 1].
+        Deterministic: ``seeds`` (the protocol's, for stochastic decoders) are ignored."""
         check_token_ids(tokens, self.layout.vocab_size, owner="tokenizer")
         h, w = self._grid(tokens.shape[1])
         codes = self.embed(tokens.long())  # (B, L, D)
