@@ -94,23 +94,23 @@ def load_models(path: str | Path, *, tokenizer: str | Path | nn.Module | None = 
     if meta.get("kind") not in (None, "generator"):
         raise ConfigError(f"{gen_dir} is an exported {meta.get('kind')}, not a generator")
     device, recorded = as_device(device), meta.get("tokenizer") or {}
-    tok_dir = None if isinstance(tokenizer, nn.Module) else (
-        Path(tokenizer).expanduser() if tokenizer is not None else recorded_tokenizer(gen_dir, recorded, option))
-    if tok_dir is None:
-        log.warning("%s= is a module: its weights cannot be checked against the sha256 %s/meta.json records "
-                    "(only its layout and vocabulary are); pass the exported folder to have them checked",
-                    option, gen_dir)
-        tok_meta, tok = {}, tokenizer
+    if isinstance(tokenizer, nn.Module):
+        given = f"{option}=<a {type(tokenizer).__name__} module>"
+        log.warning("%s: a module's weights cannot be checked against the sha256 %s/meta.json records (only its "
+                    "layout and vocabulary are); pass its exported folder to have them checked", given, gen_dir)
+        tok_dir, tok_meta, tok = None, {}, tokenizer
     else:
-        tok_meta = _tokenizer_meta(tok_dir, recorded, option if tokenizer is not None else None)
+        tok_dir = Path(tokenizer).expanduser() if tokenizer is not None else recorded_tokenizer(gen_dir, recorded,
+                                                                                                   option)
+        given = f"{option}={tok_dir}" if tokenizer is not None else f"the recorded tokenizer {tok_dir}"
+        tok_meta = _tokenizer_meta(tok_dir, recorded, given, option if tokenizer is not None else None)
         tok = load_pretrained(tok_dir)
     generator = load_pretrained(gen_dir).to(device=device, dtype=as_dtype(dtype)).eval()
     tok = tok.to(device).eval()
     try:
         check_vocabulary(tok, generator)
     except ValueError as e:
-        given = f"{option}={tokenizer}: " if tokenizer is not None else f"the tokenizer {tok_dir} recorded: "
-        raise ConfigError(f"{given}{e}") from e
+        raise ConfigError(f"{given}: {e}") from e
     return LoadedModels(generator, tok, ExportInfo(str(gen_dir), meta, None if tok_dir is None else str(tok_dir),
                                                    tok_meta))
 
@@ -129,10 +129,9 @@ def recorded_tokenizer(gen_dir: Path, recorded: dict[str, Any], option: str = "t
     return found
 
 
-def _tokenizer_meta(tok_dir: Path, recorded: dict[str, Any], option: str | None) -> dict[str, Any]:
-    """meta.json of the tokenizer folder, refused when it is not the tokenizer the generator recorded.
-    ``option``: the override's name when the caller chose the folder (None: the recorded one)."""
-    named = f"{option}={tok_dir}" if option else f"the recorded tokenizer {tok_dir}"
+def _tokenizer_meta(tok_dir: Path, recorded: dict[str, Any], named: str, option: str | None) -> dict[str, Any]:
+    """meta.json of the tokenizer folder (``named`` so in errors), refused when it is not the tokenizer the
+    generator recorded. ``option``: the override's name when the caller chose the folder (None: recorded)."""
     try:
         tok_meta = read_meta(tok_dir)
     except FileNotFoundError as e:
