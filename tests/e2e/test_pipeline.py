@@ -4,6 +4,7 @@ errors for a wrong tokenizer or wrong conditions."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 from PIL import Image
 
 from argen.cli.common import ConfigError
-from argen.pipeline import Pipeline
+from argen.core import Condition
+from argen.pipeline import Pipeline, decode
+from argen.samplers.random import sample_seeds
 from tests.conftest import REPO
 from tests.e2e.test_generator_pipeline import class_pipeline, sample, text_pipeline, var_pipeline  # noqa: F401
 from tests.e2e.test_tokenize_and_bad_input import export_tokenizer
@@ -65,6 +68,8 @@ def test_pipeline_images_equal_argen_sample_bit_for_bit(text_pipeline: dict[str,
         assert np.array_equal(np.asarray(samples.grid().convert("RGB")), np.asarray(grid.convert("RGB")))
     assert [np.asarray(im) for im in samples.pil()][4].tobytes() == reference[4].tobytes()
     assert samples.stats.images == 9 and samples.stats.forward_passes_per_image == 64
+    alone = pipe.sampler.sample(pipe.generator, Condition(texts=[PROMPTS[1]]), seeds=sample_seeds(5, [4]))
+    assert np.array_equal(decode(pipe.tokenizer, alone.tokens, 1)[0], reference[4])  # index 4: prompt 1, its seed
     some = pipe(PROMPTS, n=3, seed=5, indices=[7, 2], batch_size=1)  # any subset, any batch: the same images
     assert np.array_equal(some.images, reference[[7, 2]]) and some.conditions == [PROMPTS[2], PROMPTS[0]]
     jacobi = pipe.with_sampler("sjd", window=1)(PROMPTS, n=3, seed=5)  # window 1 is ancestral sampling
@@ -75,6 +80,8 @@ def test_pipeline_images_equal_argen_sample_bit_for_bit(text_pipeline: dict[str,
 def test_class_pipeline_images_equal_argen_sample(class_pipeline: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
     sample(class_pipeline, tmp_path / "cli", "classes=[0,9]", "n_per_condition=2", "sampler.cfg_scale=3.0")
     pipe = Pipeline.from_export(class_pipeline["generator"], sampler="ancestral", sampler_options={"cfg_scale": 3.0})
+    settings = json.loads((tmp_path / "cli" / "settings.json").read_text())
+    assert pipe.sampler.settings() == settings["sampler"] and settings["sampler"]["cfg_scale"] == 3.0
     samples = pipe([0, 9], n=2)
     assert np.array_equal(samples.images, npz(tmp_path / "cli")) and samples.conditions == [0, 0, 9, 9]
 
