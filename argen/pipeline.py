@@ -34,7 +34,7 @@ from PIL import Image
 from torch import nn
 
 from argen.cli.common import CONFIG_DIR, ConfigError, build, compose_config, pick_device, pick_dtype, target_class
-from argen.core import Condition, check_compatible
+from argen.core import Condition, SamplingStats, check_compatible
 from argen.data.base import tensor_to_uint8
 from argen.samplers.common import generator_device
 from argen.samplers.random import sample_seeds
@@ -315,26 +315,27 @@ def grid_image(images: np.ndarray, per_row: int) -> np.ndarray:
 # ---- results ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SampleStats:
-    """images drawn; forward_passes: generator passes (each serves every row in flight); row_passes:
-    passes summed over the rows they served; tokens: positions decided; sampler_seconds: time in the
-    sampler, decoding and ``on_images`` excluded; seconds: the whole call; bounds: sampler-specific
-    bounds (``max_*``, e.g. LANTERN's ``max_tvd``)."""
+    """images drawn; sampling: the sampler's own counts (generator passes, tokens decided, row passes);
+    sampler_seconds: time in the sampler, decoding and ``on_images`` excluded; seconds: the whole call."""
 
     images: int = 0
-    forward_passes: int = 0
-    row_passes: float = 0.0
-    tokens: int = 0
+    sampling: SamplingStats = field(default_factory=SamplingStats)
     sampler_seconds: float = 0.0
     seconds: float = 0.0
-    bounds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def row_passes(self) -> float:
+        """Generator passes summed over the rows they served (a pass serves every row in flight)."""
+        return float(self.sampling.extra.get("row_passes", self.sampling.forward_passes))
 
     @property
     def forward_passes_per_image(self) -> float:
         return self.row_passes / max(self.images, 1)
 
     @property
-    def images_per_s(self) -> float:
-        return self.images / max(self.seconds, 1e-9)
+    def bounds(self) -> dict[str, float]:
+        """Sampler-specific bounds (``max_*``, e.g. LANTERN's ``max_tvd``)."""
+        return {k: float(v) for k, v in self.sampling.extra.items() if k.startswith("max_")}
 
 
 @dataclass(frozen=True)
@@ -414,11 +415,8 @@ class Pipeline:
         result = self.sampler.sample(self.generator, cond, seeds=sample_seeds(int(seed), todo).to(device),
                                      batch_size=int(batch_size), on_finish=finished)
         seconds = time.perf_counter() - start
-        stats = result.stats
-        return SampleStats(images=len(todo), forward_passes=int(stats.forward_passes),
-                           row_passes=float(stats.extra.get("row_passes", stats.forward_passes)),
-                           tokens=int(stats.tokens), sampler_seconds=seconds - outside[0], seconds=seconds,
-                           bounds={k: float(v) for k, v in stats.extra.items() if k.startswith("max_")})
+        return SampleStats(images=len(todo), sampling=result.stats, sampler_seconds=seconds - outside[0],
+                           seconds=seconds)
 
     def __call__(self, conditions: ConditionsLike, *, n: int = 1, seed: int = 0,
                  indices: Sequence[int] | None = None, batch_size: int = 64, decode_batch_size: int = 1) -> Samples:

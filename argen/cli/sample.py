@@ -1,5 +1,9 @@
 """argen-sample: draw images from an exported generator and write them for viewing and evaluation.
 
+A layer over :mod:`argen.pipeline` (models, sampler, per-sample seeds, decoding) and the
+:mod:`argen.eval.runners` (``eval=...``); what is its own: the output folder, its lock, resume,
+torchrun shards and the files written.
+
     argen-sample generator_path=outputs/runs/digits_raster/export classes=all n_per_condition=8
     argen-sample generator_path=outputs/runs/shapes_raster/export prompt_file=prompts.txt
     argen-sample generator_path=... suite=shapes eval=shapes            # + ShapesEval
@@ -71,7 +75,8 @@ def build_conditions(cfg: DictConfig, generator: Any) -> Conditions:
     if key == "classes":
         return conditions_for(generator, _class_ids(cfg.classes, num_classes))
     if key == "prompts":
-        return conditions_for(generator, [cfg.prompts] if isinstance(cfg.prompts, str) else [str(p) for p in cfg.prompts])
+        prompts = [cfg.prompts] if isinstance(cfg.prompts, str) else [str(p) for p in cfg.prompts]
+        return conditions_for(generator, prompts)  # warns about empty prompts
     if key == "prompt_file":
         path = Path(cfg.prompt_file).expanduser()
         if not path.is_file():
@@ -218,7 +223,7 @@ def sample_shard(cfg: DictConfig, pipe: Pipeline, conds: Conditions, out: Path, 
     stats = pipe.stream(conds, n=n, seed=int(cfg.seed), indices=mine, batch_size=int(cfg.batch_size),
                         decode_batch_size=int(cfg.decode_batch_size), on_images=write)
     bar.close()
-    return {"forward_passes": float(stats.forward_passes), "tokens": float(stats.tokens),
+    return {"forward_passes": float(stats.sampling.forward_passes), "tokens": float(stats.sampling.tokens),
             "wall_seconds": stats.sampler_seconds, "images": float(stats.images), "row_passes": stats.row_passes,
             **stats.bounds}
 

@@ -77,7 +77,8 @@ def test_pipeline_images_equal_argen_sample_bit_for_bit(text_pipeline: dict[str,
     assert not np.array_equal(pipe(PROMPTS, n=3, seed=6).images, reference)
 
 
-def test_class_pipeline_images_equal_argen_sample(class_pipeline: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+def test_class_pipeline_images_equal_argen_sample(class_pipeline: dict[str, Path],  # noqa: F811
+                                                  tmp_path: Path) -> None:
     sample(class_pipeline, tmp_path / "cli", "classes=[0,9]", "n_per_condition=2", "sampler.cfg_scale=3.0")
     pipe = Pipeline.from_export(class_pipeline["generator"], sampler="ancestral", sampler_options={"cfg_scale": 3.0})
     settings = json.loads((tmp_path / "cli" / "settings.json").read_text())
@@ -87,7 +88,8 @@ def test_class_pipeline_images_equal_argen_sample(class_pipeline: dict[str, Path
 
 
 # ---- (c) VAR: its tokenizer bound ---------------------------------------------------------------------
-def test_var_export_samples_with_its_tokenizer_bound(var_pipeline: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+def test_var_export_samples_with_its_tokenizer_bound(var_pipeline: dict[str, Path],  # noqa: F811
+                                                     tmp_path: Path) -> None:
     pipe = Pipeline.from_export(var_pipeline["generator"], sampler="var")
     assert pipe.generator.residual(pipe.device) is pipe.tokenizer.quantize  # bound: VAR's accumulate step
     samples = pipe(PROMPTS[:2], n=2, seed=1)
