@@ -119,6 +119,9 @@ def test_a_wrong_tokenizer_is_refused_naming_it(text_pipeline: dict[str, Path], 
         Pipeline.from_export(text_pipeline["generator"], tokenizer=wide)
     same = Pipeline.from_export(text_pipeline["generator"], tokenizer=text_pipeline["tokenizer"])  # the right one
     assert same.info is not None and same.info.tokenizer_path == str(text_pipeline["tokenizer"])
+    module = Pipeline.from_export(text_pipeline["generator"], tokenizer=load_pretrained(text_pipeline["tokenizer"]))
+    assert module.info is not None and module.info.tokenizer_path is None  # a module: layout checked, not sha256
+    assert np.array_equal(module(PROMPTS[:1]).images, same(PROMPTS[:1]).images)
 
 
 # ---- (e) conditions the generator does not take ---------------------------------------------------------
