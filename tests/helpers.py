@@ -40,8 +40,8 @@ class RecordBatches(L.Callback):
 
 
 def decode_calling(decode: Callable[..., Any], batches: int, action: Callable[[], None]) -> Callable[..., Any]:
-    """argen-sample's ``decode`` that calls ``action()`` when batch ``batches + 1`` starts decoding (so
-    ``batches`` batches are written); patch it over ``argen.cli.sample.decode``."""
+    """The pipeline's ``decode`` that calls ``action()`` when batch ``batches + 1`` starts decoding (so
+    ``batches`` batches are written); patch it over ``argen.pipeline.decode``."""
     calls = {"n": 0}
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -57,6 +57,7 @@ def sample_killed_after(batches: int) -> None:
     """Run ``argen-sample`` (arguments from ``sys.argv``) and SIGKILL it when batch ``batches + 1`` starts
     decoding: no cleanup, no ``finally``, like an OOM kill or a preempted job."""
     import argen.cli.sample as sample_cli
+    import argen.pipeline as pipeline
 
-    sample_cli.decode = decode_calling(sample_cli.decode, batches, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    pipeline.decode = decode_calling(pipeline.decode, batches, lambda: os.kill(os.getpid(), signal.SIGKILL))
     sample_cli.main()

@@ -1,5 +1,9 @@
 """argen-sample: draw images from an exported generator and write them for viewing and evaluation.
 
+A layer over :mod:`argen.pipeline` (models, sampler, per-sample seeds, decoding) and the
+:mod:`argen.eval.runners` (``eval=...``); what is its own: the output folder, its lock, resume,
+torchrun shards and the files written.
+
     argen-sample generator_path=outputs/runs/digits_raster/export classes=all n_per_condition=8
     argen-sample generator_path=outputs/runs/shapes_raster/export prompt_file=prompts.txt
     argen-sample generator_path=... suite=shapes eval=shapes            # + ShapesEval
@@ -30,14 +34,12 @@ start of sampling through decoding and writing every output; model loading and `
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,90 +50,15 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
-from argen.cli.common import CONFIG_DIR, ConfigError, build, pick_device, pick_dtype, target_class, to_plain
+from argen.cli.common import CONFIG_DIR, ConfigError, pick_device, to_plain
 from argen.cli.folders import (MARKER_NAME, FolderLock, atomic_write, atomic_write_json, read_marker,
                                remove_marker, remove_temp_files, write_marker)
-from argen.core import Condition, check_compatible
 from argen.core.progress import progress
-from argen.data.base import tensor_to_uint8
-from argen.samplers.random import sample_seeds
-from tokenizers_vq.io import load_pretrained, read_meta
+from argen.pipeline import Conditions, ExportInfo, Pipeline, conditions_for, grid_image, load_models
 
 log = logging.getLogger("argen")
 
 OUTPUT_MARKERS = ("settings.json", "images", "samples.npz", "grid.png", "geneval")
-
-
-@dataclass
-class Conditions:
-    """One entry per condition: class id or prompt, and GenEval metadata when known."""
-
-    labels: list[int] | None
-    texts: list[str] | None
-    metadata: list[dict[str, Any]] | None
-
-    def __len__(self) -> int:
-        return len(self.labels if self.labels is not None else self.texts or [])
-
-    def batch(self, ids: list[int], device: torch.device) -> Condition:
-        if self.labels is not None:
-            return Condition(labels=torch.tensor([self.labels[i] for i in ids], device=device))
-        assert self.texts is not None
-        texts = [self.texts[i] for i in ids]
-        empty = torch.tensor([not t.strip() for t in texts], device=device)  # the null condition
-        return Condition(texts=texts, null=empty if bool(empty.any()) else None)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """Kind, count and sha256 of the conditions (ids or prompts, with their metadata)."""
-        data = json.dumps([self.labels, self.texts, self.metadata], sort_keys=True, default=str)
-        return {"kind": "classes" if self.labels is not None else "prompts", "count": len(self),
-                "sha256": hashlib.sha256(data.encode("utf-8")).hexdigest()}
-
-
-# ---- models ---------------------------------------------------------------------------------
-def load_models(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any, dict[str, Any]]:
-    """Generator + the tokenizer its codes came from, checked against each other."""
-    gen_dir = Path(cfg.generator_path)
-    meta = read_meta(gen_dir)
-    if meta.get("kind") not in (None, "generator"):
-        raise ConfigError(f"{gen_dir} is an exported {meta.get('kind')}, not a generator")
-    recorded = meta.get("tokenizer") or {}
-    tok_dir = Path(cfg.tokenizer_path) if cfg.tokenizer_path else recorded_tokenizer(gen_dir, recorded)
-    tok_meta = read_meta(tok_dir)
-    if recorded.get("sha256") and tok_meta["sha256"] != recorded["sha256"]:
-        raise ConfigError(f"tokenizer {tok_dir} (sha256 {tok_meta['sha256'][:12]}…) is not the one the generator "
-                          f"was trained with ({recorded['sha256'][:12]}…, {recorded.get('path')}); its codes would "
-                          f"decode to garbage")
-    generator = load_pretrained(gen_dir).to(device=device, dtype=dtype).eval()
-    tokenizer = load_pretrained(tok_dir).to(device).eval()
-    check_vocabulary(tokenizer, generator)
-    if hasattr(generator, "attach_tokenizer"):  # VAR builds its next-scale inputs with the tokenizer's step
-        generator.attach_tokenizer(tokenizer)
-    return generator, tokenizer, {"generator": meta, "tokenizer": tok_meta, "tokenizer_path": str(tok_dir)}
-
-
-def recorded_tokenizer(gen_dir: Path, recorded: dict[str, Any]) -> Path:
-    """The tokenizer folder ``gen_dir/meta.json`` records (absolute path, else relative to the export)."""
-    from argen.io.export import resolve_record
-
-    if not recorded.get("path"):
-        raise ConfigError(f"{gen_dir}/meta.json records no tokenizer; pass tokenizer_path=<exported tokenizer>")
-    found = resolve_record(gen_dir, recorded)
-    if found is None:
-        sha = str(recorded.get("sha256") or "")[:12]
-        raise ConfigError(f"the tokenizer recorded in {gen_dir}/meta.json ({recorded['path']}, sha256 {sha}…) is "
-                          f"not there (no meta.json); pass tokenizer_path=<the exported tokenizer folder>")
-    return found
-
-
-def check_vocabulary(tokenizer: Any, generator: Any) -> None:
-    t, g = tokenizer.layout, generator.layout
-    if t.vocab_size != g.vocab_size:
-        raise ValueError(f"vocabulary mismatch: the tokenizer has {t.vocab_size} codes, the generator predicts "
-                         f"{g.vocab_size}; use the tokenizer the generator was trained with")
-    if (t.kind, t.shapes) != (g.kind, g.shapes):
-        raise ValueError(f"layout mismatch: the tokenizer makes {t.kind} {list(t.shapes)} tokens, the generator "
-                         f"{g.kind} {list(g.shapes)}")
 
 
 # ---- conditions -----------------------------------------------------------------------------
@@ -146,11 +73,10 @@ def build_conditions(cfg: DictConfig, generator: Any) -> Conditions:
         kind = "class-conditional (use classes=...)" if class_conditional else "text-conditional (use prompts...)"
         raise ConfigError(f"the generator is {kind}, but {key}= was given")
     if key == "classes":
-        return Conditions(labels=_class_ids(cfg.classes, num_classes), texts=None, metadata=None)
+        return conditions_for(generator, _class_ids(cfg.classes, num_classes))
     if key == "prompts":
         prompts = [cfg.prompts] if isinstance(cfg.prompts, str) else [str(p) for p in cfg.prompts]
-        _warn_empty(prompts)
-        return Conditions(labels=None, texts=prompts, metadata=None)
+        return conditions_for(generator, prompts)  # warns about empty prompts
     if key == "prompt_file":
         path = Path(cfg.prompt_file).expanduser()
         if not path.is_file():
@@ -168,22 +94,9 @@ def build_conditions(cfg: DictConfig, generator: Any) -> Conditions:
     return Conditions(labels=None, texts=[r["prompt"] for r in records], metadata=records)
 
 
-def _warn_empty(prompts: list[str]) -> None:
-    empty = [i for i, p in enumerate(prompts) if not p.strip()]
-    if empty:
-        log.warning("prompt(s) %s of %d are empty: an empty caption is the unconditional (null) condition, so "
-                    "these samples ignore any prompt (and guidance has no effect on them)",
-                    ", ".join(str(i) for i in empty), len(prompts))
-
-
 def _class_ids(classes: Any, num_classes: int) -> list[int]:
-    ids = list(range(num_classes)) if classes == "all" else [int(c) for c in (
+    return list(range(num_classes)) if classes == "all" else [int(c) for c in (
         [classes] if isinstance(classes, int) else classes)]
-    bad = [c for c in ids if not 0 <= c < num_classes]
-    if bad:
-        raise ValueError(f"class id {bad[0]} is out of range: the generator has {num_classes} classes "
-                         f"(ids 0..{num_classes - 1})")
-    return ids
 
 
 def _suite(cfg: DictConfig, generator: Any) -> list[dict[str, Any]]:
@@ -195,11 +108,10 @@ def _suite(cfg: DictConfig, generator: Any) -> list[dict[str, Any]]:
 
 
 # ---- output folder and processes --------------------------------------------------------------
-def image_settings(cfg: DictConfig, info: dict[str, Any], conds: Conditions, device: torch.device) -> dict[str, Any]:
+def image_settings(cfg: DictConfig, info: ExportInfo, conds: Conditions, device: torch.device) -> dict[str, Any]:
     """What the images depend on (recorded in INCOMPLETE.json, checked by resume=true); batch_size and
     the process count are not among them."""
-    settings = {"generator_sha256": info["generator"].get("sha256"),
-                "tokenizer_sha256": info["tokenizer"].get("sha256"),
+    settings = {"generator_sha256": info.generator_sha256, "tokenizer_sha256": info.tokenizer_sha256,
                 "sampler": to_plain(cfg.sampler), "seed": int(cfg.seed), "n_per_condition": int(cfg.n_per_condition),
                 "conditions": conds.fingerprint(), "dtype": str(cfg.dtype),
                 "decode_batch_size": int(cfg.decode_batch_size), "device": device.type}
@@ -291,42 +203,29 @@ def _barrier() -> None:
 
 
 # ---- sampling ---------------------------------------------------------------------------------
-def sample_shard(cfg: DictConfig, sampler: Any, generator: Any, tokenizer: Any, conds: Conditions, out: Path,
-                 rank: int, world: int) -> dict[str, float]:
+def sample_shard(cfg: DictConfig, pipe: Pipeline, conds: Conditions, out: Path, rank: int,
+                 world: int) -> dict[str, float]:
     """Sample indices rank, rank + world, ... whose images/<index>.png is not already there (whole) and
-    write them; returns summed stats of what this process drew."""
+    write each as it finishes; returns summed stats of what this process drew."""
     n = int(cfg.n_per_condition)
-    total = len(conds) * n
-    share = range(rank, total, world)
+    share = range(rank, len(conds) * n, world)
     mine = [i for i in share if not _is_whole_png(out / "images" / f"{i:06d}.png")]
     if len(mine) < len(share) and rank == 0:
         log.info("resume: %d of this process's %d images are already written; drawing the other %d",
                  len(share) - len(mine), len(share), len(mine))
-    device = next(generator.parameters()).device
     bar = progress(total=len(mine), desc="sampling", unit="img", enabled=rank == 0)
 
-    writing = [0.0]  # seconds spent decoding and writing inside the sampler's loop (not sampler time)
-
-    def write(indices: list[int], tokens: torch.Tensor) -> None:  # as samples finish
-        t0 = time.perf_counter()
-        for i, image in zip(indices, decode(tokenizer, tokens, int(cfg.decode_batch_size))):
-            _write_png(out / "images" / f"{mine[i]:06d}.png", image)
+    def write(indices: list[int], images: np.ndarray) -> None:
+        for i, image in zip(indices, images):
+            _write_png(out / "images" / f"{i:06d}.png", image)
         bar.update(len(indices))
-        writing[0] += time.perf_counter() - t0
 
-    stats = {"forward_passes": 0.0, "tokens": 0.0, "wall_seconds": 0.0, "images": 0.0, "row_passes": 0.0}
-    if mine:
-        cond = conds.batch([i // n for i in mine], device)
-        result = sampler.sample(generator, cond, seeds=sample_seeds(int(cfg.seed), mine).to(device),
-                                batch_size=int(cfg.batch_size), on_finish=write)
-        stats.update(forward_passes=float(result.stats.forward_passes), tokens=float(result.stats.tokens),
-                     wall_seconds=result.stats.wall_seconds - writing[0], images=float(len(mine)),
-                     row_passes=float(result.stats.extra.get("row_passes", result.stats.forward_passes)))
-        for key, value in result.stats.extra.items():  # sampler-specific bounds, e.g. LANTERN's max_tvd
-            if key.startswith("max_"):
-                stats[key] = float(value)
+    stats = pipe.stream(conds, n=n, seed=int(cfg.seed), indices=mine, batch_size=int(cfg.batch_size),
+                        decode_batch_size=int(cfg.decode_batch_size), on_images=write)
     bar.close()
-    return stats
+    return {"forward_passes": float(stats.sampling.forward_passes), "tokens": float(stats.sampling.tokens),
+            "wall_seconds": stats.sampler_seconds, "images": float(stats.images), "row_passes": stats.row_passes,
+            **stats.bounds}
 
 
 def _is_whole_png(path: Path) -> bool:
@@ -342,14 +241,6 @@ def _is_whole_png(path: Path) -> bool:
 
 def _write_png(path: Path, image: np.ndarray) -> None:
     atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
-
-
-@torch.no_grad()
-def decode(tokenizer: Any, tokens: torch.Tensor, chunk: int) -> np.ndarray:
-    """Tokens -> uint8 images, ``chunk`` at a time (1: bit-identical whatever the sampling batch,
-    since convolution kernels may pick different algorithms for different batch sizes)."""
-    parts = [tokenizer.decode(t).float().cpu() for t in tokens.split(max(chunk, 1))]
-    return tensor_to_uint8(torch.cat(parts))
 
 
 def _gather_stats(stats: dict[str, float]) -> list[dict[str, float]]:
@@ -372,7 +263,8 @@ def finalize(cfg: DictConfig, conds: Conditions, out: Path) -> dict[str, Any]:
     files: dict[str, Any] = {"images": str(out / "images")}
     if cfg.save_npz:
         files["npz"] = str(atomic_write(out / "samples.npz", lambda f: np.savez(f, arr_0=images)))
-    files["grid"] = str(_save_grid(images[: int(cfg.grid_max_images)], out / "grid.png", n))
+    _write_png(out / "grid.png", grid_image(images[: int(cfg.grid_max_images)], n))
+    files["grid"] = str(out / "grid.png")
     if conds.labels is not None:
         files["labels"] = str(atomic_write_json(out / "labels.json", [conds.labels[i // n] for i in range(total)]))
     if conds.metadata is not None:
@@ -387,16 +279,7 @@ def finalize(cfg: DictConfig, conds: Conditions, out: Path) -> dict[str, Any]:
     return files
 
 
-def _save_grid(images: np.ndarray, path: Path, per_row: int) -> Path:
-    from torchvision.utils import make_grid
-
-    nrow = per_row if 1 < per_row <= 16 else int(np.ceil(np.sqrt(len(images))))
-    grid = make_grid(torch.from_numpy(images).permute(0, 3, 1, 2), nrow=nrow, padding=2, pad_value=255)
-    _write_png(path, grid.permute(1, 2, 0).numpy())
-    return path
-
-
-def _settings(cfg: DictConfig, sampler: Any, info: dict[str, Any], stats: list[dict[str, float]], world: int,
+def _settings(cfg: DictConfig, sampler: Any, info: ExportInfo, stats: list[dict[str, float]], world: int,
               files: dict[str, Any], num_images: int, end_to_end: float) -> dict[str, Any]:
     """settings.json. Throughput counts the images this run drew (a resumed run keeps the others), over
     the sampler's time (slowest process) and over the wall time from sampling start to the last file."""
@@ -408,9 +291,9 @@ def _settings(cfg: DictConfig, sampler: Any, info: dict[str, Any], stats: list[d
         "config": to_plain(cfg), "sampler": sampler.settings() if hasattr(sampler, "settings") else None,
         "seed": int(cfg.seed), "num_images": num_images, "resumed_images": num_images - int(drawn),
         "processes": world, "files": files,
-        "generator": {"path": str(cfg.generator_path), "sha256": info["generator"].get("sha256"),
-                      "step": info["generator"].get("global_step"), "layout": info["generator"].get("layout")},
-        "tokenizer": {"path": info["tokenizer_path"], "sha256": info["tokenizer"].get("sha256")},
+        "generator": {"path": str(cfg.generator_path), "sha256": info.generator_sha256,
+                      "step": info.generator_meta.get("global_step"), "layout": info.generator_meta.get("layout")},
+        "tokenizer": {"path": info.tokenizer_path, "sha256": info.tokenizer_sha256},
         "stats": {"forward_passes_per_image": total["row_passes"] / max(total["images"], 1),
                   "tokens_per_pass": total["tokens"] / max(total["row_passes"], 1),
                   "forward_passes": total["forward_passes"],
@@ -461,32 +344,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _run_locked(cfg: DictConfig, device: torch.device, out: Path, rank: int, world: int) -> dict[str, Any]:
     """Load, check, prepare the folder (rank 0), sample every process's shard, finish (rank 0)."""
-    generator, tokenizer, info = load_models(cfg, device, pick_dtype(cfg.dtype))
-    sampler_class = target_class(cfg.sampler, "sampler")
-    if hasattr(sampler_class, "requires"):  # before the sampler loads what it needs (a drafter)
-        check_compatible(sampler_class, generator)
-    sampler = build(cfg.sampler, "sampler")
-    check_compatible(sampler, generator)
-    drafted_for = getattr(sampler, "target_sha256", None)  # a drafter is trained for one generator
-    if drafted_for and drafted_for != info["generator"].get("sha256"):
-        raise ConfigError(f"the sampler's drafter was trained for generator {drafted_for[:12]}…, not "
-                          f"{cfg.generator_path} ({str(info['generator'].get('sha256'))[:12]}…); train a drafter "
-                          f"for this generator (argen-train experiment=shapes_raster_drafter target_path=...)")
-    if hasattr(sampler, "attach_tokenizer"):  # LANTERN's latent proximity comes from the codebook
-        sampler.attach_tokenizer(tokenizer)
-    conds = build_conditions(cfg, generator)
+    models = load_models(cfg.generator_path, tokenizer=cfg.tokenizer_path, device=device, dtype=str(cfg.dtype),
+                         option="tokenizer_path")
+    pipe = Pipeline(models.generator, models.tokenizer, sampler=cfg.sampler, info=models.info)
+    info = models.info
+    conds = build_conditions(cfg, pipe.generator)
     settings = image_settings(cfg, info, conds, device)
     total = len(conds) * int(cfg.n_per_condition)
     _on_rank_zero(rank, lambda: prepare_output(out, overwrite=bool(cfg.overwrite), resume=bool(cfg.get("resume")),
                                                settings=settings, total=total))
     _barrier()
     start = time.perf_counter()
-    stats = _gather_stats(sample_shard(cfg, sampler, generator, tokenizer, conds, out, rank, world))
+    stats = _gather_stats(sample_shard(cfg, pipe, conds, out, rank, world))
     _barrier()
-    return _finish(cfg, sampler, info, conds, out, stats, world, start) if rank == 0 else {}
+    return _finish(cfg, pipe.sampler, info, conds, out, stats, world, start) if rank == 0 else {}
 
 
-def _finish(cfg: DictConfig, sampler: Any, info: dict[str, Any], conds: Conditions, out: Path,
+def _finish(cfg: DictConfig, sampler: Any, info: ExportInfo, conds: Conditions, out: Path,
             stats: list[dict[str, float]], world: int, start: float) -> dict[str, Any]:
     """Rank 0: assemble the outputs, write settings.json (the run is complete from here), then evaluate
     if asked and add the evaluation to settings.json."""
@@ -507,19 +381,19 @@ def _finish(cfg: DictConfig, sampler: Any, info: dict[str, Any], conds: Conditio
 
 
 def evaluate_samples(cfg: DictConfig, out: Path, files: dict[str, Any]) -> dict[str, Any]:
-    """Run the configured ``eval`` section of argen-eval on what was just written."""
-    from argen.cli.evaluate import run_distribution, run_prompts
+    """Run the configured ``eval`` section (an argen-eval section) on what was just written."""
+    from argen.eval.runners import run_section
 
     section = cfg.eval
     if section.kind == "prompts":
         if "geneval" not in files:
             raise ConfigError("a prompt-based evaluation needs GenEval metadata: sample with suite=shapes or "
                               "geneval_metadata=<file>")
-        return run_prompts(section, files["geneval"], out)
+        return run_section(section, files["geneval"], out)
     if "labels" in files and section.get("labels") is None:
         with open_dict(section):
             section.labels = files["labels"]
-    return run_distribution(section, files.get("npz") or files["images"])
+    return run_section(section, files.get("npz") or files["images"], out)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")

@@ -13,7 +13,7 @@ import torch
 
 from argen.cli.common import ConfigError, compose_config
 from argen.core import IncompatibleError
-from argen.cli.sample import check_vocabulary
+from argen.pipeline import check_vocabulary
 from argen.cli.sample import run as sample_run
 from argen.cli.tokenize import run as tokenize_run
 from argen.cli.train import run as train_run

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import argen.cli.sample as sample_cli
+import argen.pipeline as pipeline
 from argen.cli.common import ConfigError, compose_config
 from argen.cli.evaluate import run as eval_run
 from tests.conftest import REPO, cli_env
@@ -31,7 +31,7 @@ MARKER = "INCOMPLETE.json"
 
 def after_batches(monkeypatch: pytest.MonkeyPatch, k: int, action: Any) -> None:
     """Call ``action()`` when argen-sample starts decoding batch ``k + 1`` (``k`` batches are written)."""
-    monkeypatch.setattr(sample_cli, "decode", decode_calling(sample_cli.decode, k, action))
+    monkeypatch.setattr(pipeline, "decode", decode_calling(pipeline.decode, k, action))
 
 
 def interrupt() -> None:
