@@ -33,8 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 
-from argen.cli.common import CONFIG_DIR, ConfigError, build, compose_config, pick_device, pick_dtype, target_class
-from argen.core import Condition, SamplingStats, check_compatible
+from argen.core.config import CONFIG_DIR, build, compose_config, pick_device, pick_dtype, target_class
+from argen.core.errors import ConfigError
+from argen.core import Condition, SamplingStats, bind, check_compatible, needs
 from argen.data.base import tensor_to_uint8
 from argen.samplers.common import generator_device
 from argen.samplers.random import sample_seeds
@@ -159,9 +160,9 @@ def check_vocabulary(tokenizer: Any, generator: Any) -> None:
 
 
 def bind_tokenizer(generator: Any, tokenizer: Any) -> None:
-    """Hand the tokenizer to a generator whose inputs come from it (VAR's next-scale accumulate step)."""
-    if hasattr(generator, "attach_tokenizer"):
-        generator.attach_tokenizer(tokenizer)
+    """Hand the tokenizer to a generator that declares it needs it (VAR's next-scale accumulate step)."""
+    if "tokenizer" in needs(generator):
+        bind(generator, tokenizer=tokenizer)
 
 
 # ---- samplers ---------------------------------------------------------------------------------
@@ -202,8 +203,8 @@ def build_sampler(spec: SamplerSpec, generator: Any, *, tokenizer: Any = None, i
     sampler = spec
     check_compatible(sampler, generator)
     _check_drafter(sampler, info)
-    if tokenizer is not None and hasattr(sampler, "attach_tokenizer"):
-        sampler.attach_tokenizer(tokenizer)
+    if "tokenizer" in needs(sampler):  # LANTERN's latent proximity comes from the codebook
+        bind(sampler, tokenizer=tokenizer)
     return sampler
 
 

@@ -51,7 +51,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
 from argen.cli.common import CONFIG_DIR, ConfigError, pick_device, to_plain
-from argen.cli.folders import (MARKER_NAME, FolderLock, atomic_write, atomic_write_json, read_marker,
+from argen.io.folders import (MARKER_NAME, FolderLock, atomic_write, atomic_write_json, read_marker,
                                remove_marker, remove_temp_files, write_marker)
 from argen.core.progress import progress
 from argen.pipeline import Conditions, ExportInfo, Pipeline, conditions_for, grid_image, load_models

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from argen.cli.common import ConfigError, build
-from argen.cli.folders import check_complete
+from argen.core.config import build
+from argen.core.errors import ConfigError
+from argen.io.folders import check_complete
 from argen.data.base import tensor_to_uint8
 from argen.eval import fid as metrics
 from argen.eval.images import iter_images

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from argen.core import Condition, Requirements, SampleResult, StepOutput, check_compatible
+from argen.core import Condition, Requirements, SampleResult, StepOutput, check_compatible, needs
 from argen.samplers.batch import Flight, OnFinish, compact, finished_rows
 from argen.samplers.common import finish, generator_device
 from argen.samplers.drafts import DrafterDrafts, Drafts
@@ -61,7 +61,7 @@ def load_drafter(path: str | Path) -> nn.Module:
                                 f"argen-train experiment=shapes_raster_drafter, or fix sampler.drafter=...")
     meta = read_meta(folder)
     drafter = load_pretrained(folder)
-    if not hasattr(drafter, "attach_target"):
+    if "target" not in needs(drafter):
         raise TypeError(f"{folder} holds a {type(drafter).__name__}, not a drafter")
     drafter.target_sha256 = (meta.get("target") or {}).get("sha256")
     return drafter

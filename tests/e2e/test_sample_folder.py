@@ -79,7 +79,7 @@ def test_second_run_into_a_busy_folder_is_refused_and_the_first_is_intact(
 def test_every_torchrun_rank_refuses_a_busy_folder(text_pipeline: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
     """Rank 0 takes the lock for the job; when it cannot, the other ranks fail with it instead of waiting.
     (test_two_processes_write_the_same_images_as_one covers a job whose rank 0 gets the lock.)"""
-    from argen.cli.folders import FolderLock
+    from argen.io.folders import FolderLock
 
     out = tmp_path / "busy"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",

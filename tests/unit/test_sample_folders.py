@@ -1,4 +1,4 @@
-"""argen/cli/folders.py: the output-folder lock, the incomplete marker and atomic writes."""
+"""argen/io/folders.py: the output-folder lock, the incomplete marker and atomic writes."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from argen.cli.common import ConfigError
-from argen.cli.folders import (LOCK_NAME, MARKER_NAME, FolderBusyError, FolderLock, atomic_write, check_complete,
+from argen.io.folders import (LOCK_NAME, MARKER_NAME, FolderBusyError, FolderLock, atomic_write, check_complete,
                                marker_for, read_marker, remove_temp_files, write_marker)
 from tests.conftest import REPO, cli_env
 
-HOLD = ("import sys, time; from argen.cli.folders import FolderLock; FolderLock(sys.argv[1]).acquire(); "
+HOLD = ("import sys, time; from argen.io.folders import FolderLock; FolderLock(sys.argv[1]).acquire(); "
         "print('held', flush=True); time.sleep(600)")
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from argen.cli.common import ConfigError
+from argen.core.errors import ConfigError
 
 log = logging.getLogger("argen")
 
