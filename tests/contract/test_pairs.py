@@ -20,7 +20,7 @@ from tests.contract.cases import CASES, TOY_VOCAB, Case
 from tests.unit.test_jacobi import codebook_tokenizer, pooled_chisquare, sequence_counts
 from tests.unit.test_speculative import drafter_for
 
-CFG = 2.0
+CFG = 1.5  # guided, yet not so peaked that a wrong acceptance rule would hide (it fails at p < 1e-12)
 
 
 def _lantern(sampler: Any, vocab: int) -> Any:
@@ -86,7 +86,7 @@ def test_the_pairs_cover_every_sampler_and_generator() -> None:
 @pytest.mark.parametrize("pair", PAIRS, ids=pair_id)
 def test_sequence_distribution_is_the_generators(pair: tuple[str, Case]) -> None:
     name, case = pair
-    g = case.build(vocab=TOY_VOCAB, seed=1, head_std=0.8)
+    g = case.build(vocab=TOY_VOCAB, seed=1, head_std=0.3)
     n = 20_000
     out = SAMPLERS[name](g).sample(g, Condition(labels=torch.ones(n, dtype=torch.long)), seeds=torch.arange(n),
                                    batch_size=4096)
