@@ -158,6 +158,25 @@ class Generator(Protocol):
 
 
 @runtime_checkable
+class FeatureTarget(Protocol):
+    """What a drafter needs of the generator it serves: teacher-forced features (B, L, C) (feature i
+    predicts token i: what ``step`` returns as ``hidden``), its token embedding and its output head, its
+    layout, width and head count. Raster generators are feature targets; a drafter names no attribute
+    beyond these."""
+
+    layout: Any
+    dim: int
+    n_head: int
+    vocab_size: int
+
+    def features(self, tokens: Tensor, cond: Condition) -> Tensor: ...
+
+    def embed_tokens(self, tokens: Tensor) -> Tensor: ...
+
+    def head(self, features: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
 class Sampler(Protocol):
     """``sample`` draws one sample per condition row from its seed; at most ``batch_size`` rows share a
     forward pass; ``on_finish(indices, tokens)`` hears of samples as they complete."""

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from argen.core import Condition, DecodeState, LossOutput
+from argen.core.protocols import FeatureTarget
 from argen.core.state import allocate_kv, round_up
 from argen.generators.raster import raster_layout
 from argen.nn.blocks import TransformerBlock, swiglu_hidden
@@ -84,11 +85,11 @@ class EagleDrafter(nn.Module):
     def attach_target(self, target: Any) -> None:
         """Hand over the frozen target generator whose features, token embedding and output head the
         drafter uses. It stays outside the drafter's state dict and parameters."""
-        for attr in ("features", "tok_embeddings", "output", "layout", "n_head"):
-            if not hasattr(target, attr):
-                raise TypeError(f"an EAGLE drafter needs a target with teacher-forced features, a token embedding "
-                                f"and an output head (a raster generator); {type(target).__name__} lacks {attr!r}")
-        dim, vocab, layout = int(target.tok_embeddings.weight.shape[1]), int(target.vocab_size), target.layout
+        if not isinstance(target, FeatureTarget):
+            raise TypeError(f"an EAGLE drafter needs a target with teacher-forced features, a token embedding "
+                            f"and an output head (argen.core.protocols.FeatureTarget: a raster generator); "
+                            f"{type(target).__name__} is not one")
+        dim, vocab, layout = int(target.dim), int(target.vocab_size), target.layout
         n_head = int(target.n_head)
         if (dim, vocab, n_head) != (self.dim, self.vocab_size, self.n_head) \
                 or (layout.kind, layout.shapes) != (self.layout.kind, self.layout.shapes):
@@ -107,16 +108,17 @@ class EagleDrafter(nn.Module):
                                "the generator it was trained on (argen-train does this from target_path)")
         target = self._target.module
         param = self.fc.weight
-        if target.output.weight.device != param.device or target.output.weight.dtype != param.dtype:
+        held = next(target.parameters())
+        if held.device != param.device or held.dtype != param.dtype:
             target.to(device=param.device, dtype=param.dtype)
         return target
 
     def head(self, g: Tensor) -> Tensor:
         """Draft logits (float32) from drafter outputs, through the target's output head."""
-        return self.target.output(g).float()
+        return self.target.head(g)
 
     def _inputs(self, tokens: Tensor, features: Tensor) -> Tensor:
-        return self.fc(torch.cat([self.target.tok_embeddings(tokens), features.to(self.fc.weight.dtype)], dim=-1))
+        return self.fc(torch.cat([self.target.embed_tokens(tokens), features.to(self.fc.weight.dtype)], dim=-1))
 
     # ---- training -------------------------------------------------------------------------------
     def loss(self, tokens: Tensor, cond: Condition) -> LossOutput:
@@ -126,7 +128,7 @@ class EagleDrafter(nn.Module):
             cond = cond.with_dropout(self.condition_dropout)
         with torch.no_grad():
             feats = target.features(tokens, cond)  # (B, L, C): feature i predicts token i
-            p = F.softmax(target.output(feats[:, 1:]).float(), dim=-1)  # target's distribution for tokens 1..L-1
+            p = F.softmax(target.head(feats[:, 1:]), dim=-1)  # target's distribution for tokens 1..L-1
         inp = feats[:, :-1]
         if self.training and self.feature_noise > 0:
             inp = inp + (torch.rand_like(inp) - 0.5) * self.feature_noise

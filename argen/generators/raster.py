@@ -132,6 +132,14 @@ class RasterGenerator(nn.Module):
         h = self.norm(run_layers(self.layers, h, self.rope[: h.shape[1]], key_valid=key_valid))
         return h[:, self.prefix_len - 1:]  # (B, L, C)
 
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """Token embeddings (B, F, C) (:class:`~argen.core.protocols.FeatureTarget`)."""
+        return self.tok_embeddings(tokens)
+
+    def head(self, features: Tensor) -> Tensor:
+        """Logits (B, F, V), float32, from final features (:class:`~argen.core.protocols.FeatureTarget`)."""
+        return self.output(features).float()
+
     def loss(self, tokens: Tensor, cond: Condition) -> LossOutput:
         if self.training:
             cond = cond.with_dropout(self.condition_dropout)
