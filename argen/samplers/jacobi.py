@@ -37,12 +37,10 @@ class JacobiSampler(SpeculativeLoop):
     LANTERN needs the tokenizer's codebook (:meth:`attach_tokenizer`; argen-sample does it); the
     neighbour table is cached in ``neighbours_cache`` when set."""
 
+    names = ("sjd", "lantern_jacobi")
+
     def __init__(self, *, window: int = 17, init: str = "random", **policy_and_acceptance: Any) -> None:
         super().__init__(source=JacobiDrafts(window=window, init=init), **policy_and_acceptance)
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return "lantern_jacobi" if self.verifier.relaxed else "sjd"
 
     @property
     def window(self) -> int:

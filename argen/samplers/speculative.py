@@ -73,7 +73,7 @@ class SpeculativeLoop:
     neighbours_cache: see :class:`Verifier`."""
 
     requires = Requirements(output="logits", chain=True, rollback=True, ragged=True)
-    name = "speculative"
+    names = ("speculative", "speculative_lantern")  # the settings' name under exact / LANTERN acceptance
 
     def __init__(self, *, source: DraftSource, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  cfg_scale: float = 1.0, cfg_schedule: str = "constant", acceptance: str = "exact",
@@ -83,6 +83,10 @@ class SpeculativeLoop:
                                      cfg_schedule=cfg_schedule)
         self.verifier = Verifier(acceptance=acceptance, lantern_k=lantern_k, lantern_delta=lantern_delta,
                                  neighbours_cache=neighbours_cache)
+
+    @property
+    def name(self) -> str:
+        return self.names[self.verifier.relaxed]
 
     def settings(self) -> dict[str, object]:
         return {"sampler": self.name, **self.source.settings(), **self.policy.settings(), **self.verifier.settings()}
@@ -194,10 +198,6 @@ class SpeculativeSampler(SpeculativeLoop):
         drafter = load_drafter(drafter) if isinstance(drafter, (str, Path)) else drafter
         super().__init__(source=DrafterDrafts(drafter=drafter, draft_len=draft_len, draft=draft),
                          **policy_and_acceptance)
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return "speculative_lantern" if self.verifier.relaxed else "speculative"
 
     @property
     def drafter(self) -> Any:
