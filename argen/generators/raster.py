@@ -82,6 +82,21 @@ class RasterGenerator(nn.Module):
         self.register_buffer("rope", table, persistent=False)  # (prefix + L, hd/2, 2)
         self._init_weights(initializer_range)
 
+    @classmethod
+    def sizes_from_layout(cls, layout: TokenLayout, tokenizer_config: dict[str, Any]) -> dict[str, Any]:
+        """The constructor arguments a token layout fixes (argen-train fills them from the code cache):
+        the vocabulary and the square grid, or the 1D sequence length."""
+        h, w = layout.shapes[0]
+        if layout.kind == "grid":
+            if h != w:
+                raise ValueError(f"the raster generator needs a square token grid, the cache has {h}x{w}")
+            return {"vocab_size": layout.vocab_size, "grid_size": h}
+        if layout.kind == "sequence":
+            return {"vocab_size": layout.vocab_size, "sequence_length": w}
+        raise ValueError(f"the code cache holds {'scale-residual' if layout.kind == 'scales' else layout.kind} "
+                         f"tokens (shapes {[list(s) for s in layout.shapes]}): train a next-scale generator on it "
+                         f"(generator=var_nano), not {cls.__name__}")
+
     def _init_weights(self, std: float) -> None:
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)) and module is not self.output:

@@ -121,6 +121,18 @@ class VARGenerator(nn.Module):
                 w[: 2 * self.dim].mul_(gamma)
 
     # ---- the tokenizer's accumulate step ----------------------------------------------------
+    @classmethod
+    def sizes_from_layout(cls, layout: TokenLayout, tokenizer_config: dict[str, Any]) -> dict[str, Any]:
+        """The constructor arguments a token layout fixes: vocabulary, the (square) scales, and the width
+        of the tokenizer's codes (VAR's Cvae, from the tokenizer's config)."""
+        if layout.kind != "scales":
+            raise ValueError(f"{cls.__name__} predicts scale-residual tokens but the code cache holds "
+                             f"{layout.kind} tokens: tokenize with a scale-residual tokenizer (experiment=shapes_msvq)")
+        if any(a != b for a, b in layout.shapes):
+            raise ValueError(f"next-scale generators need square token maps, the cache has {layout.shapes}")
+        return {"vocab_size": layout.vocab_size, "scales": [a for a, _ in layout.shapes],
+                "input_dim": tokenizer_config.get("embed_dim")}
+
     binds = ("tokenizer",)  # the next-scale inputs come from the tokenizer's accumulate step
 
     def bind(self, *, tokenizer: Any) -> None:

@@ -76,29 +76,30 @@ def prepare_generator_config(cfg: DictConfig) -> None:
             node = cfg.data.get(split)
             if node is not None and "tokenizer_sha256" in node:
                 node.tokenizer_sha256 = sha
-        what = f"vocabulary mismatch with the tokenizer that made {cfg.codes_dir} ({layout.vocab_size} codes)"
-        _fill(gen, "vocab_size", layout.vocab_size, what)
-        h, w = layout.shapes[0]
-        if layout.kind == "grid":
-            if h != w:
-                raise ConfigError(f"the raster generator needs a square token grid, the cache has {h}x{w}")
-            _fill(gen, "grid_size", h, f"token grid mismatch with the code cache ({h}x{w})")
-        elif layout.kind == "sequence" and "sequence_length" in gen:
-            _fill(gen, "sequence_length", w, f"sequence length mismatch with the code cache ({w})")
-        elif layout.kind == "scales":
-            if "scales" not in gen:
-                raise ConfigError(f"the code cache holds scale-residual tokens (scales {[s[0] for s in layout.shapes]}): "
-                                  f"train a next-scale generator on it (generator=var_nano), not {gen.get('_target_')}")
-            if any(a != b for a, b in layout.shapes):
-                raise ConfigError(f"next-scale generators need square token maps, the cache has {layout.shapes}")
-            _fill(gen, "scales", [a for a, _ in layout.shapes], "scale mismatch with the code cache")
-        if "scales" in gen and layout.kind != "scales":
-            raise ConfigError(f"{gen.get('_target_')} predicts scale-residual tokens but {cfg.codes_dir} holds "
-                              f"{layout.kind} tokens: tokenize with a scale-residual tokenizer (experiment=shapes_msvq)")
-        if "input_dim" in gen:  # the width of the tokenizer's codes (VAR's Cvae)
-            width = export_config(cfg.tokenizer_path).get("embed_dim")
-            _fill(gen, "input_dim", width, f"code width mismatch with the tokenizer ({width})")
+        for key, value in layout_sizes(gen, layout, cfg).items():
+            what = SIZE_WORDS.get(key, key)
+            _fill(gen, key, value, f"{what} mismatch with the code cache {cfg.codes_dir} and its tokenizer ({value})")
         _prepare_condition(gen.condition, cfg.codes_dir)
+
+
+SIZE_WORDS = {"vocab_size": "vocabulary", "grid_size": "token grid", "sequence_length": "sequence length",
+              "scales": "scale", "input_dim": "code width"}
+
+
+def layout_sizes(gen: DictConfig, layout: TokenLayout, cfg: DictConfig) -> dict[str, Any]:
+    """What the generator's class says a token layout fixes (``sizes_from_layout``: one hook per
+    generator, no per-generator branches here); a layout it cannot model is a ConfigError."""
+    from hydra.utils import get_class
+
+    target = get_class(str(gen._target_))
+    hook = getattr(target, "sizes_from_layout", None)
+    if hook is None:
+        raise ConfigError(f"{target.__name__} does not say which sizes a token layout fixes (sizes_from_layout); "
+                          f"it cannot be trained on a code cache")
+    try:
+        return dict(hook(layout, export_config(cfg.tokenizer_path)))
+    except ValueError as e:
+        raise ConfigError(f"{e} ({cfg.codes_dir})") from e
 
 
 def _prepare_condition(cond: DictConfig, codes_dir: str) -> None:
