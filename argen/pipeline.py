@@ -38,7 +38,7 @@ from argen.core.errors import ConfigError
 from argen.core import Condition, SamplingStats, bind, check_compatible, needs
 from argen.data.base import tensor_to_uint8
 from argen.samplers.common import generator_device
-from argen.samplers.random import sample_seeds
+from argen.samplers.random import decoder_seeds, sample_seeds
 from tokenizers_vq.io import load_pretrained, read_meta
 
 log = logging.getLogger("argen")
@@ -296,10 +296,14 @@ def warn_empty_prompts(prompts: Sequence[str]) -> None:
 
 # ---- images -----------------------------------------------------------------------------------
 @torch.no_grad()
-def decode(tokenizer: Any, tokens: torch.Tensor, chunk: int) -> np.ndarray:
+def decode(tokenizer: Any, tokens: torch.Tensor, chunk: int, seeds: torch.Tensor | None = None) -> np.ndarray:
     """Tokens -> uint8 images (B, H, W, 3), ``chunk`` at a time (1: bit-identical whatever the sampling
-    batch, since convolution kernels may pick different algorithms for different batch sizes)."""
-    parts = [tokenizer.decode(t).float().cpu() for t in tokens.split(max(chunk, 1))]
+    batch, since convolution kernels may pick different algorithms for different batch sizes). ``seeds``
+    (B,): per-sample seeds for a stochastic decoder (the protocol's ``decode(tokens, seeds)``)."""
+    size = max(chunk, 1)
+    rows = tokens.split(size)
+    row_seeds = [None] * len(rows) if seeds is None else list(seeds.split(size))
+    parts = [tokenizer.decode(t, seeds=s).float().cpu() for t, s in zip(rows, row_seeds)]
     return tensor_to_uint8(torch.cat(parts))
 
 
@@ -409,7 +413,8 @@ class Pipeline:
 
         def finished(rows: list[int], tokens: torch.Tensor) -> None:
             t0 = time.perf_counter()
-            on_images([todo[r] for r in rows], decode(self.tokenizer, tokens, decode_batch_size))
+            done = [todo[r] for r in rows]
+            on_images(done, decode(self.tokenizer, tokens, decode_batch_size, decoder_seeds(int(seed), done)))
             outside[0] += time.perf_counter() - t0
 
         start = time.perf_counter()

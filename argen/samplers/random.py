@@ -45,6 +45,12 @@ def sample_seeds(seed: int, indices: Tensor | list[int] | range) -> Tensor:
     return splitmix64(splitmix64(torch.full_like(idx, _to_signed(seed))) ^ idx)
 
 
+def decoder_seeds(seed: int, indices: Tensor | list[int] | range) -> Tensor:
+    """Per-sample seeds for a stochastic tokenizer decoder: a stream apart from the sampler's
+    (:func:`sample_seeds`), so the decoder's noise is not the sampler's draws again."""
+    return splitmix64(sample_seeds(seed, indices) ^ _to_signed(0x5DEECE66D2B7E151))
+
+
 class RowRandom:
     """Independent streams, one per batch row. ``seeds``: (B,) int64.
 

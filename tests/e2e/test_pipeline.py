@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -139,3 +140,30 @@ def test_wrong_conditions_are_clear_errors(class_pipeline: dict[str, Path],  # n
         shapes(["a red circle", 3])
     with pytest.raises(ValueError, match=r"sample index 4 is out of range: 2 conditions x n=2"):
         shapes(PROMPTS[:2], n=2, indices=[4])
+
+
+def test_a_stochastic_decoder_gets_each_samples_own_seed(text_pipeline: dict[str, Path]) -> None:  # noqa: F811
+    """Tokenizer.decode(tokens, seeds): the pipeline hands every image its own decoder seed, the same
+    whatever batch it was drawn or decoded in (a rectified-flow decoder draws its noise from it)."""
+    from argen.samplers.random import decoder_seeds
+
+    pipe = Pipeline.from_export(text_pipeline["generator"])
+    seen: dict[int, int] = {}
+    inner = pipe.tokenizer.decode
+
+    def recording(tokens, seeds=None):  # noqa: ANN001, ANN202
+        assert seeds is not None and len(seeds) == len(tokens)
+        return inner(tokens, seeds)
+
+    pipe.tokenizer.decode = recording
+    got = []
+    pipe.stream(["a red circle", "two squares"], n=3, seed=4, batch_size=2, decode_batch_size=2,
+                on_images=lambda ids, ims: got.extend(ids))
+    assert sorted(got) == list(range(6))
+    assert torch.equal(decoder_seeds(4, [5]), decoder_seeds(4, range(6))[5:])
+    assert not torch.equal(decoder_seeds(4, range(6)), sample_seeds(4, range(6)))
+    calls: list[torch.Tensor] = []
+    pipe.tokenizer.decode = lambda tokens, seeds=None: (calls.append(seeds), inner(tokens))[1]
+    pipe.stream(["a red circle"], n=2, seed=4, indices=[1, 0], batch_size=1, decode_batch_size=1,
+                on_images=lambda ids, ims: seen.update({i: 0 for i in ids}))
+    assert sorted(torch.cat(calls).tolist()) == sorted(decoder_seeds(4, [0, 1]).tolist())

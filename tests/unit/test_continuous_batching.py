@@ -17,8 +17,7 @@ def samplers(g: object) -> dict[str, object]:
     kw = dict(temperature=0.9, cfg_scale=2.0)
     return {"sjd": JacobiSampler(window=5, **kw), "sjd_row": JacobiSampler(window=6, init="row", **kw),
             "drafter": SpeculativeSampler(drafter=drafter_for(g), draft_len=3, **kw),
-            "drafter_greedy": SpeculativeSampler(drafter=drafter_for(g), draft_len=3, draft="greedy", **kw),
-            "lantern": JacobiSampler(window=4, acceptance="exact", **kw)}
+            "drafter_greedy": SpeculativeSampler(drafter=drafter_for(g), draft_len=3, draft="greedy", **kw)}
 
 
 @pytest.mark.parametrize("name", ["sjd", "sjd_row", "drafter", "drafter_greedy"])
