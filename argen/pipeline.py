@@ -37,7 +37,6 @@ from argen.core.config import CONFIG_DIR, build, compose_config, pick_device, pi
 from argen.core.errors import ConfigError
 from argen.core import Condition, SamplingStats, bind, check_compatible, needs
 from argen.data.base import tensor_to_uint8
-from argen.samplers.common import generator_device
 from argen.samplers.random import decoder_seeds, sample_seeds
 from tokenizers_vq.io import load_pretrained, read_meta
 
@@ -397,7 +396,7 @@ class Pipeline:
 
     @property
     def device(self) -> torch.device:
-        return generator_device(self.generator)
+        return self.generator.device
 
     def stream(self, conditions: ConditionsLike, *, on_images: OnImages, n: int = 1, seed: int = 0,
                indices: Sequence[int] | None = None, batch_size: int = 64, decode_batch_size: int = 1) -> SampleStats:

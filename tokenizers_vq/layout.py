@@ -49,6 +49,29 @@ class TokenLayout:
     def discrete(self) -> bool:
         return self.vocab_size is not None
 
+    @property
+    def token_dtype(self) -> torch.dtype:
+        """What one token is in memory: int64 code ids, or float32 latents of ``channels`` values."""
+        return torch.int64 if self.discrete else torch.float32
+
+    def token_shape(self, batch: int) -> tuple[int, ...]:
+        """(B, L) for discrete codes, (B, L, C) for continuous latents."""
+        return (batch, self.length) if self.discrete else (batch, self.length, int(self.channels or 0))
+
+    def empty(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """A zeroed token buffer for ``batch`` images in layout order (what samplers fill and return)."""
+        return torch.zeros(self.token_shape(batch), dtype=self.token_dtype, device=device)
+
+    def check_tokens(self, tokens: torch.Tensor, *, owner: str) -> None:
+        """Tokens of this layout, else a clear error: integer ids in range (discrete) or float latents of
+        ``channels`` values per position (continuous)."""
+        if self.discrete:
+            check_token_ids(tokens, int(self.vocab_size or 0), owner=owner)
+            return
+        if not tokens.is_floating_point() or tokens.dim() < 2 or tokens.shape[-1] != self.channels:
+            raise TypeError(f"the {owner} takes continuous tokens (..., L, {self.channels}) float latents; got "
+                            f"{tokens.dtype} of shape {tuple(tokens.shape)} (codes of a discrete tokenizer?)")
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["shapes"] = [list(s) for s in self.shapes]

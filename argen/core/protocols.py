@@ -9,6 +9,13 @@ to the state (the group decided last step, or a speculative window), and return 
 layout positions ``query`` (Q,) given everything fed so far. With F = 0 the first step runs the
 condition prefix only.
 
+Continuous outputs (``Capabilities(output="velocity")``, :class:`FlowGenerator`): tokens are float
+latents (B, F, C) (the layout's ``channels``); ``step`` commits finished entities and prepares the
+context of ``query`` (its ``logits`` are None), and ``velocity(state, x_t, t, query)`` evaluates the
+flow of the queried entities at noise level ``t`` without changing the state, as often as the ODE/SDE
+solver of the sampler needs. Token buffers follow the layout (``TokenLayout.empty``: int64 codes or
+float32 latents), and so do ``SampleResult.tokens`` and code caches.
+
 Protocol 2: rows advance on their own. Positions and queries may be given per row ((B, F), -1 where a
 row has fewer), a row can be restarted with a new condition (``restart``: continuous batching), and
 what a generator or sampler needs beside its weights it declares in ``binds`` (``"tokenizer"``: VAR's
@@ -28,6 +35,7 @@ from torch import Tensor
 from argen.core.condition import Condition
 from argen.core.errors import IncompatibleError
 from argen.core.state import DecodeState
+from tokenizers_vq.layout import TokenLayout
 
 
 @dataclass(frozen=True)
@@ -102,10 +110,11 @@ class LossOutput:
 
 @dataclass
 class StepOutput:
-    """logits: (B, Q, V) for the queried positions; hidden: (B, Q, C) final features at the slots
-    that produced them (drafters read these), or None."""
+    """logits: (B, Q, V) for the queried positions (None from a velocity generator, whose outputs come
+    from ``velocity``); hidden: (B, Q, C) final features at the slots that produced them (drafters read
+    these), or None."""
 
-    logits: Tensor
+    logits: Tensor | None
     hidden: Tensor | None = None
 
 
@@ -134,17 +143,26 @@ class SamplingStats:
 
 @dataclass
 class SampleResult:
-    tokens: Tensor  # (B, L) int64 in layout order
+    """tokens: in layout order, as the layout stores them: (B, L) int64 codes or (B, L, C) float32 latents."""
+
+    tokens: Tensor
     stats: SamplingStats
 
 
 @runtime_checkable
 class Generator(Protocol):
-    """``layout``: what it generates (kind, shapes, vocabulary); ``restart(state, rows, cond)`` for
+    """``layout``: what it generates (kind, shapes, vocabulary or channels); ``device`` / ``dtype``: where
+    its states are made (samplers read nothing else of the module); ``restart(state, rows, cond)`` for
     ``ragged`` generators; ``binds``/``bind`` when it needs its tokenizer (see :func:`bind`)."""
 
     capabilities: Capabilities
-    layout: Any
+    layout: TokenLayout
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
 
     def loss(self, tokens: Tensor, cond: Condition) -> LossOutput: ...
 
@@ -155,6 +173,19 @@ class Generator(Protocol):
     def step(self, state: DecodeState, tokens: Tensor, positions: Tensor, query: Tensor) -> StepOutput: ...
 
     def null_cond(self, cond: Condition) -> Condition: ...
+
+
+@runtime_checkable
+class FlowGenerator(Generator, Protocol):
+    """A generator of continuous entities (``Capabilities(output="velocity")``): ``step`` feeds the
+    finished entities (B, F, C) and readies the context of ``query``; ``velocity`` returns the flow
+    (B, Q, C) of the queried entities at ``x_t`` (B, Q, C) and noise level ``t`` (B, Q), reading the
+    state but never writing it. One convention for every flow generator, so that any solver drives any
+    of them (xAR's and FlexTok's rectified flow): t = 1 is noise, t = 0 is data,
+    ``x_t = (1 - t) x + t eps`` and the velocity is ``dx_t/dt = eps - x``; a generator trained with
+    another convention converts inside ``velocity``."""
+
+    def velocity(self, state: DecodeState, x_t: Tensor, t: Tensor, query: Tensor) -> Tensor: ...
 
 
 @runtime_checkable

@@ -3,7 +3,8 @@
 Layout of a cache folder::
 
     manifest.json              tokenizer sha256 + path, layout, preprocessing, splits, counts
-    <split>/shard_00000.safetensors   tokens (N, L) int32, label (N,) int64, index (N,) int64
+    <split>/shard_00000.safetensors   tokens (N, L) int32 codes, or (N, L, C) float32 latents of a
+                                      continuous layout; label (N,) int64, index (N,) int64
     <split>/shard_00000.jsonl         one {"caption", "metadata"} line per row
 
 Generator training reads codes, never images; the manifest pins the tokenizer by the
@@ -55,11 +56,25 @@ def check_manifest(manifest: dict[str, Any], *, root: str | Path, tokenizer_sha2
             f"{preprocessing}; re-run argen-tokenize with the current data config")
 
 
+def stored_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens as a cache stores them: integer codes as int32 (N, L), float latents as float32 (N, L, C)."""
+    return tokens.to(torch.float32 if tokens.is_floating_point() else torch.int32).contiguous()
+
+
+def loaded_tokens(stored: torch.Tensor, layout: dict[str, Any], root: str | Path) -> torch.Tensor:
+    """Stored tokens as training reads them, as the cache's layout says: int64 codes or float32 latents."""
+    continuous = layout.get("channels") is not None
+    if continuous != stored.is_floating_point() or (continuous and stored.shape[-1] != layout["channels"]):
+        raise CodeCacheMismatchError(f"code cache '{root}' holds {stored.dtype} tokens of shape {tuple(stored.shape)} "
+                                     f"but its layout is {layout}; rebuild it with argen-tokenize")
+    return stored.float() if continuous else stored.long()
+
+
 def write_shard(out: Path, name: str, rows: dict[str, list[Any]]) -> None:
     """One shard: ``rows`` holds lists of tokens / label / index tensors and of caption / metadata."""
     from safetensors.torch import save_file
 
-    tensors = {"tokens": torch.cat(rows["tokens"]).to(torch.int32).contiguous(),
+    tensors = {"tokens": stored_tokens(torch.cat(rows["tokens"])),
                "label": torch.cat(rows["label"]).long(), "index": torch.cat(rows["index"]).long()}
     save_file(tensors, str(out / f"{name}.safetensors"))
     with open(out / f"{name}.jsonl", "w") as f:
@@ -82,7 +97,8 @@ def publish_cache(tmp: Path, out: Path, *, tokenizer: dict[str, Any], layout: di
 
 
 class CodeDataset(Dataset):
-    """Rows of one split of a code cache: ``tokens`` (L,) int64, ``label``, ``caption``, ``metadata``, ``index``.
+    """Rows of one split of a code cache: ``tokens`` ((L,) int64 codes or (L, C) float32 latents, as the
+    cache's layout says), ``label``, ``caption``, ``metadata``, ``index``.
 
     tokenizer_sha256: when given, the cache must have been made by exactly that tokenizer.
     """
@@ -101,7 +117,7 @@ class CodeDataset(Dataset):
             indices.append(tensors["index"])
             with open(self.root / split / f"{shard}.jsonl") as f:
                 extras.extend(json.loads(line) for line in f)
-        self.tokens = torch.cat(tokens).long()  # (N, L)
+        self.tokens = loaded_tokens(torch.cat(tokens), self.manifest["layout"], self.root)  # (N, L[, C])
         self.labels = torch.cat(labels).long()
         self.indices = torch.cat(indices).long()
         self.extras = extras

@@ -34,6 +34,7 @@ from argen.core.protocols import FeatureTarget
 from argen.core.state import allocate_kv, round_up
 from argen.generators.raster import raster_layout
 from argen.nn.blocks import TransformerBlock, swiglu_hidden
+from argen.nn.module import GeneratorModule
 from argen.nn.trunk import row_slots, run_layers
 
 
@@ -47,7 +48,7 @@ class _Shared:
         return self
 
 
-class EagleDrafter(nn.Module):
+class EagleDrafter(GeneratorModule):
     """dim / n_head / multiple_of / ffn_dim_multiplier / norm_eps / rope_base / grid_size |
     sequence_length / vocab_size: the target's (``argen-train`` fills them in from ``target_path``);
     feature_noise: EAGLE's uniform noise on the input features, ``(U - 0.5) * feature_noise``;
@@ -108,8 +109,7 @@ class EagleDrafter(nn.Module):
                                "the generator it was trained on (argen-train does this from target_path)")
         target = self._target.module
         param = self.fc.weight
-        held = next(target.parameters())
-        if held.device != param.device or held.dtype != param.dtype:
+        if target.device != param.device or target.dtype != param.dtype:
             target.to(device=param.device, dtype=param.dtype)
         return target
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from argen.core import Capabilities, Condition, DecodeState, LossOutput, StepOutput
 from argen.core.state import allocate_kv, round_up
 from argen.nn.blocks import RMSNorm, TransformerBlock, swiglu_hidden
+from argen.nn.module import GeneratorModule
 from argen.nn.rope import rope_1d, rope_2d
 from argen.nn.trunk import find_inputs, positions_per_row, row_slots, run_layers
 from tokenizers_vq.layout import TokenLayout, check_token_ids
@@ -44,7 +45,7 @@ def raster_layout(vocab_size: int, grid_size: int | None, sequence_length: int |
     return layout, rope_1d(sequence_length, head_dim, base=rope_base, prefix=prefix, zero_prefix=zero_prefix)
 
 
-class RasterGenerator(nn.Module):
+class RasterGenerator(GeneratorModule):
     """GPT over a raster grid (``grid_size`` x ``grid_size``, 2D RoPE) or a 1D sequence
     (``sequence_length``, 1D RoPE).
 

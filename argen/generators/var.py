@@ -40,10 +40,11 @@ from argen.core import Capabilities, Condition, DecodeState, LossOutput, StepOut
 from argen.core.state import allocate_kv, round_up
 from argen.nn.adaln import AdaLayerNorm
 from argen.nn.adaln_blocks import AdaLNSelfAttnBlock, level_mask
+from argen.nn.module import GeneratorModule
 from tokenizers_vq.layout import TokenLayout, check_token_ids
 
 
-class VARGenerator(nn.Module):
+class VARGenerator(GeneratorModule):
     """depth: number of blocks; width and heads default to VAR's rule ``64 * depth`` and ``depth``
     (VAR-d16: 1024 wide, 16 heads, ~310M parameters). scales: token-map sides coarse to fine (the
     tokenizer's); input_dim: the tokenizer's code width (VAR's Cvae = 32). condition: partial

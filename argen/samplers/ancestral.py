@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from argen.core import Condition, Requirements, SampleResult, SamplingStats, check_compatible
-from argen.samplers.common import OnFinish, finish, generator_device, in_batches
+from argen.core import Condition, Generator, Requirements, SampleResult, SamplingStats, check_compatible
+from argen.samplers.common import OnFinish, finish, in_batches
 from argen.samplers.policy import DecodingPolicy
 from argen.samplers.random import RowRandom
 
@@ -31,7 +29,7 @@ class AncestralSampler:
         return {"sampler": self.name, **self.policy.settings()}
 
     @torch.no_grad()
-    def sample(self, generator: Any, cond: Condition, *, seeds: Tensor, batch_size: int | None = None,
+    def sample(self, generator: Generator, cond: Condition, *, seeds: Tensor, batch_size: int | None = None,
                on_finish: OnFinish | None = None) -> SampleResult:
         """cond: N conditions; seeds: (N,) per-sample seeds (see :func:`argen.samplers.random.sample_seeds`);
         at most ``batch_size`` rows at a time; ``on_finish(indices, tokens)`` as batches complete."""
@@ -39,16 +37,17 @@ class AncestralSampler:
         self.policy.begin(generator)
         return in_batches(lambda c, s: self._batch(generator, c, s), cond, seeds, batch_size, on_finish)
 
-    def _batch(self, generator: Any, cond: Condition, seeds: Tensor) -> SampleResult:
+    def _batch(self, generator: Generator, cond: Condition, seeds: Tensor) -> SampleResult:
         start_time = time.perf_counter()
-        device = generator_device(generator)
+        device = generator.device
         rng = RowRandom(seeds.to(device))
         state = generator.start(self.policy.conditions(generator, cond.to(device)))
-        tokens = torch.zeros(len(cond), generator.layout.length, dtype=torch.long, device=device)
+        tokens = generator.layout.empty(len(cond), device)
         prev = torch.zeros(0, dtype=torch.long)
         stats = SamplingStats()
         for group in generator.plan():
             out = generator.step(state, self.policy.rows(tokens[:, prev.to(device)]), prev, group)
+            assert out.logits is not None  # output="logits" was checked
             tokens[:, group.to(device)] = rng.categorical(self.policy.probs(out.logits, group))  # (B, Q)
             prev = group
             stats.forward_passes += 1

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -13,11 +11,6 @@ from argen.core import Condition, SampleResult, SamplingStats
 
 # (sample indices (R,), their tokens (R, L)): called as samples finish (argen-sample writes them out).
 OnFinish = Callable[[list[int], Tensor], None]
-
-
-def generator_device(generator: Any) -> torch.device:
-    """The device a generator's parameters live on (where its states and tokens are made)."""
-    return next(generator.parameters()).device
 
 
 def finish(stats: SamplingStats, start_time: float, device: torch.device) -> SamplingStats:

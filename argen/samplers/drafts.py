@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from argen.core import DecodeState, StepOutput
+from argen.core import DecodeState, Generator, StepOutput
 from argen.core.protocols import bind
 from argen.samplers.acceptance import one_hot_probs
 from argen.samplers.batch import Flight
 from argen.samplers.policy import DecodingPolicy
+from tokenizers_vq.layout import TokenLayout
 
 
 @dataclass
@@ -65,7 +66,7 @@ class JacobiDrafts:
     def settings(self) -> dict[str, object]:
         return {"window": self.window, "init": self.init}
 
-    def begin(self, flight: Flight, generator: Any, policy: DecodingPolicy) -> None:
+    def begin(self, flight: Flight, generator: Generator, policy: DecodingPolicy) -> None:
         self.vocab, self.grid_width = int(generator.layout.vocab_size), _grid_width(generator.layout)
         self.q = torch.zeros(flight.rows, self.width, self.vocab, device=flight.tokens.device)
         self.have = torch.zeros(flight.rows, dtype=torch.long)
@@ -116,7 +117,7 @@ class JacobiDrafts:
         flight.tokens.scatter_(1, positions, values)
 
 
-def _grid_width(layout: Any) -> int | None:
+def _grid_width(layout: TokenLayout) -> int | None:
     return int(layout.shapes[0][1]) if layout.kind == "grid" else None
 
 
@@ -136,9 +137,8 @@ class DrafterDrafts:
     def settings(self) -> dict[str, object]:
         return {"window": self.width + 1, "draft_len": self.width, "draft": self.draft}
 
-    def begin(self, flight: Flight, generator: Any, policy: DecodingPolicy) -> None:
-        param = next(generator.parameters())
-        self.drafter.to(device=param.device, dtype=param.dtype).eval()
+    def begin(self, flight: Flight, generator: Generator, policy: DecodingPolicy) -> None:
+        self.drafter.to(device=generator.device, dtype=generator.dtype).eval()
         bind(self.drafter, target=generator)
         self.policy, self.vocab = policy, int(generator.layout.vocab_size)
         self.dstate = self.drafter.start(flight.state.batch_size)

@@ -44,7 +44,8 @@ class Guidance:
         return 1.0 + (self.scale - 1.0) * progress
 
     def mix(self, logits: Tensor, progress: Tensor) -> Tensor:
-        """logits (2B, Q, V) from a doubled batch -> guided (B, Q, V); progress (Q,) or (B, Q) per row."""
+        """logits (2B, Q, ...) from a doubled batch (logits, or a flow's velocities (2B, Q, C)) -> guided
+        (B, Q, ...); progress (Q,) or (B, Q) per row."""
         if not self.active:
             return logits
         cond, uncond = logits.float().chunk(2, dim=0)

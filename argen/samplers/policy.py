@@ -10,12 +10,10 @@ what it is checked by).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from argen.core import Condition
+from argen.core import Condition, Generator
 from argen.samplers.guidance import Guidance
 from argen.samplers.logits import LogitsProcessor
 
@@ -48,11 +46,11 @@ class DecodingPolicy:
         return {"temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p, "cfg_scale": g.scale,
                 "cfg_schedule": g.schedule}
 
-    def begin(self, generator: Any) -> None:
+    def begin(self, generator: Generator) -> None:
         """Read the generator's plan once per sampling call (guidance progress per position)."""
         self._progress = plan_progress(generator.plan(), generator.layout.length)
 
-    def conditions(self, generator: Any, cond: Condition) -> Condition:
+    def conditions(self, generator: Generator, cond: Condition) -> Condition:
         """[cond; null(cond)] when guided, else cond: the rows the generator runs."""
         return cond.cat(generator.null_cond(cond)) if self.doubled else cond
 
@@ -60,11 +58,15 @@ class DecodingPolicy:
         """Per-row values of the B guided rows, repeated for their null twins when guided (2B rows)."""
         return torch.cat([x, x]) if self.doubled else x
 
+    def guided(self, outputs: Tensor, positions: Tensor) -> Tensor:
+        """Guidance alone: ``u + s (c - u)`` of a step's outputs ((2B, Q, ...) when guided, logits or a
+        flow's velocities) at layout ``positions``: (Q,) for every row or (B, Q) per row (-1: padding)."""
+        if self._progress is None:
+            raise RuntimeError("DecodingPolicy.begin(generator) must run before the first step")
+        positions = positions.long().cpu()
+        return self.guidance.mix(outputs, self._progress[positions.clamp_min(0)])
+
     def probs(self, logits: Tensor, positions: Tensor) -> Tensor:
         """Target distributions (B, Q, V) from a step's logits ((2B, Q, V) when guided) at layout
-        ``positions``: (Q,) for every row or (B, Q) per row (-1: padding, any progress)."""
-        if self._progress is None:
-            raise RuntimeError("DecodingPolicy.begin(generator) must run before probs")
-        positions = positions.long().cpu()
-        progress = self._progress[positions.clamp_min(0)]
-        return self.processor.probs(self.guidance.mix(logits, progress))
+        ``positions`` (as :meth:`guided`), after the logits processors."""
+        return self.processor.probs(self.guided(logits, positions))

@@ -25,9 +25,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from argen.core import Condition, Requirements, SampleResult, StepOutput, check_compatible, needs
+from argen.core import Condition, Generator, Requirements, SampleResult, StepOutput, check_compatible, needs
 from argen.samplers.batch import Flight, OnFinish, compact, finished_rows
-from argen.samplers.common import finish, generator_device
+from argen.samplers.common import finish
 from argen.samplers.drafts import DrafterDrafts, Drafts
 from argen.samplers.policy import DecodingPolicy
 from argen.samplers.random import RowRandom
@@ -39,7 +39,7 @@ class DraftSource(Protocol):
 
     def settings(self) -> dict[str, object]: ...
 
-    def begin(self, flight: Flight, generator: Any, policy: DecodingPolicy) -> None: ...
+    def begin(self, flight: Flight, generator: Generator, policy: DecodingPolicy) -> None: ...
 
     def restart(self, flight: Flight, rows: Tensor) -> None: ...
 
@@ -103,7 +103,7 @@ class SpeculativeLoop:
         self.bind(tokenizer=tokenizer)
 
     @torch.no_grad()
-    def sample(self, generator: Any, cond: Condition, *, seeds: Tensor, batch_size: int | None = None,
+    def sample(self, generator: Generator, cond: Condition, *, seeds: Tensor, batch_size: int | None = None,
                on_finish: OnFinish | None = None) -> SampleResult:
         """cond: N conditions, seeds: (N,) per-sample seeds; at most ``batch_size`` rows in flight (default
         N); ``on_finish(indices, tokens)`` is called as samples complete."""
@@ -115,30 +115,29 @@ class SpeculativeLoop:
         flight.stats.extra.update(self.verifier.stats(), row_passes=float(flight.stats.extra.get("row_passes", 0)))
         return SampleResult(tokens=flight.out, stats=finish(flight.stats, start_time, flight.out.device))
 
-    def _begin(self, generator: Any, cond: Condition, seeds: Tensor, batch_size: int | None,
+    def _begin(self, generator: Generator, cond: Condition, seeds: Tensor, batch_size: int | None,
                on_finish: OnFinish | None) -> Flight:
         check_compatible(self, generator)
         if len(seeds) != len(cond):
             raise ValueError(f"{len(seeds)} seeds for {len(cond)} conditions")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        device = generator_device(generator)
+        device = generator.device
         cond = cond.to(device)
         self.policy.begin(generator)
-        length = generator.layout.length
         self.verifier.begin(int(generator.layout.vocab_size))
         n_rows = min(batch_size or len(cond), len(cond))
         first = torch.arange(n_rows)
         state = generator.start(self.policy.conditions(generator, cond.index(first.to(device))))
         flight = Flight(cond=cond, seeds=seeds, index=first.clone(), n=torch.zeros(n_rows, dtype=torch.long),
-                        tokens=torch.zeros(n_rows, length, dtype=torch.long, device=device),
-                        out=torch.zeros(len(cond), length, dtype=torch.long, device=device), state=state,
+                        tokens=generator.layout.empty(n_rows, device), out=generator.layout.empty(len(cond), device),
+                        state=state,
                         rng=RowRandom(seeds[first].to(device)), doubled=self.policy.doubled, queued=n_rows,
                         on_finish=on_finish)
         self.source.begin(flight, generator, self.policy)
         return flight
 
-    def _round(self, generator: Any, flight: Flight) -> None:
+    def _round(self, generator: Generator, flight: Flight) -> None:
         """One target pass: draft, feed and score every row's window, verify, commit, roll back."""
         drafts = self.source.propose(flight)
         counts, width = drafts.counts, drafts.tokens.shape[1]
@@ -152,6 +151,7 @@ class SpeculativeLoop:
         feed = flight.tokens.gather(1, positions.clamp(0, flight.length - 1).to(device))
         rows = self.policy.rows
         out = generator.step(flight.state, rows(feed), rows(positions), rows(query))
+        assert out.logits is not None  # output="logits" was checked
         p = self.policy.probs(out.logits, query)  # (B, D + 1, V)
         verdict = self.verifier(p, drafts.tokens, drafts.q, flight.rng, counts=counts)
         accepted = verdict.accepted.cpu()
@@ -168,7 +168,7 @@ class SpeculativeLoop:
         done = flight.n >= flight.length
         flight.state.truncate(rows(torch.where(live & ~done, flight.n - 1, flight.state.fed[: flight.rows])))
 
-    def _refill(self, generator: Any, flight: Flight) -> None:
+    def _refill(self, generator: Generator, flight: Flight) -> None:
         """Finished rows hand their samples over and take the next ones; rows left without one leave."""
         done = finished_rows(flight)
         if not len(done):
