@@ -35,8 +35,9 @@ from torch import nn
 
 from argen.core.config import CONFIG_DIR, build, compose_config, pick_device, pick_dtype, target_class
 from argen.core.errors import ConfigError
-from argen.core import Condition, SamplingStats, bind, check_compatible, needs
+from argen.core import Condition, SampleResult, SamplingStats, bind, check_compatible, needs
 from argen.data.base import tensor_to_uint8
+from argen.samplers.common import OnFinish
 from argen.samplers.random import decoder_seeds, sample_seeds
 from tokenizers_vq.io import load_pretrained, read_meta
 
@@ -398,6 +399,24 @@ class Pipeline:
     def device(self) -> torch.device:
         return self.generator.device
 
+    def sample_tokens(self, conditions: ConditionsLike, *, n: int = 1, seed: int = 0,
+                      indices: Sequence[int] | None = None, batch_size: int = 64,
+                      on_finish: OnFinish | None = None) -> SampleResult:
+        """The tokens (R, L) of sample ``indices`` (default all ``len(conditions) * n``) of the request, in
+        that order and not decoded (argen-distill's self-distilled codes): sample ``i`` has condition
+        ``i // n`` and seed ``sample_seeds(seed, [i])``, the tokens of the image :meth:`__call__` draws for
+        it. At most ``batch_size`` rows at a time; ``on_finish(rows, tokens)``: the sampler's, ``rows``
+        indexing ``indices``."""
+        conds = conditions_for(self.generator, conditions)
+        todo = _request_indices(len(conds), n, indices)
+        device = self.device
+        if not todo:
+            return SampleResult(tokens=torch.zeros(0, self.generator.layout.length, dtype=torch.long, device=device),
+                                stats=SamplingStats())
+        return self.sampler.sample(self.generator, conds.batch([i // n for i in todo], device),
+                                   seeds=sample_seeds(int(seed), todo).to(device), batch_size=int(batch_size),
+                                   on_finish=on_finish)
+
     def stream(self, conditions: ConditionsLike, *, on_images: OnImages, n: int = 1, seed: int = 0,
                indices: Sequence[int] | None = None, batch_size: int = 64, decode_batch_size: int = 1) -> SampleStats:
         """Draw sample ``indices`` (default all ``len(conditions) * n``) of the request, at most
@@ -406,8 +425,6 @@ class Pipeline:
         todo = _request_indices(len(conds), n, indices)
         if not todo:
             return SampleStats()
-        device = self.device
-        cond = conds.batch([i // n for i in todo], device)
         outside = [0.0]  # seconds decoding and in on_images (not sampler time)
 
         def finished(rows: list[int], tokens: torch.Tensor) -> None:
@@ -417,8 +434,7 @@ class Pipeline:
             outside[0] += time.perf_counter() - t0
 
         start = time.perf_counter()
-        result = self.sampler.sample(self.generator, cond, seeds=sample_seeds(int(seed), todo).to(device),
-                                     batch_size=int(batch_size), on_finish=finished)
+        result = self.sample_tokens(conds, n=n, seed=seed, indices=todo, batch_size=batch_size, on_finish=finished)
         seconds = time.perf_counter() - start
         return SampleStats(images=len(todo), sampling=result.stats, sampler_seconds=seconds - outside[0],
                            seconds=seconds)

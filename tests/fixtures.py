@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,3 +38,26 @@ def export_msvq_tokenizer(path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model = MultiScaleVQTokenizer(**{k: v for k, v in MSVQ_TOK.items() if k != "_target_"})  # type: ignore[arg-type]
     return save_pretrained(model, path, config=MSVQ_TOK, meta={"kind": "tokenizer", "image_size": 32})
+
+
+CLASSES_3 = {"_target_": "argen.nn.conditioning.ClassEmbedder", "_partial_": True, "num_classes": 3}
+# an untrained tiny class-conditional VAR for the scale-residual tokenizer of export_msvq_tokenizer
+VAR_TINY = {"_target_": "argen.generators.var.VARGenerator", "vocab_size": 16, "scales": [1, 2, 4, 8],
+            "input_dim": 4, "depth": 1, "width": 16, "n_head": 2, "condition": CLASSES_3}
+# an untrained tiny class-conditional raster GPT for an 8x8 grid of 16 codes (a VQ tokenizer of 32 px images)
+RASTER_TINY = {"_target_": "argen.generators.raster.RasterGenerator", "vocab_size": 16, "dim": 16, "n_layer": 1,
+               "n_head": 2, "multiple_of": 16, "grid_size": 8, "condition": CLASSES_3}
+
+
+def export_generator(path: Path, config: dict[str, Any], tokenizer: Path, seed: int = 0) -> Path:
+    """An untrained generator export built from ``config``, its meta.json recording ``tokenizer`` (an
+    export) as argen-train does; bound to it first where it needs it (VAR)."""
+    from argen.core.config import build
+    from argen.pipeline import bind_tokenizer
+    from tokenizers_vq.io import load_pretrained, read_meta, save_pretrained
+
+    torch.manual_seed(seed)
+    generator = build(config, "generator")
+    bind_tokenizer(generator, load_pretrained(tokenizer))
+    meta = {"kind": "generator", "tokenizer": {"path": str(tokenizer), "sha256": read_meta(tokenizer)["sha256"]}}
+    return save_pretrained(generator, path, config=config, meta=meta)

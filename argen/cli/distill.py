@@ -5,6 +5,12 @@ code cache, and the samples become a new code cache made "by" the same tokenizer
     argen-distill generator_path=outputs/runs/shapes_raster/export codes_dir=outputs/codes/shapes \\
         name=shapes_distilled sampler.cfg_scale=3.0
     argen-train experiment=shapes_raster_drafter
+
+A layer over :mod:`argen.pipeline`, as argen-sample is: the generator is loaded with the tokenizer its
+meta.json records (``+tokenizer_path=DIR``: another folder with the same sha256), bound to it where it or
+the sampler needs it (VAR's accumulate step, LANTERN's codebook), and sample ``i`` of a split is the
+pipeline's sample ``i`` of the split's conditions (its own seed). What is its own: the conditions taken
+from the code cache, and the cache written.
 """
 
 from __future__ import annotations
@@ -18,12 +24,11 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from argen.cli.common import CONFIG_DIR, ConfigError, build, pick_device, pick_dtype, to_plain
-from argen.core import Condition
+from argen.cli.common import CONFIG_DIR, ConfigError, to_plain
 from argen.core.progress import progress
 from argen.data.codes import MANIFEST, CodeDataset, check_manifest, publish_cache, read_manifest, write_shard
-from argen.samplers.random import sample_seeds
-from tokenizers_vq.io import load_pretrained, read_meta
+from argen.pipeline import Pipeline, conditions_for, load_models
+from tokenizers_vq.io import read_meta
 
 log = logging.getLogger("argen")
 
@@ -45,19 +50,21 @@ def _conditions(source: CodeDataset, count: int, class_conditional: bool) -> tup
 
 
 @torch.no_grad()
-def distill_split(cfg: DictConfig, sampler: Any, generator: Any, source: CodeDataset, count: int, out: Path,
-                  seed: int, device: torch.device) -> dict[str, Any]:
+def distill_split(cfg: DictConfig, pipe: Pipeline, source: CodeDataset, count: int, out: Path,
+                  seed: int) -> dict[str, Any]:
+    """Sample ``count`` images' tokens for the conditions of ``source`` (in order, cycled) into a split
+    folder ``out`` of shards; sample ``i`` is the pipeline's sample ``i`` with ``seed``."""
     out.mkdir(parents=True, exist_ok=True)
-    class_conditional = getattr(generator, "num_classes", None) is not None
+    class_conditional = getattr(pipe.generator, "num_classes", None) is not None
     conds, rows = _conditions(source, count, class_conditional)
+    request = conditions_for(pipe.generator, conds)  # checked once, one condition per sample
     buffer: dict[str, list[Any]] = {k: [] for k in ("tokens", "label", "index", "caption", "metadata")}
     shards, pending, written = [], 0, 0
     bar = progress(total=count, desc=f"distill {out.name}", unit="img")
     for start in range(0, count, int(cfg.batch_size)):
         ids = list(range(start, min(start + int(cfg.batch_size), count)))
         part = [conds[i] for i in ids]
-        cond = Condition(labels=torch.tensor(part, device=device)) if class_conditional else Condition(texts=part)
-        result = sampler.sample(generator, cond, seeds=sample_seeds(seed, ids).to(device))
+        result = pipe.sample_tokens(request, seed=seed, indices=ids, batch_size=int(cfg.batch_size))
         buffer["tokens"].append(result.tokens.cpu())
         buffer["label"].append(torch.tensor(part) if class_conditional else torch.full((len(ids),), -1))
         buffer["index"].append(torch.tensor([int(source.indices[rows[i]]) for i in ids]))
@@ -74,20 +81,25 @@ def distill_split(cfg: DictConfig, sampler: Any, generator: Any, source: CodeDat
     return {"shards": shards, "count": written, "skipped": 0}
 
 
-def run(cfg: DictConfig) -> Path:
-    out = Path(cfg.output_dir)
-    if (out / MANIFEST).exists() and not cfg.overwrite:
-        raise FileExistsError(f"code cache '{out}' already exists; pass overwrite=true to rebuild it")
+def load_pipeline(cfg: DictConfig) -> tuple[Pipeline, dict[str, Any]]:
+    """The exported generator with its tokenizer (bound where needed) and the configured sampler, after
+    checking that the code cache holds that tokenizer's codes; and the cache's manifest."""
     gen_dir = Path(cfg.generator_path)
     meta = read_meta(gen_dir)
     if meta.get("kind") != "generator":
         raise ConfigError(f"{gen_dir} is an exported {meta.get('kind')}, not a generator")
-    tokenizer = meta.get("tokenizer") or {}
     manifest = read_manifest(cfg.codes_dir)
-    check_manifest(manifest, root=cfg.codes_dir, tokenizer_sha256=tokenizer.get("sha256"))
-    device, dtype = pick_device(str(cfg.device)), pick_dtype(cfg.dtype)
-    generator = load_pretrained(gen_dir).to(device=device, dtype=dtype).eval()
-    sampler = build(cfg.sampler, "sampler")
+    check_manifest(manifest, root=cfg.codes_dir, tokenizer_sha256=(meta.get("tokenizer") or {}).get("sha256"))
+    models = load_models(gen_dir, tokenizer=cfg.get("tokenizer_path"), device=str(cfg.device), dtype=str(cfg.dtype),
+                         option="+tokenizer_path")
+    return Pipeline(models.generator, models.tokenizer, sampler=cfg.sampler, info=models.info), manifest
+
+
+def run(cfg: DictConfig) -> Path:
+    out = Path(cfg.output_dir)
+    if (out / MANIFEST).exists() and not cfg.overwrite:
+        raise FileExistsError(f"code cache '{out}' already exists; pass overwrite=true to rebuild it")
+    pipe, manifest = load_pipeline(cfg)
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     splits: dict[str, Any] = {}
@@ -95,10 +107,12 @@ def run(cfg: DictConfig) -> Path:
         if split not in SPLIT_SEED_OFFSET:
             raise ConfigError(f"unknown split {split!r}; choose among {list(SPLIT_SEED_OFFSET)}")
         source = CodeDataset(root=cfg.codes_dir, split=split)
-        splits[split] = distill_split(cfg, sampler, generator, source, int(count), tmp / split,
-                                      int(cfg.seed) + SPLIT_SEED_OFFSET[split], device)
-    distilled = {"generator": str(gen_dir.resolve()), "generator_sha256": meta.get("sha256"),
-                 "conditions_from": str(Path(cfg.codes_dir).resolve()), "sampler": sampler.settings(),
+        splits[split] = distill_split(cfg, pipe, source, int(count), tmp / split,
+                                      int(cfg.seed) + SPLIT_SEED_OFFSET[split])
+    info = pipe.info
+    assert info is not None
+    distilled = {"generator": str(Path(cfg.generator_path).resolve()), "generator_sha256": info.generator_sha256,
+                 "conditions_from": str(Path(cfg.codes_dir).resolve()), "sampler": pipe.sampler.settings(),
                  "seed": int(cfg.seed)}
     publish_cache(tmp, out, tokenizer=manifest["tokenizer"], layout=manifest["layout"],
                   preprocessing={"distilled": distilled, "config": to_plain(cfg)}, splits=splits)

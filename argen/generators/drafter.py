@@ -120,6 +120,14 @@ class EagleDrafter(GeneratorModule):
     def _inputs(self, tokens: Tensor, features: Tensor) -> Tensor:
         return self.fc(torch.cat([self.target.embed_tokens(tokens), features.to(self.fc.weight.dtype)], dim=-1))
 
+    def outputs(self, tokens: Tensor, features: Tensor) -> Tensor:
+        """Teacher-forced drafter outputs (B, F, C) for (token i, feature i) pairs (B, F) / (B, F, C) at
+        positions 0 .. F - 1 in one causal pass: output i approximates feature i + 1. What :meth:`step`
+        returns when fed the same pairs (the contract suite checks it), and what :meth:`loss` trains."""
+        if tokens.shape[1] > self.layout.length:
+            raise ValueError(f"{tokens.shape[1]} drafter positions, the layout has {self.layout.length}")
+        return self.layer(self._inputs(tokens, features), self.rope[: tokens.shape[1]])
+
     # ---- training -------------------------------------------------------------------------------
     def loss(self, tokens: Tensor, cond: Condition) -> LossOutput:
         """EAGLE's loss on the target's teacher-forced features of ``tokens`` (B, L)."""
@@ -132,7 +140,7 @@ class EagleDrafter(GeneratorModule):
         inp = feats[:, :-1]
         if self.training and self.feature_noise > 0:
             inp = inp + (torch.rand_like(inp) - 0.5) * self.feature_noise
-        g = self.layer(self._inputs(tokens[:, :-1], inp), self.rope[: tokens.shape[1] - 1])  # (B, L-1, C)
+        g = self.outputs(tokens[:, :-1], inp)  # (B, L-1, C)
         feature_loss = F.smooth_l1_loss(g.float(), feats[:, 1:].float())
         logq = F.log_softmax(self.head(g), dim=-1)
         logit_loss = -(p * logq).sum(-1).mean()

@@ -1,6 +1,9 @@
 """The generator fixtures of the contract suite: one tiny, randomly initialised but non-trivial instance of
 every generator family, and a vocabulary-3 "toy" of the same family small enough to enumerate every
-sequence. A new generator joins the suite by adding one :class:`Case` to ``CASES``."""
+sequence. A new generator joins the suite by adding one :class:`Case` to ``CASES``.
+
+The drafter fixtures: an EAGLE drafter (:class:`~argen.generators.drafter.EagleDrafter`) for every case
+whose generator can serve one (a :class:`~argen.core.protocols.FeatureTarget`), in ``DRAFTERS``."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 
 from argen.core import Condition
+from argen.core.protocols import FeatureTarget, bind
 from tokenizers_vq.msvq import MultiScaleQuantizer
 
 
@@ -78,3 +82,45 @@ def case(name: str) -> Case:
 def make(name: str, **kw: Any) -> Any:
     return case(name).build(**kw)
 
+
+
+def drafter_config(g: Any) -> dict[str, Any]:
+    """The Hydra node of an EAGLE drafter for the raster generator ``g`` (its sizes, as argen-train fills
+    them in from ``target_path``)."""
+    grid = g.layout.kind == "grid"
+    return {"_target_": "argen.generators.drafter.EagleDrafter", "vocab_size": g.vocab_size, "dim": g.dim,
+            "n_head": g.n_head, "grid_size": g.layout.shapes[0][0] if grid else None,
+            "sequence_length": None if grid else g.layout.length, "multiple_of": 16}
+
+
+def drafter_for(g: Any, seed: int = 0, std: float = 0.1) -> Any:
+    """A random drafter bound to ``g``, whose proposals are far from uniform and far from the target's."""
+    torch.manual_seed(seed)
+    d = instantiate(drafter_config(g), _convert_="all")
+    with torch.no_grad():
+        for p in d.parameters():
+            if p.dim() == 2:
+                p.normal_(0, std)
+    bind(d, target=g)
+    return d.eval()
+
+
+@dataclass(frozen=True)
+class DrafterCase:
+    """An EAGLE drafter serving the generator of ``target``; build: (target generator, drafter bound to it)."""
+
+    target: Case
+
+    @property
+    def name(self) -> str:
+        return f"eagle-{self.target.name}"
+
+    def build(self, seed: int = 0) -> tuple[Any, Any]:
+        g = self.target.build(seed=seed)
+        return g, drafter_for(g, seed=seed)
+
+    def cond(self, n: int) -> Condition:
+        return self.target.cond(n)
+
+
+DRAFTERS: list[DrafterCase] = [DrafterCase(c) for c in CASES if isinstance(c.build(vocab=TOY_VOCAB), FeatureTarget)]

@@ -16,9 +16,8 @@ from argen.core import Condition, IncompatibleError, check_compatible
 from argen.samplers import AncestralSampler
 from argen.samplers.jacobi import JacobiSampler
 from argen.samplers.speculative import SpeculativeSampler
-from tests.contract.cases import CASES, TOY_VOCAB, Case
+from tests.contract.cases import CASES, TOY_VOCAB, Case, drafter_for
 from tests.unit.test_jacobi import codebook_tokenizer, pooled_chisquare, sequence_counts
-from tests.unit.test_speculative import drafter_for
 
 CFG = 1.5  # guided, yet not so peaked that a wrong acceptance rule would hide (it fails at p < 1e-12)
 

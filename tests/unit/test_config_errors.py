@@ -12,25 +12,14 @@ from argen.cli.common import ConfigError, build, compose_config, pick_device
 from argen.cli.evaluate import run as eval_run
 from argen.cli.sample import run as sample_run
 from argen.core import IncompatibleError
-
-VAR_TINY = {"_target_": "argen.generators.var.VARGenerator", "vocab_size": 16, "scales": [1, 2, 4, 8],
-            "input_dim": 4, "depth": 1, "width": 16, "n_head": 2,
-            "condition": {"_target_": "argen.nn.conditioning.ClassEmbedder", "_partial_": True, "num_classes": 3}}
+from tests.fixtures import VAR_TINY, export_generator, export_msvq_tokenizer
 
 
 @pytest.fixture(scope="module")
 def var_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny class-conditional VAR export with its scale-residual tokenizer."""
-    from tests.fixtures import export_msvq_tokenizer
-    from tokenizers_vq.io import load_pretrained, read_meta, save_pretrained
-
     root = tmp_path_factory.mktemp("var")
-    tok = export_msvq_tokenizer(root / "tok", 0)
-    torch.manual_seed(0)
-    generator = build(VAR_TINY, "generator")
-    generator.attach_tokenizer(load_pretrained(tok))
-    meta = {"kind": "generator", "tokenizer": {"path": str(tok), "sha256": read_meta(tok)["sha256"]}}
-    return save_pretrained(generator, root / "gen", config=VAR_TINY, meta=meta)
+    return export_generator(root / "gen", VAR_TINY, export_msvq_tokenizer(root / "tok", 0))
 
 
 def test_config_error_is_one_class_from_core() -> None:

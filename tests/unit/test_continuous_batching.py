@@ -9,8 +9,8 @@ import torch
 from argen.core import Condition
 from argen.samplers.jacobi import JacobiSampler
 from argen.samplers.speculative import SpeculativeSampler
+from tests.contract.cases import drafter_for
 from tests.unit.test_jacobi import toy
-from tests.unit.test_speculative import drafter_for
 
 
 def samplers(g: object) -> dict[str, object]:

@@ -17,6 +17,7 @@ from argen.generators.raster import RasterGenerator
 from argen.nn.conditioning import ClassEmbedder
 from argen.samplers import AncestralSampler
 from argen.samplers.speculative import SpeculativeSampler
+from tests.contract.cases import drafter_for
 from tests.unit.test_jacobi import (
     HEAD_STD,
     codebook_tokenizer,
@@ -27,28 +28,13 @@ from tests.unit.test_jacobi import (
 )
 
 
-def drafter_for(g: RasterGenerator, seed: int = 0, std: float = 0.1) -> EagleDrafter:
-    """A random drafter whose proposals are far from uniform and far from the target's."""
-    torch.manual_seed(seed)
-    grid = g.layout.shapes[0][0] if g.layout.kind == "grid" else None
-    length = None if grid is not None else g.layout.length
-    d = EagleDrafter(vocab_size=g.vocab_size, dim=g.dim, n_head=g.n_head, grid_size=grid, sequence_length=length,
-                     multiple_of=16)
-    with torch.no_grad():
-        for p in d.parameters():
-            if p.dim() == 2:
-                p.normal_(0, std)
-    d.attach_target(g)
-    return d.eval()
-
-
 def test_cached_drafter_steps_equal_the_teacher_forced_pass() -> None:
     g = toy(16, grid=4, seed=3, head_std=0.5)
     d = drafter_for(g)
     tokens = torch.randint(0, 16, (2, 16))
     cond = Condition(labels=torch.tensor([0, 2]))
     feats = g.features(tokens, cond)
-    full = d.layer(d._inputs(tokens[:, :-1], feats[:, :-1]), d.rope[:15])
+    full = d.outputs(tokens[:, :-1], feats[:, :-1])
     state = d.start(2)
     parts = [d.step(state, tokens[:, a:b], feats[:, a:b]) for a, b in ((0, 1), (1, 6), (6, 15))]
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-4, rtol=1e-4)
