@@ -208,6 +208,29 @@ class FeatureTarget(Protocol):
 
 
 @runtime_checkable
+class Drafter(Protocol):
+    """What the speculative loop needs of a drafter (the EAGLE drafter): it is bound to its target
+    (``binds = ("target",)``), keeps its own decode state (``start(batch)``), and ``step`` feeds
+    (token, target feature) pairs, ``counts[b]`` of them for row b, returning its outputs (B, F, C), whose
+    draft logits come from ``head`` (the target's head)."""
+
+    binds: tuple[str, ...]
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def bind(self, *, target: Any) -> None: ...
+
+    def to(self, *, device: torch.device, dtype: torch.dtype) -> Any: ...
+
+    def start(self, batch_size: int) -> DecodeState: ...
+
+    def step(self, state: DecodeState, tokens: Tensor, features: Tensor, counts: Tensor | None = None) -> Tensor: ...
+
+    def head(self, features: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
 class Sampler(Protocol):
     """``sample`` draws one sample per condition row from its seed; at most ``batch_size`` rows share a
     forward pass; ``on_finish(indices, tokens)`` hears of samples as they complete."""

@@ -16,13 +16,12 @@ configuration), so a row's n-th round reads its n-th draws in any batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from argen.core import DecodeState, Generator, StepOutput
-from argen.core.protocols import bind
+from argen.core.protocols import Drafter, bind
 from argen.samplers.acceptance import one_hot_probs
 from argen.samplers.batch import Flight
 from argen.samplers.policy import DecodingPolicy
@@ -125,7 +124,10 @@ class DrafterDrafts:
     """drafter: the EAGLE-style drafter; draft_len: drafts per pass; draft: ``sample`` (from q, verified
     with min(1, p/q)) | ``greedy`` (q's argmax as a candidate, q one-hot: EAGLE's and LANTERN's chain)."""
 
-    def __init__(self, *, drafter: Any, draft_len: int = 4, draft: str = "sample") -> None:
+    def __init__(self, *, drafter: Drafter, draft_len: int = 4, draft: str = "sample") -> None:
+        if not isinstance(drafter, Drafter):
+            raise TypeError(f"a drafter draft source needs a drafter (argen.core.protocols.Drafter: an exported "
+                            f"EAGLE drafter, sampler.drafter=<folder>); got {type(drafter).__name__}")
         if draft_len < 0:
             raise ValueError(f"draft_len must be >= 0 (0 = ancestral sampling), got {draft_len}")
         if draft not in ("sample", "greedy"):

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from argen.core import needs
+from argen.core import Drafter, needs
 from argen.core.protocols import bind
+from argen.samplers.drafts import DrafterDrafts
 from argen.samplers.speculative import SpeculativeSampler, load_drafter
 from tests.contract.cases import DRAFTERS, DrafterCase, drafter_config
 from tests.contract.test_generators import assert_batch_independent, random_tokens
@@ -39,6 +40,10 @@ def target_pairs(g: object, case: DrafterCase, b: int, seed: int = 0) -> tuple[t
 
 def test_every_feature_target_case_has_a_drafter() -> None:
     assert IDS == ["eagle-raster_grid", "eagle-raster_1d"]  # VAR decides a scale a pass: nothing to draft
+    for case in DRAFTERS:  # each speaks the protocol the speculative loop types its draft source against
+        assert isinstance(case.build()[1], Drafter)
+    with pytest.raises(TypeError, match="needs a drafter"):
+        DrafterDrafts(drafter=object())
 
 
 @pytest.mark.parametrize("case", DRAFTERS, ids=IDS)
