@@ -104,7 +104,8 @@ def _suite(cfg: DictConfig, generator: Any) -> list[dict[str, Any]]:
         raise ConfigError(f"unknown prompt suite {cfg.suite!r} (available: shapes)")
     from argen.data.shapes import ShapesWorld, make_prompt_suite
 
-    return make_prompt_suite(ShapesWorld(), n_per_tag=int(cfg.suite_per_tag), seed=int(cfg.seed))
+    return make_prompt_suite(ShapesWorld(), n_per_tag=int(cfg.suite_per_tag), seed=int(cfg.seed),
+                             holdout_mode=str(cfg.suite_holdout), fill=bool(cfg.suite_fill))
 
 
 # ---- output folder and processes --------------------------------------------------------------
@@ -307,7 +308,8 @@ def _settings(cfg: DictConfig, sampler: Any, info: ExportInfo, stats: list[dict[
 # argen-sample's own scalar keys: integers with their least value (None: any), and flags.
 SAMPLE_INTEGERS = {"n_per_condition": 1, "batch_size": 1, "decode_batch_size": 1, "grid_max_images": 1,
                    "suite_per_tag": 1, "seed": None}
-SAMPLE_FLAGS = ("overwrite", "save_images", "save_npz")
+SAMPLE_FLAGS = ("overwrite", "save_images", "save_npz", "suite_fill")
+HOLDOUT_MODES = ("include", "exclude", "only")
 
 
 def check_sample_keys(cfg: DictConfig) -> None:
@@ -319,6 +321,8 @@ def check_sample_keys(cfg: DictConfig) -> None:
     for key in SAMPLE_FLAGS:
         if not isinstance(cfg.get(key), bool):
             raise ConfigError(f"`{key}` must be true or false (got {cfg.get(key)!r})")
+    if cfg.get("suite_holdout") not in HOLDOUT_MODES:
+        raise ConfigError(f"`suite_holdout` must be one of {', '.join(HOLDOUT_MODES)} (got {cfg.get('suite_holdout')!r})")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -428,7 +428,8 @@ class GenEvalReport:
     correct_images, prompts, correct_prompts}; image_accuracy / prompt_accuracy: "% correct
     images" / "% correct prompts" as fractions (a prompt is correct if any of its images is);
     ci_low / ci_high: bootstrap percentile interval of overall, resampling prompts within each
-    task (nan when n_boot == 0).
+    task (nan when n_boot == 0); task_ci: tag -> [low, high], the same bootstrap's interval of that
+    task's score.
     """
 
     overall: float
@@ -446,6 +447,7 @@ class GenEvalReport:
     n_boot: int = 1000
     seed: int = 0
     notes: list[str] = field(default_factory=list)
+    task_ci: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -456,7 +458,9 @@ class GenEvalReport:
                  f"% correct images: {self.image_accuracy:.2%}", f"% correct prompts: {self.prompt_accuracy:.2%}"]
         for tag, score in self.task_scores.items():
             c = self.task_counts[tag]
-            lines.append(f"{tag:<16} = {score:.2%} ({c['correct_images']} / {c['images']})")
+            ci = self.task_ci.get(tag)
+            within = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+            lines.append(f"{tag:<16} = {score:.2%} ({c['correct_images']} / {c['images']}){within}")
         lines.append(f"overall (mean of {self.n_tasks} tasks) = {self.overall:.5f} "
                      f"[{self.confidence:.0%} CI {self.ci_low:.5f}, {self.ci_high:.5f}]")
         if self.missing_tasks:
@@ -487,11 +491,12 @@ def _group_prompts(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[Any, 
     return {t: tasks[t] for t in order}
 
 
-def _bootstrap_overall(tasks: Mapping[str, Mapping[Any, list[bool]]], n_boot: int, seed: int,
-                       confidence: float) -> tuple[float, float]:
-    """Percentile CI of the mean of task scores, resampling prompts with replacement within each task."""
+def _bootstrap(tasks: Mapping[str, Mapping[Any, list[bool]]], n_boot: int, seed: int,
+               confidence: float) -> tuple[tuple[float, float], dict[str, list[float]]]:
+    """Percentile CIs of the mean of task scores and of each task's score, resampling prompts with
+    replacement within each task."""
     if n_boot <= 0:
-        return math.nan, math.nan
+        return (math.nan, math.nan), {}
     rng = np.random.default_rng(seed)
     per_task = np.zeros((n_boot, len(tasks)))
     for t, prompts in enumerate(tasks.values()):
@@ -502,7 +507,8 @@ def _bootstrap_overall(tasks: Mapping[str, Mapping[Any, list[bool]]], n_boot: in
     overall = per_task.mean(axis=1)
     alpha = (1.0 - confidence) / 2
     low, high = np.quantile(overall, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+    each = np.quantile(per_task, [alpha, 1.0 - alpha], axis=0)  # (2, T)
+    return (float(low), float(high)), {t: [float(each[0, k]), float(each[1, k])] for k, t in enumerate(tasks)}
 
 
 def score_results(records: Iterable[Mapping[str, Any]], *, n_boot: int = 1000, seed: int = 0,
@@ -527,14 +533,14 @@ def score_results(records: Iterable[Mapping[str, Any]], *, n_boot: int = 1000, s
     missing = [t for t in TAGS if t not in tasks]
     notes = [] if not missing else [f"overall is the mean of {len(tasks)} tasks, not GenEval's 6"]
     notes += [f"unknown tag {t!r} scored as its own task" for t in tasks if t not in TAGS]
-    low, high = _bootstrap_overall(tasks, n_boot, seed, confidence)
+    (low, high), task_ci = _bootstrap(tasks, n_boot, seed, confidence)
     return GenEvalReport(
         overall=float(np.mean(list(scores.values()))), task_scores=scores, n_tasks=len(tasks),
         missing_tasks=missing, task_counts=counts,
         image_accuracy=sum(c["correct_images"] for c in counts.values()) / n_images,
         prompt_accuracy=sum(c["correct_prompts"] for c in counts.values()) / n_prompts,
         n_images=n_images, n_prompts=n_prompts, ci_low=low, ci_high=high, confidence=confidence,
-        n_boot=n_boot, seed=seed, notes=notes)
+        n_boot=n_boot, seed=seed, notes=notes, task_ci=task_ci)
 
 
 # --------------------------------------------------------------------------- folders and results files

@@ -245,6 +245,11 @@ def test_score_results_exact_numbers():
     d = report.to_dict()
     assert json.loads(json.dumps(d))["overall"] == pytest.approx(2.75 / 6)
     assert "overall (mean of 6 tasks)" in report.summary()
+    assert set(report.task_ci) == set(report.task_scores)
+    for tag, (low, high) in report.task_ci.items():  # each task's own interval holds its score
+        assert low <= report.task_scores[tag] <= high
+    assert report.task_ci["two_object"] == [1.0, 1.0] and report.task_ci["colors"] == [0.0, 0.0]
+    assert report.task_ci["single_object"] == [0.0, 0.5]  # prompts of 0 and 2 correct images out of 4 each
 
 
 def test_score_results_missing_tasks_and_no_bootstrap():

@@ -384,6 +384,17 @@ def test_holdout_absent_from_train_present_in_test():
 # --------------------------------------------------------------------------- prompt suites
 
 
+def test_a_filled_suite_gives_every_task_as_many_prompts():
+    world = ShapesWorld()
+    plain = make_prompt_suite(world, n_per_tag=24, seed=0)
+    filled = make_prompt_suite(world, n_per_tag=24, seed=0, fill=True)
+    assert {tag: sum(r["tag"] == tag for r in filled) for tag in TAGS} == dict.fromkeys(TAGS, 24)
+    singles = [r for r in filled if r["tag"] == "single_object"]
+    assert singles[:3] == [r for r in plain if r["tag"] == "single_object"] and singles[3:6] == singles[:3]
+    keys = {json.dumps(r, sort_keys=True) for r in filled}
+    assert keys == {json.dumps(r, sort_keys=True) for r in plain}  # the same prompts, repeated
+
+
 def test_prompt_suite_deduplicated_seeded_and_valid(tmp_path):
     world = ShapesWorld()
     suite = make_prompt_suite(world, n_per_tag=100, seed=43)

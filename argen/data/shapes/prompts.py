@@ -130,6 +130,7 @@ def make_prompt_suite(
     seed: int = 43,
     tags: Sequence[str] = TAGS,
     holdout_mode: str = "include",
+    fill: bool = False,
 ) -> list[Metadata]:
     """A GenEval-format prompt suite for the shapes world, seeded and de-duplicated.
 
@@ -141,7 +142,10 @@ def make_prompt_suite(
 
     ``holdout_mode``: ``"include"`` (all prompts), ``"exclude"`` (none that use a held-out
     pair/relation) or ``"only"`` (only those that do; tags without any, such as counting,
-    are skipped with a log line). Returns a list of metadata dicts.
+    are skipped with a log line). ``fill``: every tag ends with exactly ``n_per_tag`` records, the
+    distinct prompts of a tag that ran out repeated in order (single_object's 3 prompts become
+    ``n_per_tag`` records), so that every task is scored on as many images and its interval is as
+    narrow as the others'. Returns a list of metadata dicts.
     """
     world = world or ShapesWorld()
     rng = np.random.default_rng(seed)
@@ -162,7 +166,16 @@ def make_prompt_suite(
         if key not in seen:
             seen.add(key)
             unique.append(record)
-    return unique
+    return _filled(unique, n_per_tag) if fill else unique
+
+
+def _filled(records: list[Metadata], n_per_tag: int) -> list[Metadata]:
+    """Each tag's records cycled (in order) to exactly ``n_per_tag``."""
+    out: list[Metadata] = []
+    for tag in dict.fromkeys(r["tag"] for r in records):
+        own = [r for r in records if r["tag"] == tag]
+        out.extend(copy.deepcopy(own[i % len(own)]) for i in range(n_per_tag))
+    return out
 
 
 def write_prompt_suite(prompts: Iterable[Mapping[str, Any]], path: str | Path) -> Path:

@@ -1,0 +1,136 @@
+"""One row of the generator recipe table: train a shapes generator with ``argen-train`` overrides, sample
+the ShapesEval suite with ``argen-sample`` and record steps, CPU minutes, ShapesEval (95% CI, per task)
+and, optionally, fd_shapes. Rows accumulate in ``<out>/table.json`` (keyed by ``--name``; a finished run
+is not retrained) and ``<out>/table.png`` plots ShapesEval against CPU minutes.
+
+    python scripts/recipe_study.py --out outputs/recipe --name base --threads 1 \\
+        --tokenizer outputs/quickstart/runs/shapes_vq/export --codes outputs/quickstart/codes/shapes \\
+        -- generator=raster_nano trainer.max_steps=500 data.global_batch_size=32
+
+CPU minutes are the training wall time x the torch threads it ran with, so runs on a shared machine read
+high: compare rows measured under the same load (the table records the load average at the start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--name", required=True, help="row name (the run folder under <out>/runs)")
+    p.add_argument("--tokenizer", required=True, help="exported shapes tokenizer")
+    p.add_argument("--codes", required=True, help="code cache of that tokenizer")
+    p.add_argument("--experiment", default="shapes_raster")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cfg-scale", default="2.0", help="comma list: one ShapesEval per scale")
+    p.add_argument("--suite-per-tag", type=int, default=20)
+    p.add_argument("--n-per-prompt", type=int, default=4)
+    p.add_argument("--fd-samples", type=int, default=0, help="fd_shapes samples (0: skip)")
+    p.add_argument("--feature-net", default=None, help="shapes feature network export (for fd_shapes)")
+    p.add_argument("--note", default="", help="what this row changes")
+    return p.parse_args(argv), overrides
+
+
+def train(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
+    from argen.cli.common import compose_config
+    from argen.cli.train import run as train_run
+
+    ov = [f"experiment={args.experiment}", f"paths.output_root={args.out}", f"name={args.name}",
+          f"tokenizer_path={args.tokenizer}", f"codes_dir={args.codes}", "resume=auto", "logger=none",
+          "trainer.val_check_interval=100000", "callbacks.checkpoint.every_n_train_steps=250", *overrides]
+    cfg = compose_config("train", ov)
+    t0 = time.perf_counter()
+    result = train_run(cfg)
+    seconds = time.perf_counter() - t0
+    return {"export": result["export_dir"], "train_seconds": seconds, "steps": int(cfg.trainer.max_steps),
+            "batch": int(cfg.data.global_batch_size)}
+
+
+def evaluate(args: argparse.Namespace, export: str, cfg_scale: float) -> dict[str, Any]:
+    from argen.cli.common import compose_config
+    from argen.cli.sample import run as sample_run
+
+    folder = args.out / "samples" / f"{args.name}_cfg{cfg_scale:g}"
+    common = [f"generator_path={export}", "overwrite=true", "seed=0", f"sampler.cfg_scale={cfg_scale}"]
+    suite = sample_run(compose_config("sample", [*common, "suite=shapes", f"suite_per_tag={args.suite_per_tag}",
+                                                 f"n_per_condition={args.n_per_prompt}", f"output_dir={folder}",
+                                                 "eval=shapes"]))
+    ev = suite["evaluation"]
+    row: dict[str, Any] = {"cfg_scale": cfg_scale, "shapes_overall": ev["overall"], "ci95": [ev.get("ci_low"),
+                                                                                           ev.get("ci_high")],
+                           "tasks": ev.get("task_scores"), "n_images": ev.get("n_images"), "grid": suite["files"]["grid"]}
+    if args.fd_samples:
+        from argen.data.shapes import ShapesDataset
+
+        test = ShapesDataset(split="test", size=args.fd_samples, image_size=32, seed=0)
+        prompts = args.out / "samples" / "test_captions.txt"
+        prompts.write_text("\n".join(test[i]["caption"] for i in range(args.fd_samples)) + "\n")
+        fd = sample_run(compose_config("sample", [*common, f"prompt_file={prompts}", "n_per_condition=1",
+                                                  f"output_dir={folder}_fd", "eval=fd_shapes",
+                                                  f"eval.extractor.path={args.feature_net}"]))
+        row["fd_shapes"] = fd["evaluation"]["fd"]
+        row["fd_floor"] = (fd["evaluation"].get("floor") or {}).get("fd")
+    return row
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        best = max(r["evals"], key=lambda e: e["shapes_overall"])
+        lo, hi = best["ci95"]
+        y = best["shapes_overall"]
+        ax.errorbar(r["cpu_minutes"], y, yerr=[[y - (lo or y)], [(hi or y) - y]], fmt="o", capsize=3)
+        ax.annotate(r["name"], (r["cpu_minutes"], y), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set(xlabel="training CPU minutes (wall x threads)", ylabel="ShapesEval overall (best CFG, 95% CI)",
+           ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, overrides = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = args.out / "table.json"
+    rows = json.loads(table.read_text()) if table.is_file() else []
+    load = os.getloadavg()[0]
+    trained = train(args, overrides)
+    row = {"name": args.name, "note": args.note, "overrides": overrides, "threads": args.threads,
+           "load_at_start": load, **trained, "cpu_minutes": trained["train_seconds"] * args.threads / 60,
+           "evals": [evaluate(args, trained["export"], float(s)) for s in args.cfg_scale.split(",")]}
+    old = next((r for r in rows if r["name"] == args.name), None)
+    if old is not None and old.get("train_seconds", 0) > row["train_seconds"] * 5:  # resumed: keep the real time
+        row.update(train_seconds=old["train_seconds"], cpu_minutes=old["cpu_minutes"], load_at_start=old["load_at_start"])
+    rows = [r for r in rows if r["name"] != args.name] + [row]
+    table.write_text(json.dumps(rows, indent=2))
+    plot(rows, args.out / "table.png")
+    for e in row["evals"]:
+        print(f"{args.name} cfg {e['cfg_scale']}: ShapesEval {e['shapes_overall']:.3f} {e['ci95']} "  # noqa: T201
+              f"{ {k: round(v, 2) for k, v in (e['tasks'] or {}).items()} } | {row['cpu_minutes']:.1f} CPU min")
+
+
+if __name__ == "__main__":
+    main()
