@@ -25,13 +25,14 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _overrides  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    argv, overrides = _overrides.split(argv)
+    p = _overrides.parser(__doc__)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--name", required=True, help="row name (the run folder under <out>/runs)")
     p.add_argument("--tokenizer", required=True, help="exported shapes tokenizer")
