@@ -93,27 +93,38 @@ class WordTextEncoder(nn.Module):
                                        norm_first=True) for _ in range(n_layer))
         self.norm = nn.LayerNorm(dim)
         self._warned: set[str] = set()
+        self._ids: dict[str, list[int]] = {}
 
     def tokenize(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """ids (B, T) int64 and valid (B, T) bool, left-padded, ending in ``<eos>``."""
         ids = torch.zeros(len(texts), self.max_length, dtype=torch.long)
         for row, text in enumerate(texts):
-            toks = words(text)
-            if len(toks) > self.max_length - 1:
-                self._warn_once("cut", f"caption cut to its first {self.max_length - 1} words (max_length "
-                                       f"{self.max_length} slots, one for {EOS}): {preview(text)}")
-                toks = toks[: self.max_length - 1]
-            dropped = dropped_characters(text)
-            if dropped:
-                self._warn_once("dropped", f"characters {dropped!r} of {preview(text)} are outside the word "
-                                           f"alphabet (a-z, 0-9 after Unicode normalisation) and were dropped")
-            unknown = [w for w in toks if w not in self.stoi]
-            if unknown:
-                self._warn_once("unknown", f"word {unknown[0]!r} of {preview(text)} is not in the text encoder's "
-                                           f"vocabulary ({len(self.vocab)} words); it is read as {UNK}")
-            seq = [self.stoi.get(w, 1) for w in toks] + [self.stoi[EOS]]
+            seq = self._ids.get(text)
+            if seq is None:
+                seq = self._sequence(text)
+                if len(self._ids) < self.CACHE_SIZE:
+                    self._ids[text] = seq
             ids[row, self.max_length - len(seq):] = torch.tensor(seq)
         return ids, ids != 0
+
+    CACHE_SIZE = 200_000  # captions whose ids are kept (a training set's captions repeat every epoch)
+
+    def _sequence(self, text: str) -> list[int]:
+        """The ids of one caption (warning about what is cut, dropped or unknown, once per kind)."""
+        toks = words(text)
+        if len(toks) > self.max_length - 1:
+            self._warn_once("cut", f"caption cut to its first {self.max_length - 1} words (max_length "
+                                   f"{self.max_length} slots, one for {EOS}): {preview(text)}")
+            toks = toks[: self.max_length - 1]
+        dropped = dropped_characters(text)
+        if dropped:
+            self._warn_once("dropped", f"characters {dropped!r} of {preview(text)} are outside the word "
+                                       f"alphabet (a-z, 0-9 after Unicode normalisation) and were dropped")
+        unknown = [w for w in toks if w not in self.stoi]
+        if unknown:
+            self._warn_once("unknown", f"word {unknown[0]!r} of {preview(text)} is not in the text encoder's "
+                                       f"vocabulary ({len(self.vocab)} words); it is read as {UNK}")
+        return [self.stoi.get(w, 1) for w in toks] + [self.stoi[EOS]]
 
     def _warn_once(self, kind: str, message: str) -> None:
         """The first message of each kind is a warning; later ones go to DEBUG (one line per batch

@@ -48,6 +48,8 @@ def test_shapes_captions_keep_their_vocabulary_and_token_ids() -> None:
         before = re.findall(r"[a-z0-9]+", caption.lower())  # the tokeniser before normalisation
         expected = [enc.stoi[w] for w in before] + [enc.stoi["<eos>"]]
         assert row[len(row) - len(expected):] == expected, caption
+    again, _ = enc.tokenize(captions)  # the second pass reads the caption cache: the same ids
+    assert torch.equal(again, ids) and set(enc._ids) == set(captions)
 
 
 def test_accents_full_width_and_case_are_normalised() -> None:
