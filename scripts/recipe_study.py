@@ -39,7 +39,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     p.add_argument("--codes", required=True, help="code cache of that tokenizer")
     p.add_argument("--experiment", default="shapes_raster")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--cfg-scale", default="2.0", help="comma list: one ShapesEval per scale")
+    p.add_argument("--cfg-scale", default="2.0", help="comma list: one ShapesEval per scale ('': val loss only)")
     p.add_argument("--suite-per-tag", type=int, default=20)
     p.add_argument("--n-per-prompt", type=int, default=4)
     p.add_argument("--fd-samples", type=int, default=0, help="fd_shapes samples (0: skip)")
@@ -61,6 +61,26 @@ def train(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     return {"export": result["export_dir"], "train_seconds": seconds, "steps": int(cfg.trainer.max_steps),
             "batch": int(cfg.data.global_batch_size)}
+
+
+@torch.no_grad()
+def val_loss(export: str, codes: str, batch: int = 128) -> float:
+    """Mean next-token cross-entropy (nats) of the exported (EMA) generator on the cache's val split,
+    conditioned on its captions: a precise, monotone screen where ShapesEval is still noise."""
+    from argen.core import Condition
+    from argen.data.codes import CodeDataset
+    from argen.io.export import load
+
+    gen = load(export).eval()
+    data = CodeDataset(root=codes, split="val")
+    total, n = 0.0, 0
+    for start in range(0, len(data), batch):
+        rows = [data[i] for i in range(start, min(start + batch, len(data)))]
+        tokens = torch.stack([r["tokens"] for r in rows])
+        cond = Condition(texts=[r["caption"] for r in rows], labels=torch.stack([r["label"] for r in rows]))
+        total += float(gen.loss(tokens, cond).loss) * len(rows)
+        n += len(rows)
+    return total / n
 
 
 def evaluate(args: argparse.Namespace, export: str, cfg_scale: float) -> dict[str, Any]:
@@ -96,7 +116,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
+    for r in (r for r in rows if r["evals"]):
         best = max(r["evals"], key=lambda e: e["shapes_overall"])
         lo, hi = best["ci95"]
         y = best["shapes_overall"]
@@ -121,13 +141,15 @@ def main(argv: list[str] | None = None) -> None:
     trained = train(args, overrides)
     row = {"name": args.name, "note": args.note, "overrides": overrides, "threads": args.threads,
            "load_at_start": load, **trained, "cpu_minutes": trained["train_seconds"] * args.threads / 60,
-           "evals": [evaluate(args, trained["export"], float(s)) for s in args.cfg_scale.split(",")]}
+           "val_loss": val_loss(trained["export"], args.codes),
+           "evals": [evaluate(args, trained["export"], float(s)) for s in args.cfg_scale.split(",") if s]}
     old = next((r for r in rows if r["name"] == args.name), None)
     if old is not None and old.get("train_seconds", 0) > row["train_seconds"] * 5:  # resumed: keep the real time
         row.update(train_seconds=old["train_seconds"], cpu_minutes=old["cpu_minutes"], load_at_start=old["load_at_start"])
     rows = [r for r in rows if r["name"] != args.name] + [row]
     table.write_text(json.dumps(rows, indent=2))
     plot(rows, args.out / "table.png")
+    print(f"{args.name}: val loss {row['val_loss']:.4f} nats/token | {row['cpu_minutes']:.1f} CPU min")  # noqa: T201
     for e in row["evals"]:
         print(f"{args.name} cfg {e['cfg_scale']}: ShapesEval {e['shapes_overall']:.3f} {e['ci95']} "  # noqa: T201
               f"{ {k: round(v, 2) for k, v in (e['tasks'] or {}).items()} } | {row['cpu_minutes']:.1f} CPU min")
