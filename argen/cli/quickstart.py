@@ -48,6 +48,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="held-out shapes images to evaluate on (%(default)s)")
     p.add_argument("--generator-steps", type=int, default=500, metavar="N",
                    help="generator steps at batch 32 (%(default)s; shapes_raster: 2500 at 64)")
+    p.add_argument("--cfg-scale", type=float, default=3.0, metavar="S",
+                   help="classifier-free guidance scale of the samples (%(default)s)")
     p.add_argument("--suite-per-tag", type=int, default=20, metavar="N",
                    help="ShapesEval prompts per task (%(default)s)")
     p.add_argument("--fd-samples", type=int, default=1000, metavar="N", help="samples for fd_shapes (%(default)s)")
@@ -108,14 +110,14 @@ def codes_stage(out: Path, tokenizer_export: str, train_size: int = 10000) -> Pa
 
 
 def generator_stage(out: Path, tokenizer_export: str, steps: int | None, overrides: list[str]) -> dict[str, Any]:
-    """Train + export the text-conditional raster GPT (nano preset) on the shapes codes."""
+    """Train + export the text-conditional raster GPT (nano preset, ``experiment=shapes_raster_quick``'s
+    recipe) on the shapes codes."""
     from argen.generators.raster import count_parameters
 
     codes = codes_stage(out, tokenizer_export)
-    ov = ["experiment=shapes_raster", "generator=raster_nano", f"paths.output_root={out}",
+    ov = ["experiment=shapes_raster_quick", "name=shapes_raster", f"paths.output_root={out}",
           f"tokenizer_path={tokenizer_export}", f"codes_dir={codes}", "resume=auto",
-          f"trainer.max_steps={steps}", "trainer.val_check_interval=200", "data.global_batch_size=32",
-          "callbacks.checkpoint.every_n_train_steps=100", *overrides]
+          *([f"trainer.max_steps={steps}"] if steps is not None else []), *overrides]
     cfg = compose_config("train", ov)
     start = time.perf_counter()
     result = train_run(cfg)
@@ -126,12 +128,13 @@ def generator_stage(out: Path, tokenizer_export: str, steps: int | None, overrid
     return section
 
 
-def sampling_stage(out: Path, generator_export: str, *, suite_per_tag: int, fd_samples: int,
+def sampling_stage(out: Path, generator_export: str, *, suite_per_tag: int, fd_samples: int, cfg_scale: float,
                    seed: int = 0) -> dict[str, Any]:
     """ShapesEval of the prompt suite's samples, and fd_shapes of samples for held-out test captions."""
     from argen.cli.sample import run as sample_run
 
-    common = [f"generator_path={generator_export}", f"paths.output_root={out}", "overwrite=true", f"seed={seed}"]
+    common = [f"generator_path={generator_export}", f"paths.output_root={out}", "overwrite=true", f"seed={seed}",
+              f"sampler.cfg_scale={cfg_scale}"]
     suite = sample_run(compose_config("sample", [*common, "suite=shapes", f"suite_per_tag={suite_per_tag}",
                                                  "n_per_condition=4", f"output_dir={out}/samples/shapes_suite",
                                                  "eval=shapes"]))
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     report["tokenizer"]["roundtrip"] = roundtrip_stage(out, report["tokenizer"]["export"])
     report["generator"] = generator_stage(out, report["tokenizer"]["export"], args.generator_steps, [])
     report["eval"] = sampling_stage(out, report["generator"]["export"], suite_per_tag=args.suite_per_tag,
-                                    fd_samples=args.fd_samples)
+                                    fd_samples=args.fd_samples, cfg_scale=args.cfg_scale)
     path = out / "report.json"
     path.write_text(json.dumps(report, indent=2, sort_keys=True))
     t = report["tokenizer"]
