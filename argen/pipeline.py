@@ -411,8 +411,7 @@ class Pipeline:
         todo = _request_indices(len(conds), n, indices)
         device = self.device
         if not todo:
-            return SampleResult(tokens=torch.zeros(0, self.generator.layout.length, dtype=torch.long, device=device),
-                                stats=SamplingStats())
+            return SampleResult(tokens=self.generator.layout.empty(0, device), stats=SamplingStats())
         return self.sampler.sample(self.generator, conds.batch([i // n for i in todo], device),
                                    seeds=sample_seeds(int(seed), todo).to(device), batch_size=int(batch_size),
                                    on_finish=on_finish)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def split(argv: list[str] | None) -> tuple[list[str], list[str]]:
@@ -16,6 +17,8 @@ def split(argv: list[str] | None) -> tuple[list[str], list[str]]:
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
-    """A parser whose description is the first paragraph of ``doc`` and whose epilog shows the rest."""
-    return argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   usage="%(prog)s [options] -- argen-train overrides")
+    """A parser with ``--out`` (every such script's output folder), described by ``doc``'s first paragraph."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                usage="%(prog)s [options] -- argen-train overrides")
+    p.add_argument("--out", type=Path, required=True, help="output folder (JSON + plot)")
+    return p

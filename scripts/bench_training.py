@@ -40,7 +40,6 @@ import _overrides  # noqa: E402
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     argv, overrides = _overrides.split(argv)
     p = _overrides.parser(__doc__)
-    p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=30, help="timed steps per part (after --warmup)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")

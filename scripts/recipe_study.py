@@ -33,7 +33,6 @@ import _overrides  # noqa: E402
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     argv, overrides = _overrides.split(argv)
     p = _overrides.parser(__doc__)
-    p.add_argument("--out", type=Path, required=True)
     p.add_argument("--name", required=True, help="row name (the run folder under <out>/runs)")
     p.add_argument("--tokenizer", required=True, help="exported shapes tokenizer")
     p.add_argument("--codes", required=True, help="code cache of that tokenizer")

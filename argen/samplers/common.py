@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -21,15 +22,20 @@ def finish(stats: SamplingStats, start_time: float, device: torch.device) -> Sam
     return stats
 
 
+def check_request(cond: Condition, seeds: Tensor, batch_size: int | None) -> None:
+    """One seed per condition and a positive batch size, else a clear error (every sampler's ``sample``)."""
+    if len(seeds) != len(cond):
+        raise ValueError(f"{len(seeds)} seeds for {len(cond)} conditions")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
 def in_batches(sample_batch: Callable[[Condition, Tensor], SampleResult], cond: Condition, seeds: Tensor,
                batch_size: int | None, on_finish: OnFinish | None) -> SampleResult:
     """Sample ``cond`` in consecutive batches of at most ``batch_size`` rows (samplers whose rows advance
     together: a batch's rows all finish at once, so there is nothing to refill)."""
     n = len(cond)
-    if len(seeds) != n:
-        raise ValueError(f"{len(seeds)} seeds for {n} conditions")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_request(cond, seeds, batch_size)
     size = min(batch_size or n, n)
     parts, stats = [], SamplingStats()
     for start in range(0, n, size):

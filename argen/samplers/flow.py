@@ -16,7 +16,8 @@ import time
 import torch
 from torch import Tensor
 
-from argen.core import Condition, FlowGenerator, Requirements, SampleResult, SamplingStats, check_compatible
+from argen.core import (Condition, DecodeState, FlowGenerator, Requirements, SampleResult, SamplingStats,
+                        check_compatible)
 from argen.samplers.common import OnFinish, finish, in_batches
 from argen.samplers.policy import DecodingPolicy
 from argen.samplers.random import RowRandom
@@ -56,13 +57,13 @@ class FlowSampler:
         self.policy.begin(generator)
         return in_batches(lambda c, s: self._batch(generator, c, s), cond, seeds, batch_size, on_finish)
 
-    def _solve(self, generator: FlowGenerator, state: object, noise: Tensor, group: Tensor) -> Tensor:
+    def _solve(self, generator: FlowGenerator, state: DecodeState, noise: Tensor, group: Tensor) -> Tensor:
         """Integrate the group's entities (B, Q, C) from ``noise`` at t = 1 to t = 0."""
         times = euler_times(self.steps, noise.device)
         x, rows = noise, self.policy.rows
         for k in range(self.steps):
             t = times[k].expand(rows(x).shape[:2])  # (B', Q)
-            v = self.policy.guided(generator.velocity(state, rows(x), t, group), group)  # type: ignore[arg-type]
+            v = self.policy.guided(generator.velocity(state, rows(x), t, group), group)
             x = x + (times[k + 1] - times[k]) * v.to(x.dtype)
         return x
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from argen.core import Condition, Generator, Requirements, SampleResult, StepOutput, check_compatible, needs
 from argen.samplers.batch import Flight, OnFinish, compact, finished_rows
-from argen.samplers.common import finish
+from argen.samplers.common import check_request, finish
 from argen.samplers.drafts import DrafterDrafts, Drafts
 from argen.samplers.policy import DecodingPolicy
 from argen.samplers.random import RowRandom
@@ -118,10 +118,7 @@ class SpeculativeLoop:
     def _begin(self, generator: Generator, cond: Condition, seeds: Tensor, batch_size: int | None,
                on_finish: OnFinish | None) -> Flight:
         check_compatible(self, generator)
-        if len(seeds) != len(cond):
-            raise ValueError(f"{len(seeds)} seeds for {len(cond)} conditions")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_request(cond, seeds, batch_size)
         device = generator.device
         cond = cond.to(device)
         self.policy.begin(generator)
