@@ -62,7 +62,7 @@ OUTPUT_MARKERS = ("settings.json", "images", "samples.npz", "grid.png", "geneval
 
 
 # ---- conditions -----------------------------------------------------------------------------
-def build_conditions(cfg: DictConfig, generator: Any) -> Conditions:
+def build_conditions(cfg: DictConfig, generator: Any, info: ExportInfo | None = None) -> Conditions:
     given = [k for k in ("classes", "prompts", "prompt_file", "geneval_metadata", "suite") if cfg.get(k) is not None]
     if len(given) != 1:
         raise ConfigError(f"give exactly one of classes, prompts, prompt_file, geneval_metadata, suite (got {given})")
@@ -90,7 +90,7 @@ def build_conditions(cfg: DictConfig, generator: Any) -> Conditions:
 
         records = read_metadata(cfg.geneval_metadata)
     else:
-        records = _suite(cfg, generator)
+        records = _suite(cfg, info)
     return Conditions(labels=None, texts=[r["prompt"] for r in records], metadata=records)
 
 
@@ -99,13 +99,43 @@ def _class_ids(classes: Any, num_classes: int) -> list[int]:
         [classes] if isinstance(classes, int) else classes)]
 
 
-def _suite(cfg: DictConfig, generator: Any) -> list[dict[str, Any]]:
+def _suite(cfg: DictConfig, info: ExportInfo | None) -> list[dict[str, Any]]:
     if cfg.suite != "shapes":
         raise ConfigError(f"unknown prompt suite {cfg.suite!r} (available: shapes)")
-    from argen.data.shapes import ShapesWorld, make_prompt_suite
+    from argen.data.shapes import make_prompt_suite
 
-    return make_prompt_suite(ShapesWorld(), n_per_tag=int(cfg.suite_per_tag), seed=int(cfg.seed),
+    world = training_world(info, need_holdout=cfg.suite_holdout != "include")
+    return make_prompt_suite(world, n_per_tag=int(cfg.suite_per_tag), seed=int(cfg.seed),
                              holdout_mode=str(cfg.suite_holdout), fill=bool(cfg.suite_fill))
+
+
+def training_world(info: ExportInfo | None, *, need_holdout: bool = False) -> Any:
+    """The shapes world the generator was trained on (its shapes, colours, held-out pairs and relations),
+    read back from the training split of the code cache its meta.json records; the default world when the
+    cache is not a shapes cache or cannot be found, unless ``need_holdout`` (``suite_holdout=exclude|only``
+    means nothing without the training world's held-out combinations)."""
+    from argen.data.codes import read_manifest
+    from argen.data.shapes import ShapesDataset, ShapesWorld
+    from argen.io.export import locate
+
+    recorded = (info.generator_meta.get("codes_dir") if info is not None else None)
+    where = locate(recorded, info.generator_path) if recorded else None
+    train = None
+    if where is not None and (where / "manifest.json").is_file():
+        train = ((read_manifest(where).get("preprocessing") or {}).get("datasets") or {}).get("train")
+    if not train or not str(train.get("_target_", "")).endswith("ShapesDataset"):
+        if need_holdout:
+            raise ConfigError(
+                f"suite_holdout needs the generator's training world, read from its shapes code cache "
+                f"(meta.json codes_dir: {recorded!r}, found: {where}); sample with suite_holdout=include, or "
+                f"restore the cache folder")
+        return ShapesWorld()
+    kwargs = {k: v for k, v in train.items() if k != "_target_"}
+    world = ShapesDataset(**{**kwargs, "size": 0}).world
+    if world.holdout_pairs or world.held_relations:
+        log.info("prompt suite of the training world (%s): held out %s and %s", where,
+                 sorted(world.holdout_pairs), sorted(world.holdout_relations))
+    return world
 
 
 # ---- output folder and processes --------------------------------------------------------------
@@ -352,7 +382,7 @@ def _run_locked(cfg: DictConfig, device: torch.device, out: Path, rank: int, wor
                          option="tokenizer_path")
     pipe = Pipeline(models.generator, models.tokenizer, sampler=cfg.sampler, info=models.info)
     info = models.info
-    conds = build_conditions(cfg, pipe.generator)
+    conds = build_conditions(cfg, pipe.generator, info)
     settings = image_settings(cfg, info, conds, device)
     total = len(conds) * int(cfg.n_per_condition)
     _on_rank_zero(rank, lambda: prepare_output(out, overwrite=bool(cfg.overwrite), resume=bool(cfg.get("resume")),

@@ -17,7 +17,7 @@ import hydra
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from argen.cli.common import CONFIG_DIR, ConfigError, build, to_plain
@@ -46,8 +46,28 @@ def resolve_resume(resume: str | None, run_dir: Path) -> str | None:
     return str(path)
 
 
+EXPORT_CHECKPOINTS = ("last", "best")
+
+
 def _callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [build(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items() if node]
+    callbacks = [build(node, f"callbacks.{key}") for key, node in (cfg.get("callbacks") or {}).items() if node]
+    which = cfg.get("export_checkpoint", "last")
+    if which not in EXPORT_CHECKPOINTS:
+        raise ConfigError(f"export_checkpoint must be one of {EXPORT_CHECKPOINTS}, got {which!r}")
+    if which == "best":
+        callbacks.append(best_checkpoint(cfg))
+    return callbacks
+
+
+def best_checkpoint(cfg: DictConfig) -> L.Callback:
+    """checkpoints/best.ckpt: the lowest ``best_monitor`` over the run's validations (export_checkpoint=best)."""
+    if cfg.trainer.get("limit_val_batches") == 0 or not (cfg.get("data") or {}).get("val"):
+        raise ConfigError("export_checkpoint=best picks the checkpoint by its validation loss, but this run "
+                          "has no validation (data.val is empty or trainer.limit_val_batches=0); use "
+                          "export_checkpoint=last")
+    return ModelCheckpoint(dirpath=str(Path(cfg.paths.run_dir) / "checkpoints"), filename="best",
+                           monitor=str(cfg.get("best_monitor", "val/loss")), mode="min", save_top_k=1,
+                           save_last=False, auto_insert_metric_name=False, enable_version_counter=False)
 
 
 def _loggers(cfg: DictConfig) -> list[Any] | bool:
@@ -141,7 +161,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"run_dir": str(run_dir), "metrics": metrics, "export_dir": None}
     if cfg.get("export_after_training") and trainer.is_global_zero:
         from argen.io.export import export_run
-        result["export_dir"] = str(export_run(run_dir, overwrite=True))
+        which = cfg.get("export_checkpoint", "last")
+        if which == "best":
+            best = next(c for c in callbacks if isinstance(c, ModelCheckpoint) and c.filename == "best")
+            if best.best_model_path and Path(best.best_model_path).is_file():
+                log.info("exporting the best checkpoint: %s %.4g (%s)", best.monitor, float(best.best_model_score),
+                         best.best_model_path)
+                result["best"] = {"monitor": best.monitor, "score": float(best.best_model_score),
+                                  "path": best.best_model_path}
+            else:
+                log.warning("export_checkpoint=best, but no validation ran (trainer.val_check_interval > "
+                            "max_steps?); exporting the last checkpoint")
+                which = "last"
+        result["export_dir"] = str(export_run(run_dir, ckpt=which, overwrite=True))
     return result
 
 

@@ -37,8 +37,8 @@ def _git_sha() -> str | None:
 
 
 def _pick_checkpoint(run_dir: Path, ckpt: str) -> Path:
-    if ckpt == "last":
-        path = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt in ("last", "best"):  # best: written by export_checkpoint=best (the lowest validation loss)
+        path = run_dir / "checkpoints" / f"{ckpt}.ckpt"
     else:
         path = Path(ckpt).expanduser()
     if not path.is_file():

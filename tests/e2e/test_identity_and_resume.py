@@ -211,3 +211,25 @@ def test_a_run_that_recorded_relative_paths_still_exports_from_elsewhere(relativ
     assert Path(read_meta(export)["tokenizer"]["path"]) == (tmp_path / "tok").resolve()
     assert hashlib.sha256((tmp_path / "tok" / "model.safetensors").read_bytes()).hexdigest() == \
         read_meta(export)["tokenizer"]["sha256"]
+
+
+# ---- 5. export_checkpoint=best exports the validation minimum ---------------------------------------
+def test_export_checkpoint_best_takes_the_lowest_monitored_validation(tmp_path: Path) -> None:
+    # Monitoring val/psnr with mode min selects the worst reconstruction, i.e. an early validation, so
+    # the export must differ from the last checkpoint: the test sees which checkpoint was read.
+    cfg = compose_config("train", [*BASE, f"paths.output_root={tmp_path}", "trainer.val_check_interval=4",
+                                   "logger=default", "trainer.log_every_n_steps=2", "export_checkpoint=best",
+                                   "best_monitor=val/psnr"])
+    result = train_run(cfg)
+    run = tmp_path / "runs" / "shapes_vq"
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        vals = [(float(r["val/psnr"]), int(float(r["step"]))) for r in csv.DictReader(f) if r.get("val/psnr")]
+    assert len(vals) >= 4
+    worst, step = min(vals)
+    meta = read_meta(Path(result["export_dir"]))
+    assert meta["source_checkpoint"].endswith("best.ckpt")
+    assert result["best"]["score"] == pytest.approx(worst, rel=1e-5)
+    assert meta["global_step"] in (step, step + 1) and meta["global_step"] < 24
+    with pytest.raises(ConfigError, match="no validation"):
+        train_run(compose_config("train", [*BASE, f"paths.output_root={tmp_path / 'b'}", "export_checkpoint=best",
+                                           "trainer.limit_val_batches=0"]))
