@@ -25,6 +25,7 @@ from argen.cli.train import run as train_run
 from argen.data.shapes import ShapesDataset
 from argen.eval.reconstruction import evaluate_reconstruction, save_reconstruction_grid
 from argen.io.export import load
+from argen.io.folders import atomic_write_json
 
 log = logging.getLogger("argen")
 
@@ -51,8 +52,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cfg-scale", type=float, default=3.0, metavar="S",
                    help="classifier-free guidance scale of the samples (%(default)s)")
     p.add_argument("--suite-per-tag", type=int, default=20, metavar="N",
-                   help="ShapesEval prompts per task (%(default)s)")
+                   help="ShapesEval prompts per task, every task filled to it (%(default)s)")
     p.add_argument("--fd-samples", type=int, default=1000, metavar="N", help="samples for fd_shapes (%(default)s)")
+    p.add_argument("--sequential", action="store_true",
+                   help="train the fd_shapes feature network after the tokenizer instead of beside it")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for the tokenizer run, e.g. seed=1")
     return p.parse_args(argv)
 
@@ -78,15 +81,60 @@ def tokenizer_stage(out: Path, steps: int | None, overrides: list[str], eval_ima
     return section
 
 
-def roundtrip_stage(out: Path, export_dir: str, *, seed: int = 0) -> dict[str, Any]:
-    """Composition through the tokenizer: ShapesEval and fd_shapes of reconstructions."""
+def _feature_net_dir(out: Path) -> Path:
+    return out / "feature_nets" / "shapes"
+
+
+def _train_feature_net(net_dir: str, seed: int, steps: int | None) -> None:
+    """(In its own process, one thread.) The shapes attribute network fd_shapes extracts features with."""
     from argen.eval.feature_nets import build_and_export
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    build_and_export("shapes", net_dir, seed=seed, steps=steps, overwrite=True)
+
+
+class FeatureNetJob:
+    """Trains the feature network in a second process while the tokenizer trains (issue 14: the two are
+    independent, and on a 2-core CPU one thread each finishes both sooner than two threads one after the
+    other). The main process runs on one thread until :meth:`wait`, which restores its thread count."""
+
+    def __init__(self, out: Path, *, seed: int = 0, parallel: bool = True, steps: int | None = None) -> None:
+        import multiprocessing as mp
+
+        self.net_dir, self.seed, self.steps, self.process = _feature_net_dir(out), seed, steps, None
+        self.threads = torch.get_num_threads()
+        if (self.net_dir / "model.safetensors").is_file():
+            return
+        log.info("training the shapes attribute network for fd_shapes (once) -> %s%s", self.net_dir,
+                 ", in a second process beside the tokenizer" if parallel and self.threads > 1 else "")
+        if parallel and self.threads > 1:
+            self.process = mp.get_context("spawn").Process(target=_train_feature_net,
+                                                           args=(str(self.net_dir), seed, steps), daemon=True)
+            self.process.start()
+            torch.set_num_threads(max(self.threads - 1, 1))
+
+    def wait(self) -> Path:
+        """The trained network's folder (trained here, on every thread, if no process was started)."""
+        if self.process is not None:
+            self.process.join()
+            torch.set_num_threads(self.threads)
+            if self.process.exitcode != 0:
+                raise RuntimeError(f"training the shapes feature network failed (exit code {self.process.exitcode}); "
+                                   f"see the log above")
+            self.process = None
+        if not (self.net_dir / "model.safetensors").is_file():
+            from argen.eval.feature_nets import build_and_export
+
+            build_and_export("shapes", self.net_dir, seed=self.seed, steps=self.steps, overwrite=True)
+        return self.net_dir
+
+
+def roundtrip_stage(out: Path, export_dir: str, *, seed: int = 0, net_dir: Path | None = None) -> dict[str, Any]:
+    """Composition through the tokenizer: ShapesEval and fd_shapes of reconstructions."""
     from argen.eval.roundtrip import fd_shapes_roundtrip, shapes_eval_roundtrip
 
-    net_dir = out / "feature_nets" / "shapes"
-    if not (net_dir / "model.safetensors").is_file():
-        log.info("training the shapes attribute network for fd_shapes (once) -> %s", net_dir)
-        build_and_export("shapes", net_dir, seed=seed, overwrite=True)
+    net_dir = net_dir or FeatureNetJob(out, seed=seed, parallel=False).wait()
     tokenizer = load(export_dir)
     shapes = shapes_eval_roundtrip(tokenizer, out, seed=seed)
     fd = fd_shapes_roundtrip(tokenizer, load(net_dir), seed=seed)
@@ -114,7 +162,7 @@ def generator_stage(out: Path, tokenizer_export: str, steps: int | None, overrid
     recipe) on the shapes codes."""
     from argen.generators.raster import count_parameters
 
-    codes = codes_stage(out, tokenizer_export)
+    codes = codes_stage(out, tokenizer_export)  # already built by main()
     ov = ["experiment=shapes_raster_quick", "name=shapes_raster", f"paths.output_root={out}",
           f"tokenizer_path={tokenizer_export}", f"codes_dir={codes}", "resume=auto",
           *([f"trainer.max_steps={steps}"] if steps is not None else []), *overrides]
@@ -135,7 +183,7 @@ def sampling_stage(out: Path, generator_export: str, *, suite_per_tag: int, fd_s
 
     common = [f"generator_path={generator_export}", f"paths.output_root={out}", "overwrite=true", f"seed={seed}",
               f"sampler.cfg_scale={cfg_scale}"]
-    suite = sample_run(compose_config("sample", [*common, "suite=shapes", f"suite_per_tag={suite_per_tag}",
+    suite = sample_run(compose_config("sample", [*common, "suite=shapes", f"suite_per_tag={suite_per_tag}", "suite_fill=true",
                                                  "n_per_condition=4", f"output_dir={out}/samples/shapes_suite",
                                                  "eval=shapes"]))
     test = ShapesDataset(split="test", size=fd_samples, image_size=32, seed=seed)
@@ -147,7 +195,8 @@ def sampling_stage(out: Path, generator_export: str, *, suite_per_tag: int, fd_s
     shapes = suite["evaluation"]
     return {"shapes": {"overall": shapes["overall"], **(shapes.get("task_scores") or {}),
                        "n_prompts": shapes.get("n_prompts"), "n_images": shapes.get("n_images"),
-                       "ci95": [shapes.get("ci_low"), shapes.get("ci_high")], "grid": suite["files"]["grid"],
+                       "ci95": [shapes.get("ci_low"), shapes.get("ci_high")], "task_ci95": shapes.get("task_ci"),
+                       "grid": suite["files"]["grid"],
                        "samples": suite["files"].get("geneval")},
             "fd_shapes": fd["evaluation"],
             "sampling": {**suite["sampler"], **suite["stats"], "num_images": suite["num_images"]}}
@@ -158,15 +207,19 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    feature_net = FeatureNetJob(out, parallel=not args.sequential)
     report: dict[str, Any] = {"tokenizer": tokenizer_stage(out, args.steps, args.overrides, args.eval_images)}
+    codes_stage(out, report["tokenizer"]["export"])
     # Reconstructions of the shapes world judged like generations will be (issue: evaluation);
     # generated samples get their own eval.shapes / eval.fd_shapes once a generator exists.
-    report["tokenizer"]["roundtrip"] = roundtrip_stage(out, report["tokenizer"]["export"])
+    report["tokenizer"]["roundtrip"] = roundtrip_stage(out, report["tokenizer"]["export"], net_dir=feature_net.wait())
     report["generator"] = generator_stage(out, report["tokenizer"]["export"], args.generator_steps, [])
     report["eval"] = sampling_stage(out, report["generator"]["export"], suite_per_tag=args.suite_per_tag,
                                     fd_samples=args.fd_samples, cfg_scale=args.cfg_scale)
+    report["wall_seconds"] = round(time.perf_counter() - start, 1)
     path = out / "report.json"
-    path.write_text(json.dumps(report, indent=2, sort_keys=True))
+    atomic_write_json(path, report)
     t = report["tokenizer"]
     log.info("tokenizer on held-out shapes: PSNR %.2f dB, SSIM %.4f, codebook usage %.1f%% -> %s",
              t["psnr"], t["ssim"], 100 * t["codebook_usage"], path)

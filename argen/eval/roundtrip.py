@@ -33,11 +33,12 @@ def _roundtrip(tokenizer: Any, images: np.ndarray, batch_size: int = 128) -> np.
 
 
 def shapes_eval_roundtrip(tokenizer: Any, out: Path, *, n_per_tag: int = 20, images_per_prompt: int = 4,
-                          seed: int = 0) -> dict[str, Any]:
-    """ShapesEval of the originals and of their reconstructions (GenEval layouts under ``out``)."""
+                          seed: int = 0, fill: bool = True) -> dict[str, Any]:
+    """ShapesEval of the originals and of their reconstructions (GenEval layouts under ``out``), on the
+    prompt suite the quick start samples (``fill``: every task ``n_per_tag`` prompts)."""
     size = int(tokenizer.image_size)
     world = ShapesWorld(image_size=size)
-    suite = make_prompt_suite(world, n_per_tag=n_per_tag, seed=seed)
+    suite = make_prompt_suite(world, n_per_tag=n_per_tag, seed=seed, fill=fill)
     rng = np.random.default_rng(seed)
     originals = [[render_scene(realize_prompt(rng, md, world))[0] for _ in range(images_per_prompt)] for md in suite]
     flat = np.stack([im for group in originals for im in group])
