@@ -19,7 +19,14 @@ from tokenizers_vq.metrics import psnr, ssim
 class ReconstructionReport:
     """psnr / ssim: means over images (dB / [0,1]); codebook_usage: fraction of the V codes used at
     least once over the whole set; perplexity: exp(entropy) of the code histogram; n: images;
-    per_scale: for a scale-residual tokenizer, the same usage / perplexity per scale (coarse to fine)."""
+    per_scale: for a scale-residual tokenizer, the same usage / perplexity per scale (coarse to fine).
+
+    Synonyms (one-grid tokenizers): ``flat_tokens`` is the fraction of tokens whose f x f patch is one flat
+    colour (the background of a shapes scene, an object's interior) and ``flat_code_entropy`` the entropy
+    in nats of their codes given that colour, H(code | colour): 0 when identical patches get one code.
+    A generator pays it on every such token it predicts, so it bounds how low the generator's loss can go
+    (issue 14: the quick start's tokenizer spent 6.35 nats on a grey background patch, 874 codes for it).
+    ``flat_codes`` counts the distinct codes of the most common flat colour."""
 
     psnr: float
     ssim: float
@@ -29,6 +36,9 @@ class ReconstructionReport:
     vocab_size: int
     tokens_per_image: int
     per_scale: list[dict[str, Any]] | None = None
+    flat_tokens: float | None = None
+    flat_code_entropy: float | None = None
+    flat_codes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,6 +56,7 @@ def evaluate_reconstruction(tokenizer: Any, dataset: Dataset, *, batch_size: int
     counts = torch.zeros(len(layout.shapes), vocab, dtype=torch.float64)
     psnr_sum = ssim_sum = 0.0
     n = 0
+    synonyms = FlatPatchCodes(vocab) if layout.kind == "grid" and len(layout.shapes) == 1 else None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
     for batch in progress_bar(loader, desc="reconstruction eval", unit="batch", enabled=progress, leave=False):
         if "image" not in batch:
@@ -55,6 +66,8 @@ def evaluate_reconstruction(tokenizer: Any, dataset: Dataset, *, batch_size: int
         recon = tokenizer.decode(tokens).clamp(-1, 1)
         flat = (groups[None] * vocab + tokens.cpu()).flatten()
         counts += torch.bincount(flat, minlength=counts.numel()).double().view_as(counts)
+        if synonyms is not None:
+            synonyms.add(images.cpu(), tokens.cpu().view(-1, *layout.shapes[0]))
         psnr_sum += float(psnr(recon, images).sum())
         ssim_sum += float(ssim(recon, images).sum())
         n += images.shape[0]
@@ -67,7 +80,47 @@ def evaluate_reconstruction(tokenizer: Any, dataset: Dataset, *, batch_size: int
                       "perplexity": _perplexity(c)} for (h, w), c in zip(layout.shapes, counts)]
     return ReconstructionReport(psnr=psnr_sum / n, ssim=ssim_sum / n, codebook_usage=float((total > 0).double().mean()),
                                 perplexity=_perplexity(total), num_images=n, vocab_size=vocab,
-                                tokens_per_image=layout.length, per_scale=per_scale)
+                                tokens_per_image=layout.length, per_scale=per_scale,
+                                **(synonyms.summary() if synonyms is not None else {}))
+
+
+class FlatPatchCodes:
+    """Counts (flat colour, code) pairs over the tokens whose patch is one colour (see ReconstructionReport)."""
+
+    def __init__(self, vocab: int, tolerance: int = 1) -> None:
+        self.vocab, self.tolerance = vocab, tolerance
+        self.pairs: dict[int, int] = {}
+        self.tokens = 0
+
+    def add(self, images: torch.Tensor, tokens: torch.Tensor) -> None:
+        """images (B, 3, H, W) in [-1, 1]; tokens (B, h, w) of the patches H/h x W/w."""
+        b, h, w = tokens.shape
+        fy, fx = images.shape[-2] // h, images.shape[-1] // w
+        levels = ((images.clamp(-1, 1) + 1) * 127.5).round().long()  # 0..255
+        patches = levels.view(b, 3, h, fy, w, fx)
+        lo, hi = patches.amin(dim=(3, 5)), patches.amax(dim=(3, 5))  # (B, 3, h, w)
+        flat = ((hi - lo) <= self.tolerance).all(dim=1)  # (B, h, w)
+        colour = patches.float().mean(dim=(3, 5)).round().long()  # (B, 3, h, w)
+        key = (colour[:, 0] * 65536 + colour[:, 1] * 256 + colour[:, 2])[flat]
+        pair, count = torch.unique(key * self.vocab + tokens[flat].long(), return_counts=True)
+        for p, c in zip(pair.tolist(), count.tolist()):
+            self.pairs[p] = self.pairs.get(p, 0) + c
+        self.tokens += b * h * w
+
+    def summary(self) -> dict[str, Any]:
+        by_colour: dict[int, list[int]] = {}
+        for p, c in self.pairs.items():
+            by_colour.setdefault(p // self.vocab, []).append(c)
+        total = sum(sum(v) for v in by_colour.values())
+        if total == 0:
+            return {"flat_tokens": 0.0, "flat_code_entropy": None, "flat_codes": None}
+        entropy = 0.0
+        for counts in by_colour.values():
+            c = torch.tensor(counts, dtype=torch.float64)
+            q = c / c.sum()
+            entropy += float(c.sum() / total * -(q * q.log()).sum())
+        top = max(by_colour.values(), key=sum)
+        return {"flat_tokens": total / max(self.tokens, 1), "flat_code_entropy": entropy, "flat_codes": len(top)}
 
 
 def _perplexity(counts: torch.Tensor) -> float:
