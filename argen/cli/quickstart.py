@@ -221,8 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     path = out / "report.json"
     atomic_write_json(path, report)
     t = report["tokenizer"]
-    log.info("tokenizer on held-out shapes: PSNR %.2f dB, SSIM %.4f, codebook usage %.1f%% -> %s",
-             t["psnr"], t["ssim"], 100 * t["codebook_usage"], path)
+    log.info("tokenizer on held-out shapes: PSNR %.2f dB, SSIM %.4f, codebook usage %.1f%%; flat patches %.0f%% of "
+             "tokens, their codes' entropy given the colour %.2f nats -> %s", t["psnr"], t["ssim"],
+             100 * t["codebook_usage"], 100 * (t.get("flat_tokens") or 0.0), t.get("flat_code_entropy") or 0.0, path)
     rt = t["roundtrip"]
     log.info("round trip: ShapesEval originals %.3f, reconstructions %.3f; %s %.4f (floor %.4f)",
              rt["shapes_eval"]["originals"]["overall"], rt["shapes_eval"]["reconstructions"]["overall"],

@@ -128,3 +128,21 @@ def test_vq16_preset_has_llamagen_names_and_shapes() -> None:
     for k in ("encoder.mid.1.k.weight", "decoder.mid.2.nin_shortcut.weight"):
         assert (k in shapes) == k.startswith("encoder")
     assert model.layout.shapes == ((16, 16),)
+
+
+def test_patch_encoder_latents_depend_on_their_own_patch_only():
+    torch.manual_seed(0)
+    tok = VQTokenizer(image_size=16, codebook_size=32, embed_dim=4, base_channels=8, channel_multipliers=[1, 2, 2],
+                      z_channels=8, norm_groups=4, encoder="patch")
+    conv = VQTokenizer(image_size=16, codebook_size=32, embed_dim=4, base_channels=8, channel_multipliers=[1, 2, 2],
+                       z_channels=8, norm_groups=4)
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    y = x.clone()
+    y[..., 4:, :] = -x[..., 4:, :]  # every patch but the first row of 4x4 patches changes
+    for model, local in ((tok, True), (conv, False)):
+        zx, zy = model.encoder(x), model.encoder(y)
+        assert zx.shape == (1, 8, 4, 4)
+        assert torch.equal(zx[..., 0, :], zy[..., 0, :]) == local  # the conv encoder sees its neighbours
+    with pytest.raises(ValueError, match="encoder must be 'conv' or 'patch'"):
+        VQTokenizer(image_size=16, base_channels=8, channel_multipliers=[1, 2], z_channels=8, norm_groups=4,
+                    encoder="mlp")

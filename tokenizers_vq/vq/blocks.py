@@ -146,6 +146,34 @@ class Encoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+class PatchEncoder(nn.Module):
+    """(B, 3, H, W) -> (B, z_channels, H/f, W/f), each latent a function of its own f x f patch only: the
+    patch's pixels (space-to-depth) through a residual MLP written as 1x1 convs, without normalisation.
+
+    The conv encoder's 3x3 convs, GroupNorm (statistics over the whole image) and attention make a token's
+    latent depend on the rest of the image, so identical patches land on different codes ("synonyms"): on
+    the shapes world the grey background, 78% of the tokens, spreads over hundreds of codes, and the
+    generator must learn to predict which one from context it has not seen. A patch-local encoder gives
+    identical patches one code, so a generator only pays for content. The decoder keeps its context.
+    """
+
+    def __init__(self, *, factor: int, hidden: int, z_channels: int, depth: int = 2) -> None:
+        super().__init__()
+        if factor < 1 or hidden < 1 or depth < 1:
+            raise ValueError(f"factor, hidden and depth must be >= 1, got {factor}, {hidden}, {depth}")
+        self.factor = factor
+        self.conv_in = nn.Conv2d(3 * factor * factor, hidden, 1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Conv2d(hidden, hidden, 1), nn.SiLU(),
+                                                  nn.Conv2d(hidden, hidden, 1)) for _ in range(depth))
+        self.conv_out = nn.Conv2d(hidden, z_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv_in(F.pixel_unshuffle(x, self.factor))
+        for block in self.blocks:
+            h = h + block(h)
+        return self.conv_out(F.silu(h))
+
+
 class Decoder(nn.Module):
     """(B, z_channels, h, w) -> (B, 3, h*f, w*f). ``conv_blocks[0]`` is the lowest resolution,
     as in LlamaGen (VAR's decoder lists levels the other way round)."""
@@ -179,9 +207,12 @@ class Decoder(nn.Module):
 
 def conv_autoencoder(*, image_size: int, base_channels: int, channel_multipliers: list[int] | tuple[int, ...],
                      num_res_blocks: int, z_channels: int, attention: bool, norm_groups: int,
-                     dropout: float) -> tuple[Encoder, Decoder, int]:
+                     dropout: float, encoder: str = "conv") -> tuple[nn.Module, Decoder, int]:
     """The encoder/decoder pair every conv tokenizer here shares, and its downsampling factor
-    ``2 ** (len(channel_multipliers) - 1)``; the image size must be a multiple of it."""
+    ``2 ** (len(channel_multipliers) - 1)``; the image size must be a multiple of it. ``encoder``: ``conv``
+    (LlamaGen's / VAR's) or ``patch`` (:class:`PatchEncoder`, hidden width 4 x ``base_channels``)."""
+    if encoder not in ("conv", "patch"):
+        raise ValueError(f"encoder must be 'conv' or 'patch', got {encoder!r}")
     multipliers = list(channel_multipliers)
     if not multipliers:
         raise ValueError("channel_multipliers must list at least one level")
@@ -192,4 +223,6 @@ def conv_autoencoder(*, image_size: int, base_channels: int, channel_multipliers
                          f"{factor} or change channel_multipliers")
     conv = dict(base_channels=base_channels, channel_multipliers=multipliers, num_res_blocks=num_res_blocks,
                 z_channels=z_channels, attention=attention, norm_groups=norm_groups, dropout=dropout)
-    return Encoder(**conv), Decoder(**conv), factor
+    enc: nn.Module = Encoder(**conv) if encoder == "conv" else PatchEncoder(
+        factor=factor, hidden=4 * base_channels, z_channels=z_channels, depth=max(num_res_blocks, 1) + 1)
+    return enc, Decoder(**conv), factor

@@ -37,7 +37,9 @@ class VQTokenizer(nn.Module):
     """Conv encoder/decoder with a factorised, l2-normalised codebook.
 
     The downsampling factor is ``2 ** (len(channel_multipliers) - 1)``: VQ-16 uses
-    ``[1, 1, 2, 2, 4]`` (f = 16), a 32-px tiny preset ``[1, 2, 2]`` (f = 4).
+    ``[1, 1, 2, 2, 4]`` (f = 16), a 32-px tiny preset ``[1, 2, 2]`` (f = 4). ``encoder="patch"`` swaps the
+    conv encoder for a patch-local one (:class:`~tokenizers_vq.vq.blocks.PatchEncoder`: identical patches
+    get one code); official LlamaGen weights use the conv encoder.
     """
 
     def __init__(
@@ -57,12 +59,13 @@ class VQTokenizer(nn.Module):
         commitment_weight: float = 0.25,
         entropy_weight: float = 0.0,
         entropy_temperature: float = 0.01,
+        encoder: str = "conv",
     ) -> None:
         super().__init__()
         self.encoder, self.decoder, self.downsample_factor = conv_autoencoder(
             image_size=image_size, base_channels=base_channels, channel_multipliers=channel_multipliers,
             num_res_blocks=num_res_blocks, z_channels=z_channels, attention=attention, norm_groups=norm_groups,
-            dropout=dropout)
+            dropout=dropout, encoder=encoder)
         self.image_size = image_size
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
