@@ -41,6 +41,8 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     p.add_argument("--cfg-scale", default="2.0", help="comma list: one ShapesEval per scale ('': val loss only)")
     p.add_argument("--suite-per-tag", type=int, default=20)
     p.add_argument("--n-per-prompt", type=int, default=4)
+    p.add_argument("--fill", action="store_true",
+                   help="fill every task to --suite-per-tag prompts (the quick start's suite; 120 prompts)")
     p.add_argument("--fd-samples", type=int, default=0, help="fd_shapes samples (0: skip)")
     p.add_argument("--feature-net", default=None, help="shapes feature network export (for fd_shapes)")
     p.add_argument("--note", default="", help="what this row changes")
@@ -90,11 +92,11 @@ def evaluate(args: argparse.Namespace, export: str, cfg_scale: float) -> dict[st
     common = [f"generator_path={export}", "overwrite=true", "seed=0", f"sampler.cfg_scale={cfg_scale}"]
     suite = sample_run(compose_config("sample", [*common, "suite=shapes", f"suite_per_tag={args.suite_per_tag}",
                                                  f"n_per_condition={args.n_per_prompt}", f"output_dir={folder}",
-                                                 "eval=shapes"]))
+                                                 f"suite_fill={str(args.fill).lower()}", "eval=shapes"]))
     ev = suite["evaluation"]
     row: dict[str, Any] = {"cfg_scale": cfg_scale, "shapes_overall": ev["overall"], "ci95": [ev.get("ci_low"),
                                                                                            ev.get("ci_high")],
-                           "tasks": ev.get("task_scores"), "n_images": ev.get("n_images"), "grid": suite["files"]["grid"]}
+                           "tasks": ev.get("task_scores"), "task_ci95": ev.get("task_ci"), "n_images": ev.get("n_images"), "grid": suite["files"]["grid"]}
     if args.fd_samples:
         from argen.data.shapes import ShapesDataset
 
