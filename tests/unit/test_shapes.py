@@ -447,3 +447,40 @@ def test_scene_spec_ground_truth_api():
         assert set(d) == {"class", "color", "bbox", "centroid"} and len(d["bbox"]) == 4
     tri = ObjectSpec("triangle", "red", (0.0, 0.0, 9.0, 9.0))
     assert tri.center == (4.5, 4.5) and tri.centroid == (4.5, 6.0)
+
+
+def test_dense_captions_name_every_object_and_keep_the_relation():
+    from argen.data.shapes import ShapesDataset
+    from argen.data.shapes.prompts import dense_caption
+
+    ds = ShapesDataset(split="train", size=400, seed=3, dense_captions=1.0)
+    plain = ShapesDataset(split="train", size=400, seed=3)
+    for i in range(400):
+        spec = ds.scene(i)
+        caption = ds[i]["caption"]
+        assert plain[i]["caption"] == spec.prompt  # off by default
+        for obj in spec.objects:
+            assert f"{obj.color} {obj.shape}" in caption
+        if spec.tag == "position":
+            rel = spec.metadata["include"][1]["position"][0]
+            (b, a) = spec.objects
+            assert caption.endswith(f"{a.color} {a.shape} {rel} {'an' if b.color[0] in 'aeiou' else 'a'} "
+                                    f"{b.color} {b.shape}")
+        assert json.loads(ds[i]["metadata"])["prompt"] == spec.prompt  # the GenEval record is kept
+    md = {"tag": "counting", "include": [{"class": "circle", "count": 2}]}
+    assert dense_caption(md, [("circle", "orange"), ("circle", "red")]) == \
+        "a photo of an orange circle and a red circle"
+
+
+def test_dense_caption_share_is_deterministic():
+    from argen.data.shapes import ShapesDataset
+
+    half = ShapesDataset(split="train", size=600, seed=0, dense_captions=0.5)
+    again = ShapesDataset(split="train", size=600, seed=0, dense_captions=0.5)
+    dense = ShapesDataset(split="train", size=600, seed=0, dense_captions=1.0)
+    picks = [half.caption(i) == dense.caption(i) != half.scene(i).prompt for i in range(600)]
+    changed = [dense.caption(i) != half.scene(i).prompt for i in range(600)]
+    assert 0.4 < sum(picks) / sum(changed) < 0.6
+    assert [half.caption(i) for i in range(50)] == [again[i]["caption"] for i in range(50)]
+    with pytest.raises(ValueError, match="dense_captions"):
+        ShapesDataset(split="train", size=1, dense_captions=1.5)

@@ -9,7 +9,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from argen.data.base import Sample, make_sample, uint8_to_tensor
-from argen.data.shapes.prompts import _candidates
+from argen.data.shapes.prompts import _candidates, dense_caption
 from argen.data.shapes.render import render_scene
 from argen.data.shapes.scenes import sample_scene, tag_probabilities
 from argen.data.shapes.world import (
@@ -44,6 +44,10 @@ class ShapesDataset(Dataset):
     Item ``i`` is a deterministic function of (``seed``, ``split``, ``i``) and the world
     settings. Training excludes held-out pairs / relations; val and test do not.
     Use :meth:`scene` / :meth:`render` for the ground-truth objects.
+
+    ``dense_captions`` (0..1): the share of items whose caption names every object's colour and shape
+    (:func:`~argen.data.shapes.prompts.dense_caption`) instead of the GenEval prompt; ``metadata`` keeps
+    the GenEval record. Which items is a pure function of (``seed``, ``split``, index).
     """
 
     def __init__(
@@ -66,12 +70,16 @@ class ShapesDataset(Dataset):
         min_gap: float = 2.0,
         supersample: int = 4,
         cache: bool = False,
+        dense_captions: float = 0.0,
     ) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         if size < 0 or seed < 0:
             raise ValueError(f"size and seed must be >= 0, got {size}, {seed}")
+        if not 0.0 <= float(dense_captions) <= 1.0:
+            raise ValueError(f"dense_captions is a share of the items, in [0, 1]; got {dense_captions}")
+        self.dense_captions = float(dense_captions)
         self.world = ShapesWorld(
             shapes=tuple(shapes), colors=tuple(colors), image_size=image_size,
             object_size=tuple(object_size), min_gap=min_gap, max_objects=max_objects,
@@ -109,6 +117,17 @@ class ShapesDataset(Dataset):
         return sample_scene(rng, self.world, tag_weights=self.tag_weights,
                             exclude_holdout=self.exclude_holdout)
 
+    def caption(self, index: int, spec: SceneSpec | None = None) -> str:
+        """Item ``index``'s training caption: its GenEval prompt, or with probability ``dense_captions``
+        the descriptive caption of its scene."""
+        spec = self.scene(index) if spec is None else spec
+        if self.dense_captions <= 0.0:
+            return spec.prompt
+        draw = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS[self.split], int(index), 1])).random()
+        if draw >= self.dense_captions:
+            return spec.prompt
+        return dense_caption(spec.metadata, [(o.shape, o.color) for o in spec.objects])
+
     def render(self, index: int) -> tuple[np.ndarray, list[ObjectSpec], SceneSpec]:
         """Item ``index`` as ((H, W, 3) uint8, ground-truth objects, scene)."""
         spec = self.scene(index)
@@ -121,7 +140,7 @@ class ShapesDataset(Dataset):
             return dict(self._cache[index])
         image, _, spec = self.render(index)
         sample = make_sample(uint8_to_tensor(image), index=index, label=-1,
-                             caption=spec.prompt, metadata=spec.metadata_json())
+                             caption=self.caption(index, spec), metadata=spec.metadata_json())
         if self._cache is not None:
             self._cache[index] = sample
         return dict(sample) if self._cache is not None else sample
