@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from omegaconf import OmegaConf
+
 from argen.cli.common import compose_config
 from argen.cli.train import run as train_run
 from argen.data.shapes import ShapesDataset
@@ -37,18 +39,30 @@ EPILOG = """Example:
 Writes <output>/report.json; re-running resumes (finished runs are not retrained)."""
 
 
+# quick: the README's first command (<= 10 minutes on 2 cores, installation included);
+# best: the longer preset (experiment=shapes_best: 100k scenes, the generator for ~45 CPU-minutes).
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"tokenizer_steps": 400, "generator": "shapes_raster_quick", "generator_steps": 500,
+              "train_size": 10_000, "data": []},
+    "best": {"tokenizer_steps": 600, "generator": "shapes_best", "generator_steps": None,
+             "train_size": 100_000, "data": []},
+}
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="argen-quickstart", usage="argen-quickstart [options] [overrides ...]",
                                 description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="outputs/quickstart", metavar="DIR",
                    help="folder for runs, grids and report.json (%(default)s)")
-    p.add_argument("--steps", type=int, default=400, metavar="N",
-                   help="tokenizer training steps (%(default)s; shapes_vq trains 600)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                   help="quick (the default, a few minutes) or best (experiment=shapes_best, ~an hour)")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="tokenizer training steps (the preset's: quick 400, best 600)")
     p.add_argument("--eval-images", type=int, default=1000, metavar="N",
                    help="held-out shapes images to evaluate on (%(default)s)")
-    p.add_argument("--generator-steps", type=int, default=500, metavar="N",
-                   help="generator steps at batch 32 (%(default)s; shapes_raster: 2500 at 64)")
+    p.add_argument("--generator-steps", type=int, default=None, metavar="N",
+                   help="generator steps (the preset's: quick 500 at batch 32, best shapes_best's)")
     p.add_argument("--cfg-scale", type=float, default=3.0, metavar="S",
                    help="classifier-free guidance scale of the samples (%(default)s)")
     p.add_argument("--suite-per-tag", type=int, default=20, metavar="N",
@@ -141,29 +155,36 @@ def roundtrip_stage(out: Path, export_dir: str, *, seed: int = 0, net_dir: Path 
     return {"shapes_eval": shapes, "fd_shapes": fd}
 
 
-def codes_stage(out: Path, tokenizer_export: str, train_size: int = 10000) -> Path:
-    """The shapes training images as codes of this tokenizer (rebuilt when the tokenizer changed)."""
+def codes_stage(out: Path, tokenizer_export: str, train_size: int = 10000, data: list[str] | None = None) -> Path:
+    """The shapes training images as codes of this tokenizer (rebuilt when the tokenizer, the number of
+    scenes or the data settings changed)."""
     from argen.cli.tokenize import run as tokenize_run
     from argen.data.codes import MANIFEST
     from argen.training.prepare import tokenizer_sha256
 
     codes = out / "codes" / "shapes"
-    if (codes / MANIFEST).is_file():
-        made_with = json.loads((codes / MANIFEST).read_text())["tokenizer"]["sha256"]
-        if made_with == tokenizer_sha256(tokenizer_export):
-            return codes
     cfg = compose_config("tokenize", [f"tokenizer_path={tokenizer_export}", "data=shapes", f"output_dir={codes}",
-                                      f"data.train.size={train_size}", "data.val.size=512", "overwrite=true"])
+                                      f"data.train.size={train_size}", "data.val.size=512", "overwrite=true",
+                                      *(data or [])])
+    if (codes / MANIFEST).is_file():
+        manifest = json.loads((codes / MANIFEST).read_text())
+        made_with = manifest["tokenizer"]["sha256"]
+        train = (manifest.get("preprocessing") or {}).get("datasets", {}).get("train") or {}
+        wanted = {k: v for k, v in OmegaConf.to_container(cfg.data.train, resolve=False).items() if k != "image_size"}
+        if made_with == tokenizer_sha256(tokenizer_export) and all(train.get(k) == v for k, v in wanted.items()
+                                                                   if k != "seed"):
+            return codes
     return tokenize_run(cfg)
 
 
-def generator_stage(out: Path, tokenizer_export: str, steps: int | None, overrides: list[str]) -> dict[str, Any]:
-    """Train + export the text-conditional raster GPT (nano preset, ``experiment=shapes_raster_quick``'s
-    recipe) on the shapes codes."""
+def generator_stage(out: Path, tokenizer_export: str, steps: int | None, overrides: list[str], *,
+                    experiment: str = "shapes_raster_quick", codes: Path | None = None) -> dict[str, Any]:
+    """Train + export the text-conditional raster GPT (nano preset, ``experiment``'s recipe) on the
+    shapes codes."""
     from argen.generators.raster import count_parameters
 
-    codes = codes_stage(out, tokenizer_export)  # already built by main()
-    ov = ["experiment=shapes_raster_quick", "name=shapes_raster", f"paths.output_root={out}",
+    codes = codes or codes_stage(out, tokenizer_export)
+    ov = [f"experiment={experiment}", "name=shapes_raster", f"paths.output_root={out}",
           f"tokenizer_path={tokenizer_export}", f"codes_dir={codes}", "resume=auto",
           *([f"trainer.max_steps={steps}"] if steps is not None else []), *overrides]
     cfg = compose_config("train", ov)
@@ -205,16 +226,21 @@ def sampling_stage(out: Path, generator_export: str, *, suite_per_tag: int, fd_s
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = _parse(argv)
+    preset = PRESETS[args.preset]
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     feature_net = FeatureNetJob(out, parallel=not args.sequential)
-    report: dict[str, Any] = {"tokenizer": tokenizer_stage(out, args.steps, args.overrides, args.eval_images)}
-    codes_stage(out, report["tokenizer"]["export"])
+    steps = preset["tokenizer_steps"] if args.steps is None else args.steps
+    report: dict[str, Any] = {"preset": args.preset,
+                              "tokenizer": tokenizer_stage(out, steps, args.overrides, args.eval_images)}
+    codes = codes_stage(out, report["tokenizer"]["export"], preset["train_size"], preset["data"])
     # Reconstructions of the shapes world judged like generations will be (issue: evaluation);
     # generated samples get their own eval.shapes / eval.fd_shapes once a generator exists.
     report["tokenizer"]["roundtrip"] = roundtrip_stage(out, report["tokenizer"]["export"], net_dir=feature_net.wait())
-    report["generator"] = generator_stage(out, report["tokenizer"]["export"], args.generator_steps, [])
+    gen_steps = preset["generator_steps"] if args.generator_steps is None else args.generator_steps
+    report["generator"] = generator_stage(out, report["tokenizer"]["export"], gen_steps, [],
+                                          experiment=preset["generator"], codes=codes)
     report["eval"] = sampling_stage(out, report["generator"]["export"], suite_per_tag=args.suite_per_tag,
                                     fd_samples=args.fd_samples, cfg_scale=args.cfg_scale)
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
