@@ -35,14 +35,15 @@ log = logging.getLogger("argen")
 DESCRIPTION = """argen-quickstart: the embedded default end to end on a CPU: trains the shapes VQ tokenizer and
 a text-conditional raster GPT on its codes, then samples the shapes prompt suite and scores it."""
 EPILOG = """Example:
-  argen-quickstart --output outputs/quickstart --steps 400 --generator-steps 500
+  argen-quickstart --output outputs/quickstart --steps 400 --generator-steps 800
+  argen-quickstart --preset best --output outputs/best      # experiment=shapes_best, about 45 minutes
 Writes <output>/report.json; re-running resumes (finished runs are not retrained)."""
 
 
 # quick: the README's first command (<= 10 minutes on 2 cores, installation included);
 # best: the longer preset (experiment=shapes_best: 100k scenes, the generator for ~45 CPU-minutes).
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"tokenizer_steps": 400, "generator": "shapes_raster_quick", "generator_steps": 500,
+    "quick": {"tokenizer_steps": 400, "generator": "shapes_raster_quick", "generator_steps": 800,
               "train_size": 10_000, "data": []},
     "best": {"tokenizer_steps": 600, "generator": "shapes_best", "generator_steps": None,
              "train_size": 100_000, "data": []},
@@ -62,7 +63,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-images", type=int, default=1000, metavar="N",
                    help="held-out shapes images to evaluate on (%(default)s)")
     p.add_argument("--generator-steps", type=int, default=None, metavar="N",
-                   help="generator steps (the preset's: quick 500 at batch 32, best shapes_best's)")
+                   help="generator steps (the preset's: quick 800 at batch 32, best shapes_best's)")
     p.add_argument("--cfg-scale", type=float, default=3.0, metavar="S",
                    help="classifier-free guidance scale of the samples (%(default)s)")
     p.add_argument("--suite-per-tag", type=int, default=20, metavar="N",
