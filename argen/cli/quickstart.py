@@ -57,7 +57,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", default="outputs/quickstart", metavar="DIR",
                    help="folder for runs, grids and report.json (%(default)s)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                   help="quick (the default, a few minutes) or best (experiment=shapes_best, ~an hour)")
+                   help="quick (default) or best (shapes_best, ~45 min)")
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="tokenizer training steps (the preset's: quick 400, best 600)")
     p.add_argument("--eval-images", type=int, default=1000, metavar="N",
@@ -69,8 +69,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--suite-per-tag", type=int, default=20, metavar="N",
                    help="ShapesEval prompts per task, every task filled to it (%(default)s)")
     p.add_argument("--fd-samples", type=int, default=1000, metavar="N", help="samples for fd_shapes (%(default)s)")
-    p.add_argument("--sequential", action="store_true",
-                   help="train the fd_shapes feature network after the tokenizer instead of beside it")
+    p.add_argument("--sequential", action="store_true", help="train the feature network after the tokenizer")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for the tokenizer run, e.g. seed=1")
     return p.parse_args(argv)
 

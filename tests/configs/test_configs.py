@@ -29,7 +29,8 @@ def image_root(tmp_path: Path) -> Path:
     return tmp_path / "images"
 
 
-GENERATOR_EXPERIMENTS = ("shapes_raster", "shapes_raster_quick", "digits_raster", "shapes_var", "digits_var")
+GENERATOR_EXPERIMENTS = ("shapes_raster", "shapes_raster_quick", "shapes_best", "digits_raster", "shapes_var",
+                         "digits_var")
 
 
 def tiny_code_cache(root: Path, data: str, scales: bool = False) -> list[str]:
