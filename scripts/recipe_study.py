@@ -6,6 +6,8 @@ is not retrained) and ``<out>/table.png`` plots ShapesEval against CPU minutes.
     python scripts/recipe_study.py --out outputs/recipe --name base --threads 1 \\
         --tokenizer outputs/quickstart/runs/shapes_vq/export --codes outputs/quickstart/codes/shapes \\
         -- generator=raster_nano trainer.max_steps=500 data.global_batch_size=32
+    python scripts/recipe_study.py --out outputs/probe --codes outputs/quickstart/codes/shapes \\
+        --probe outputs/quickstart/runs/shapes_raster/export     # does it read colour / shape words?
 
 CPU minutes are the training wall time x the torch threads it ran with, so runs on a shared machine read
 high: compare rows measured under the same load (the table records the load average at the start).
@@ -20,6 +22,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -33,8 +36,8 @@ import _overrides  # noqa: E402
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     argv, overrides = _overrides.split(argv)
     p = _overrides.parser(__doc__)
-    p.add_argument("--name", required=True, help="row name (the run folder under <out>/runs)")
-    p.add_argument("--tokenizer", required=True, help="exported shapes tokenizer")
+    p.add_argument("--name", help="row name (the run folder under <out>/runs)")
+    p.add_argument("--tokenizer", help="exported shapes tokenizer")
     p.add_argument("--codes", required=True, help="code cache of that tokenizer")
     p.add_argument("--experiment", default="shapes_raster")
     p.add_argument("--threads", type=int, default=1)
@@ -46,7 +49,12 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     p.add_argument("--fd-samples", type=int, default=0, help="fd_shapes samples (0: skip)")
     p.add_argument("--feature-net", default=None, help="shapes feature network export (for fd_shapes)")
     p.add_argument("--note", default="", help="what this row changes")
-    return p.parse_args(argv), overrides
+    p.add_argument("--probe", metavar="EXPORT", default=None,
+                   help="only the caption probe of this exported generator on --codes (writes <out>/probe.json)")
+    args = p.parse_args(argv)
+    if args.probe is None and not (args.name and args.tokenizer):
+        p.error("--name and --tokenizer are required (unless --probe EXPORT)")
+    return args, overrides
 
 
 def train(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
@@ -65,23 +73,49 @@ def train(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def val_loss(export: str, codes: str, batch: int = 128) -> float:
-    """Mean next-token cross-entropy (nats) of the exported (EMA) generator on the cache's val split,
-    conditioned on its captions: a precise, monotone screen where ShapesEval is still noise."""
+def val_loss(export: str, codes: str, batch: int = 128, *, tag: str | None = None,
+             caption: Callable[[str], str] | None = None) -> float:
+    """Mean next-token cross-entropy (nats) of the exported generator on the cache's val split, conditioned
+    on its captions: a precise, monotone screen where ShapesEval is still noise. ``tag``: only the scenes of
+    that GenEval task; ``caption``: rewrite each caption first (the caption probe)."""
     from argen.core import Condition
     from argen.data.codes import CodeDataset
     from argen.io.export import load
 
     gen = load(export).eval()
     data = CodeDataset(root=codes, split="val")
-    total, n = 0.0, 0
-    for start in range(0, len(data), batch):
-        rows = [data[i] for i in range(start, min(start + batch, len(data)))]
-        tokens = torch.stack([r["tokens"] for r in rows])
-        cond = Condition(texts=[r["caption"] for r in rows], labels=torch.stack([r["label"] for r in rows]))
-        total += float(gen.loss(tokens, cond).loss) * len(rows)
-        n += len(rows)
-    return total / n
+    rows = [data[i] for i in range(len(data))]
+    if tag is not None:
+        rows = [r for r in rows if r["metadata"] and json.loads(r["metadata"]).get("tag") == tag]
+    if not rows:
+        raise ValueError(f"the val split of {codes} has no scenes of task {tag!r}")
+    total = 0.0
+    for start in range(0, len(rows), batch):
+        part = rows[start:start + batch]
+        texts = [caption(r["caption"]) if caption else r["caption"] for r in part]
+        cond = Condition(texts=texts, labels=torch.stack([r["label"] for r in part]))
+        total += float(gen.loss(torch.stack([r["tokens"] for r in part]), cond).loss) * len(part)
+    return total / len(rows)
+
+
+def swap_word(caption: str, pool: Sequence[str]) -> str:
+    """``caption`` with its first word from ``pool`` replaced by the next one of ``pool`` (cyclically)."""
+    words = caption.split()
+    i = next(k for k, w in enumerate(words) if w in pool)
+    words[i] = pool[(list(pool).index(words[i]) + 1) % len(pool)]
+    return " ".join(words)
+
+
+def caption_probe(export: str, codes: str) -> dict[str, float]:
+    """Does the generator read the caption's colour and shape words? The val loss of the single-object
+    colour scenes ("a photo of a red circle") with the true caption, with its colour word swapped and with
+    its shape word swapped: the increase is what the word is worth to the model, in nats/token."""
+    from argen.data.shapes import DEFAULT_COLORS, DEFAULT_SHAPES
+
+    true = val_loss(export, codes, tag="colors")
+    return {"true": true,
+            "colour_swapped": val_loss(export, codes, tag="colors", caption=lambda c: swap_word(c, DEFAULT_COLORS)) - true,
+            "shape_swapped": val_loss(export, codes, tag="colors", caption=lambda c: swap_word(c, DEFAULT_SHAPES)) - true}
 
 
 def evaluate(args: argparse.Namespace, export: str, cfg_scale: float) -> dict[str, Any]:
@@ -136,6 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.probe is not None:
+        probe = {"export": args.probe, "codes": args.codes, **caption_probe(args.probe, args.codes)}
+        (args.out / "probe.json").write_text(json.dumps(probe, indent=2))
+        print(json.dumps(probe))  # noqa: T201
+        return
     table = args.out / "table.json"
     rows = json.loads(table.read_text()) if table.is_file() else []
     load = os.getloadavg()[0]
@@ -143,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     row = {"name": args.name, "note": args.note, "overrides": overrides, "threads": args.threads,
            "load_at_start": load, **trained, "cpu_minutes": trained["train_seconds"] * args.threads / 60,
            "val_loss": val_loss(trained["export"], args.codes),
+           "caption_probe": caption_probe(trained["export"], args.codes),
            "evals": [evaluate(args, trained["export"], float(s)) for s in args.cfg_scale.split(",") if s]}
     old = next((r for r in rows if r["name"] == args.name), None)
     if old is not None and old.get("train_seconds", 0) > row["train_seconds"] * 5:  # resumed: keep the real time

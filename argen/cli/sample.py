@@ -114,24 +114,23 @@ def training_world(info: ExportInfo | None, *, need_holdout: bool = False) -> An
     read back from the training split of the code cache its meta.json records; the default world when the
     cache is not a shapes cache or cannot be found, unless ``need_holdout`` (``suite_holdout=exclude|only``
     means nothing without the training world's held-out combinations)."""
-    from argen.data.codes import read_manifest
-    from argen.data.shapes import ShapesDataset, ShapesWorld
+    from argen.data.codes import MANIFEST, read_manifest
+    from argen.data.shapes import ShapesWorld, world_from_config
     from argen.io.export import locate
 
     recorded = (info.generator_meta.get("codes_dir") if info is not None else None)
     where = locate(recorded, info.generator_path) if recorded else None
     train = None
-    if where is not None and (where / "manifest.json").is_file():
+    if where is not None and (where / MANIFEST).is_file():
         train = ((read_manifest(where).get("preprocessing") or {}).get("datasets") or {}).get("train")
-    if not train or not str(train.get("_target_", "")).endswith("ShapesDataset"):
+    world = world_from_config(train) if train else None
+    if world is None:
         if need_holdout:
             raise ConfigError(
                 f"suite_holdout needs the generator's training world, read from its shapes code cache "
                 f"(meta.json codes_dir: {recorded!r}, found: {where}); sample with suite_holdout=include, or "
                 f"restore the cache folder")
         return ShapesWorld()
-    kwargs = {k: v for k, v in train.items() if k != "_target_"}
-    world = ShapesDataset(**{**kwargs, "size": 0}).world
     if world.holdout_pairs or world.held_relations:
         log.info("prompt suite of the training world (%s): held out %s and %s", where,
                  sorted(world.holdout_pairs), sorted(world.holdout_relations))

@@ -18,16 +18,18 @@ def tiny(**kw: object) -> VQTokenizer:
     return VQTokenizer(**args)  # type: ignore[arg-type]
 
 
-def test_protocol_and_layout() -> None:
-    model = tiny()
+@pytest.mark.parametrize("encoder", ["conv", "patch"])
+def test_protocol_and_layout(encoder: str) -> None:
+    model = tiny(encoder=encoder)
     assert isinstance(model, DiscreteTokenizer)
     assert model.layout == TokenLayout(kind="grid", shapes=((8, 8),), vocab_size=32)
     assert model.layout.length == 64 and model.downsample_factor == 2
 
 
-def test_encode_decode_matches_training_path() -> None:
+@pytest.mark.parametrize("encoder", ["conv", "patch"])
+def test_encode_decode_matches_training_path(encoder: str) -> None:
     torch.manual_seed(0)
-    model = tiny().eval()
+    model = tiny(encoder=encoder).eval()
     x = torch.rand(3, 3, 16, 16) * 2 - 1
     tokens = model.encode(x)
     assert tokens.shape == (3, 64) and tokens.dtype == torch.int64
@@ -130,19 +132,15 @@ def test_vq16_preset_has_llamagen_names_and_shapes() -> None:
     assert model.layout.shapes == ((16, 16),)
 
 
-def test_patch_encoder_latents_depend_on_their_own_patch_only():
+def test_patch_encoder_latents_depend_on_their_own_patch_only() -> None:
     torch.manual_seed(0)
-    tok = VQTokenizer(image_size=16, codebook_size=32, embed_dim=4, base_channels=8, channel_multipliers=[1, 2, 2],
-                      z_channels=8, norm_groups=4, encoder="patch")
-    conv = VQTokenizer(image_size=16, codebook_size=32, embed_dim=4, base_channels=8, channel_multipliers=[1, 2, 2],
-                       z_channels=8, norm_groups=4)
+    kw = dict(image_size=16, channel_multipliers=[1, 2, 2])  # f = 4: 4x4 tokens
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     y = x.clone()
     y[..., 4:, :] = -x[..., 4:, :]  # every patch but the first row of 4x4 patches changes
-    for model, local in ((tok, True), (conv, False)):
+    for model, local in ((tiny(encoder="patch", **kw), True), (tiny(**kw), False)):
         zx, zy = model.encoder(x), model.encoder(y)
         assert zx.shape == (1, 8, 4, 4)
         assert torch.equal(zx[..., 0, :], zy[..., 0, :]) == local  # the conv encoder sees its neighbours
     with pytest.raises(ValueError, match="encoder must be 'conv' or 'patch'"):
-        VQTokenizer(image_size=16, base_channels=8, channel_multipliers=[1, 2], z_channels=8, norm_groups=4,
-                    encoder="mlp")
+        tiny(encoder="mlp")

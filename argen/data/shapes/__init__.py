@@ -55,7 +55,7 @@ name is re-exported here.
 
 from __future__ import annotations
 
-from argen.data.shapes.dataset import ShapesDataset, scene_rng
+from argen.data.shapes.dataset import ShapesDataset, scene_rng, world_from_config
 from argen.data.shapes.prompts import (
     enumerate_prompts,
     make_prompt_suite,
@@ -127,5 +127,6 @@ __all__ = [
     "tag_probabilities",
     "uses_holdout",
     "with_article",
+    "world_from_config",
     "write_prompt_suite",
 ]

@@ -144,3 +144,12 @@ class ShapesDataset(Dataset):
         if self._cache is not None:
             self._cache[index] = sample
         return dict(sample) if self._cache is not None else sample
+
+
+def world_from_config(config: Mapping[str, object]) -> ShapesWorld | None:
+    """The world of a ShapesDataset config (``{"_target_": ...ShapesDataset, ...}``, e.g. a code cache's
+    recorded training split), or None when the config is not a shapes dataset."""
+    if not str(config.get("_target_", "")).endswith("ShapesDataset"):
+        return None
+    kwargs = {k: v for k, v in config.items() if k != "_target_"}
+    return ShapesDataset(**{**kwargs, "size": 0}).world  # type: ignore[arg-type]
