@@ -19,33 +19,17 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from argen.core import Capabilities, Condition, DecodeState, LossOutput, StepOutput
-from argen.core.state import allocate_kv, round_up
-from argen.nn.blocks import RMSNorm, TransformerBlock, swiglu_hidden
-from argen.nn.module import GeneratorModule
-from argen.nn.rope import rope_1d, rope_2d
+from argen.core import Capabilities, Condition, DecodeState, StepOutput
+from argen.nn.gpt import PrefixGPT, count_parameters, raster_layout
 from argen.nn.trunk import find_inputs, positions_per_row, row_slots, run_layers
-from tokenizers_vq.layout import TokenLayout, check_token_ids
+from tokenizers_vq.layout import TokenLayout
+
+__all__ = ["RasterGenerator", "count_parameters", "raster_layout"]
 
 
-def raster_layout(vocab_size: int, grid_size: int | None, sequence_length: int | None, head_dim: int, *,
-                  rope_base: float, prefix: int = 0, zero_prefix: bool = True) -> tuple[TokenLayout, Tensor]:
-    """The layout of a raster sequence (a ``grid_size`` square in raster order, 2D RoPE, or a 1D
-    sequence of ``sequence_length``, 1D RoPE) and its rotary table (prefix + L, hd/2, 2)."""
-    if (grid_size is None) == (sequence_length is None):
-        raise ValueError("give exactly one of grid_size (2D raster) and sequence_length (1D tokens)")
-    if grid_size is not None:
-        layout = TokenLayout(kind="grid", shapes=((grid_size, grid_size),), vocab_size=vocab_size)
-        return layout, rope_2d(grid_size, grid_size, head_dim, base=rope_base, prefix=prefix, zero_prefix=zero_prefix)
-    assert sequence_length is not None
-    layout = TokenLayout(kind="sequence", shapes=((1, sequence_length),), vocab_size=vocab_size)
-    return layout, rope_1d(sequence_length, head_dim, base=rope_base, prefix=prefix, zero_prefix=zero_prefix)
-
-
-class RasterGenerator(GeneratorModule):
+class RasterGenerator(PrefixGPT):
     """GPT over a raster grid (``grid_size`` x ``grid_size``, 2D RoPE) or a 1D sequence
     (``sequence_length``, 1D RoPE).
 
@@ -63,25 +47,12 @@ class RasterGenerator(GeneratorModule):
                  norm_eps: float = 1e-5, rope_base: float = 10000.0, zero_condition_rope: bool = True,
                  token_dropout: float = 0.1, attn_dropout: float = 0.0, resid_dropout: float = 0.1,
                  ffn_dropout: float = 0.1, initializer_range: float = 0.02) -> None:
-        super().__init__()
-        if (grid_size is None) == (sequence_length is None):
-            raise ValueError("give exactly one of grid_size (2D raster) and sequence_length (1D tokens)")
-        self.vocab_size, self.dim, self.n_layer, self.n_head = vocab_size, dim, n_layer, n_head
-        self.cls_embedding = condition(dim=dim)
-        self.prefix_len = int(self.cls_embedding.num_tokens)
-        self.tok_embeddings = nn.Embedding(vocab_size, dim)
-        self.tok_dropout = nn.Dropout(token_dropout)
-        hidden = swiglu_hidden(dim, multiple_of, ffn_dim_multiplier)
-        self.layers = nn.ModuleList(
-            TransformerBlock(dim=dim, n_head=n_head, ffn_hidden=hidden, norm_eps=norm_eps, attn_dropout=attn_dropout,
-                             resid_dropout=resid_dropout, ffn_dropout=ffn_dropout) for _ in range(n_layer))
-        self.norm = RMSNorm(dim, norm_eps)
-        self.output = nn.Linear(dim, vocab_size, bias=False)
-        head_dim = dim // n_head
-        self.layout, table = raster_layout(vocab_size, grid_size, sequence_length, head_dim, rope_base=rope_base,
-                                           prefix=self.prefix_len, zero_prefix=zero_condition_rope)
-        self.register_buffer("rope", table, persistent=False)  # (prefix + L, hd/2, 2)
-        self._init_weights(initializer_range)
+        super().__init__(vocab_size=vocab_size, dim=dim, n_layer=n_layer, n_head=n_head, condition=condition,
+                         grid_size=grid_size, sequence_length=sequence_length, multiple_of=multiple_of,
+                         ffn_dim_multiplier=ffn_dim_multiplier, norm_eps=norm_eps, rope_base=rope_base,
+                         zero_condition_rope=zero_condition_rope, token_dropout=token_dropout,
+                         attn_dropout=attn_dropout, resid_dropout=resid_dropout, ffn_dropout=ffn_dropout,
+                         initializer_range=initializer_range)
 
     @classmethod
     def sizes_from_layout(cls, layout: TokenLayout, tokenizer_config: dict[str, Any]) -> dict[str, Any]:
@@ -97,34 +68,6 @@ class RasterGenerator(GeneratorModule):
         raise ValueError(f"the code cache holds {'scale-residual' if layout.kind == 'scales' else layout.kind} "
                          f"tokens (shapes {[list(s) for s in layout.shapes]}): train a next-scale generator on it "
                          f"(generator=var_nano), not {cls.__name__}")
-
-    def _init_weights(self, std: float) -> None:
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)) and module is not self.output:
-                nn.init.normal_(module.weight, std=std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-        nn.init.zeros_(self.output.weight)
-
-    @property
-    def seq_len(self) -> int:
-        return self.layout.length
-
-    @property
-    def condition_dropout(self) -> float:
-        return float(getattr(self.cls_embedding, "dropout", 0.0))
-
-    @property
-    def num_classes(self) -> int | None:
-        """Classes of a class-conditional generator; None when it is text-conditional."""
-        n = getattr(self.cls_embedding, "num_classes", None)
-        return None if n is None else int(n)
-
-    def null_cond(self, cond: Condition) -> Condition:
-        return cond.as_null()
-
-    def check_tokens(self, tokens: Tensor) -> None:
-        check_token_ids(tokens, self.vocab_size, owner="generator", dtypes=(torch.int64, torch.int32))
 
     # ---- training ---------------------------------------------------------------------------
     def logits(self, tokens: Tensor, cond: Condition) -> Tensor:
@@ -156,15 +99,6 @@ class RasterGenerator(GeneratorModule):
         """Logits (B, F, V), float32, from final features (:class:`~argen.core.protocols.FeatureTarget`)."""
         return self.output(features).float()
 
-    def loss(self, tokens: Tensor, cond: Condition) -> LossOutput:
-        if self.training:
-            cond = cond.with_dropout(self.condition_dropout)
-        logits = self.logits(tokens, cond)
-        loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), tokens.reshape(-1))
-        with torch.no_grad():
-            acc = (logits.argmax(-1) == tokens).float().mean()
-        return LossOutput(loss=loss, logs={"loss": loss.detach(), "token_accuracy": acc})
-
     # ---- inference --------------------------------------------------------------------------
     def plan(self, length: int | None = None) -> list[Tensor]:
         """One raster position per step; ``length``: stop after that many (1D sequences only: a grid
@@ -174,39 +108,6 @@ class RasterGenerator(GeneratorModule):
             raise ValueError(f"plan length {length} is not available for a {self.layout.kind} layout of "
                              f"{self.seq_len} positions (1D sequences take 1..{self.seq_len}; grids all of them)")
         return [torch.tensor([i]) for i in range(n)]
-
-    def start(self, cond: Condition, *, max_len: int | None = None) -> DecodeState:
-        """Allocate the KV caches (prefix + L slots, rounded up to 8 as LlamaGen) for ``cond``'s rows;
-        each row's condition prefix runs with its first :meth:`step`."""
-        prefix, valid = self.cls_embedding(cond)
-        param = self.output.weight
-        b = prefix.shape[0]
-        slots = round_up(self.prefix_len + (self.seq_len if max_len is None else max_len), 8)
-        caches = allocate_kv(self.n_layer, b, self.n_head, slots, self.dim // self.n_head, like=param)
-        key_valid = None
-        if valid is not None:
-            key_valid = torch.ones(b, slots, dtype=torch.bool, device=param.device)
-            key_valid[:, : self.prefix_len] = valid
-        return DecodeState(caches=caches, batch_size=b, prefix_len=self.prefix_len, max_len=slots,
-                           pending=prefix.to(param.dtype), key_valid=key_valid)
-
-    def restart(self, state: DecodeState, rows: Tensor, cond: Condition) -> None:
-        """Begin new samples in ``rows`` (R,) of ``state`` with conditions ``cond`` (R rows), the other
-        rows untouched (continuous batching): their prefixes run with the next step."""
-        rows = torch.as_tensor(rows, dtype=torch.long).cpu()
-        prefix, valid = self.cls_embedding(cond)
-        if prefix.shape[0] != len(rows):
-            raise ValueError(f"{prefix.shape[0]} conditions for {len(rows)} rows")
-        if state.pending is None:
-            state.pending = prefix.new_zeros(state.batch_size, *prefix.shape[1:]).to(self.output.weight.dtype)
-            state.pending_rows = torch.zeros(state.batch_size, dtype=torch.bool)
-        assert state.pending_rows is not None
-        state.pending[rows.to(state.pending.device)] = prefix.to(state.pending.dtype)
-        state.pending_rows[rows] = True
-        state.lengths[rows], state.fed[rows] = 0, 0
-        if state.key_valid is not None:
-            state.key_valid[rows.to(state.key_valid.device), : self.prefix_len] = \
-                True if valid is None else valid.to(state.key_valid.device)
 
     def _check_feed(self, state: DecodeState, positions: Tensor) -> Tensor:
         """Per-row counts (B,) of fed positions, after checking they continue each row's sequence."""
@@ -266,14 +167,4 @@ class RasterGenerator(GeneratorModule):
         """Forward FLOPs per generated token (2 per multiply-add): the matmuls of every layer plus the
         head, and attention over ``context`` cached slots (default: half the sequence)."""
         ctx = (self.prefix_len + self.seq_len) // 2 if context is None else context
-        hidden = self.layers[0].feed_forward.w1.out_features
-        per_layer = 2 * (self.dim * 3 * self.dim + self.dim * self.dim + 3 * self.dim * hidden) + 4 * ctx * self.dim
-        return float(self.n_layer * per_layer + 2 * self.dim * self.vocab_size)
-
-    def extra_repr(self) -> str:
-        return f"layout={self.layout.kind}{list(self.layout.shapes)}, prefix={self.prefix_len}"
-
-
-def count_parameters(module: nn.Module) -> dict[str, Any]:
-    total = sum(p.numel() for p in module.parameters())
-    return {"parameters": total, "parameters_m": round(total / 1e6, 2)}
+        return float(self.n_layer * self.block_flops(ctx) + 2 * self.dim * self.vocab_size)

@@ -32,6 +32,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -143,24 +144,55 @@ GPT_DEFAULTS: dict[str, Any] = {
 }
 _LAYER_KEYS = ("attention.wqkv.weight", "attention.wo.weight", "feed_forward.w1.weight", "feed_forward.w3.weight",
                "feed_forward.w2.weight", "attention_norm.weight", "ffn_norm.weight")
-def gpt_to_argen(state: Mapping[str, Tensor], *, reports: list[KeyReport] | None = None) -> dict[str, Tensor]:
+
+
+@dataclass(frozen=True)
+class GPTFamily:
+    """A family of official checkpoints built on LlamaGen's ``Transformer``: LlamaGen itself, and forks that
+    add to it (NAR: one more block and a second head, :mod:`argen.io.nar`). ``key_map``: the official ->
+    argen table; ``target``: the argen generator class; ``extra_blocks``: blocks of ``layers`` beyond the
+    trunk (not stored apart in the weights, so an argument); ``presets``: (trunk layers, dim) -> (name,
+    heads); ``defaults``: config entries beside LlamaGen's."""
+
+    name: str
+    key_map: Mapping[str, str | Drop]
+    target: str
+    presets: Mapping[tuple[int, int], tuple[str, int]]
+    extra_blocks: int = 0
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    required: tuple[str, ...] = ()  # keys only this family has; a state dict without them is refused
+    other: str = ""  # what converts a state dict without them
+    foreign: Mapping[str, str] = field(default_factory=dict)  # key of another family -> what converts it
+
+
+LLAMAGEN = GPTFamily("LlamaGen", GPT_KEY_MAP, "argen.generators.raster.RasterGenerator", GPT_PRESETS,
+                     foreign={"medusa_output.weight": "a NAR checkpoint (it has head B's medusa_output): convert it with "
+                                                      "argen.io.nar.convert_nar or scripts/convert_nar.py"})
+
+
+def gpt_to_argen(state: Mapping[str, Tensor], *, reports: list[KeyReport] | None = None,
+                 family: GPTFamily = LLAMAGEN) -> dict[str, Tensor]:
     """LlamaGen GPT state dict -> RasterGenerator state dict (drops ``freqs_cis`` and caches).
     ``reports``: a list to append the record of what became of every key to (meta.json stores it)."""
-    ledger = KeyLedger(state, "llamagen->argen")
-    ledger.rename(GPT_KEY_MAP, what="LlamaGen->argen GPT")
+    for key, hint in family.foreign.items():
+        if key in state:
+            raise KeyError(f"not a {family.name} checkpoint: this is {hint}")
+    ledger = KeyLedger(state, f"{family.name.lower()}->argen")
+    ledger.rename(family.key_map, what=f"{family.name}->argen GPT")
     return ledger.result(reports)
 
 
-def argen_to_gpt(state: Mapping[str, Tensor], *, reports: list[KeyReport] | None = None) -> dict[str, Tensor]:
+def argen_to_gpt(state: Mapping[str, Tensor], *, reports: list[KeyReport] | None = None,
+                 family: GPTFamily = LLAMAGEN) -> dict[str, Tensor]:
     """RasterGenerator state dict -> LlamaGen ``Transformer`` state dict (loads with LlamaGen's
     ``load_state_dict``, which does not expect ``freqs_cis``). A jointly trained argen text
     encoder has no LlamaGen counterpart and is dropped with a warning."""
-    ledger = KeyLedger(state, "argen->llamagen")
-    ledger.rename(inverse_table(GPT_KEY_MAP), what="argen->LlamaGen GPT", drop=GPT_ARGEN_ONLY)
+    ledger = KeyLedger(state, f"argen->{family.name.lower()}")
+    ledger.rename(inverse_table(family.key_map), what=f"argen->{family.name} GPT", drop=GPT_ARGEN_ONLY)
     report = ledger.report()
     if report.dropped:
-        log.warning("dropped %d argen-only text-encoder key(s): LlamaGen reads T5 features instead",
-                    len(report.dropped))
+        log.warning("dropped %d argen-only text-encoder key(s): %s reads T5 features instead",
+                    len(report.dropped), family.name)
     return ledger.result(reports)
 
 
@@ -193,10 +225,11 @@ def _layer_count(state: Mapping[str, Tensor]) -> int:
     return indexed_count(state, "layers", _LAYER_KEYS, "LlamaGen GPT")
 
 
-def _resolve_heads(n_layer: int, dim: int, n_head: int | None, rope: Tensor | None) -> tuple[int, str | None]:
+def _resolve_heads(n_layer: int, dim: int, n_head: int | None, rope: Tensor | None,
+                   presets: Mapping[tuple[int, int], tuple[str, int]] = GPT_PRESETS) -> tuple[int, str | None]:
     """The head count: given, else the official preset's, else read from a stored freqs_cis (its
     second axis is head_dim // 2); the table itself is checked later (:func:`_resolve_grid`)."""
-    preset = GPT_PRESETS.get((n_layer, dim))
+    preset = presets.get((n_layer, dim))
     if n_head is None:
         stored_head_dim = 2 * int(rope.shape[1]) if rope is not None and rope.ndim == 3 else 0
         if preset is not None:
@@ -205,7 +238,7 @@ def _resolve_heads(n_layer: int, dim: int, n_head: int | None, rope: Tensor | No
             n_head = dim // stored_head_dim
         else:
             raise ValueError(f"({n_layer} layers, dim {dim}) is not an official LlamaGen preset "
-                             f"({sorted(GPT_PRESETS)}); the head count is not stored in the weights: pass n_head")
+                             f"({sorted(presets)}); the head count is not stored in the weights: pass n_head")
     if n_head < 1 or dim % n_head:
         raise ValueError(f"n_head {n_head} does not divide dim {dim}")
     if (dim // n_head) % 4:
@@ -289,20 +322,27 @@ def _condition_node(state: Mapping[str, Tensor], dim: int, text_encoder: str | N
 
 
 def infer_gpt_config(state: Mapping[str, Tensor], *, grid_size: int | None = None, n_head: int | None = None,
-                     multiple_of: int = 256, text_encoder: str | None = None) -> dict[str, Any]:
+                     multiple_of: int = 256, text_encoder: str | None = None,
+                     family: GPTFamily = LLAMAGEN) -> dict[str, Any]:
     """The RasterGenerator config node (Hydra, with ``_target_``) that holds ``state`` (LlamaGen or
     argen names: they agree). ``grid_size``: tokens per image side (image size / 16 for VQ-16); None:
     read from the stored ``freqs_cis`` (older checkpoints), which is checked against argen's table and
     against ``grid_size`` when both are given. ``n_head``: needed only off the official presets without
     a stored table; ``text_encoder``: local FLAN-T5 folder for t2i checkpoints."""
+    missing = [k for k in family.required if k not in state]
+    if missing:
+        raise KeyError(f"the state dict has no {', '.join(missing)}: not a {family.name} checkpoint ({family.other})")
     tok = require_key(state, "tok_embeddings.weight", "token embeddings")
     out = require_key(state, "output.weight", "output head")
     vocab, dim = int(out.shape[0]), int(tok.shape[1])
     if tuple(tok.shape) != (vocab, dim):
         raise ValueError(f"tok_embeddings {tuple(tok.shape)} and output {tuple(out.shape)} disagree")
-    n_layer = _layer_count(state)
+    n_layer = _layer_count(state) - family.extra_blocks
+    if n_layer < 1:
+        raise ValueError(f"the state dict has {n_layer + family.extra_blocks} blocks in layers, but a {family.name} "
+                         f"model has a trunk and {family.extra_blocks} more")
     rope = state.get("freqs_cis")
-    heads, preset = _resolve_heads(n_layer, dim, n_head, rope)
+    heads, preset = _resolve_heads(n_layer, dim, n_head, rope, family.presets)
     hidden = int(state["layers.0.feed_forward.w1.weight"].shape[0])
     expected = swiglu_hidden(dim, multiple_of)
     if hidden != expected:
@@ -313,9 +353,9 @@ def infer_gpt_config(state: Mapping[str, Tensor], *, grid_size: int | None = Non
     grid = _resolve_grid(rope, grid_size, prefix=prefix, dim=dim, n_head=heads)
     if preset:
         log.info("recognised %s (%d layers, dim %d, %d heads)", preset, n_layer, dim, heads)
-    return {"condition": condition, "_target_": "argen.generators.raster.RasterGenerator", "vocab_size": vocab,
+    return {"condition": condition, "_target_": family.target, "vocab_size": vocab,
             "grid_size": grid, "dim": dim, "n_layer": n_layer, "n_head": heads, **GPT_DEFAULTS,
-            "multiple_of": multiple_of}
+            "multiple_of": multiple_of, **family.defaults}
 
 
 def infer_vq_config(state: Mapping[str, Tensor], *, image_size: int = 256, norm_groups: int = 32) -> dict[str, Any]:
@@ -354,11 +394,12 @@ class _CaptionSlots(nn.Module):
 
 
 def _build_generator(config: dict[str, Any], encoder: nn.Module | None) -> nn.Module:
-    """The RasterGenerator ``config`` describes; a t2i one around ``encoder`` when given (a loaded
+    """The generator ``config`` describes; a t2i one around ``encoder`` when given (a loaded
     HFTextEncoder or the stand-in), else with the encoder the config names."""
     import functools
 
-    from argen.generators.raster import RasterGenerator
+    from hydra.utils import get_class
+
     from argen.nn.conditioning import TextConditioner
 
     cond = config["condition"]
@@ -372,12 +413,13 @@ def _build_generator(config: dict[str, Any], encoder: nn.Module | None) -> nn.Mo
                          f"{getattr(encoder, 'out_dim', None)}) but the checkpoint's caption projection and null "
                          f"caption need {want}")
     kwargs = {k: v for k, v in config.items() if k not in ("_target_", "condition")}
-    return RasterGenerator(**kwargs, condition=functools.partial(TextConditioner, encoder=encoder,
-                                                                 dropout=cond["dropout"]))
+    return get_class(config["_target_"])(**kwargs, condition=functools.partial(TextConditioner, encoder=encoder,
+                                                                               dropout=cond["dropout"]))
 
 
 def _gpt_conversion(raw: Mapping[str, Tensor], *, grid_size: int | None, n_head: int | None, multiple_of: int,
-                    text_encoder: str | nn.Module | None, stand_in: bool, source: str) -> Conversion:
+                    text_encoder: str | nn.Module | None, stand_in: bool, source: str,
+                    family: GPTFamily = LLAMAGEN) -> Conversion:
     """The one conversion path of a GPT state dict. ``text_encoder`` (t2i): a folder (loaded here unless
     ``stand_in``: converting to a folder needs no T5) or a loaded HFTextEncoder (its ``path`` is recorded)."""
     folder = getattr(text_encoder, "path", None) if isinstance(text_encoder, nn.Module) else text_encoder
@@ -385,8 +427,9 @@ def _gpt_conversion(raw: Mapping[str, Tensor], *, grid_size: int | None, n_head:
         raise TypeError(f"text_encoder must be the local FLAN-T5 folder or a loaded HFTextEncoder, not a "
                         f"{type(text_encoder).__name__} without a path: the export records the encoder's folder")
     reports: list[KeyReport] = []
-    state = gpt_to_argen(raw, reports=reports)
-    config = infer_gpt_config(raw, grid_size=grid_size, n_head=n_head, multiple_of=multiple_of, text_encoder=folder)
+    state = gpt_to_argen(raw, reports=reports, family=family)
+    config = infer_gpt_config(raw, grid_size=grid_size, n_head=n_head, multiple_of=multiple_of, text_encoder=folder,
+                              family=family)
     node = config["condition"].get("encoder")
     if node is not None and text_encoder is None:
         raise ValueError(f"{source} is a text-to-image model: pass text_encoder (--text-encoder), the local folder of "
@@ -395,13 +438,13 @@ def _gpt_conversion(raw: Mapping[str, Tensor], *, grid_size: int | None, n_head:
     if node is not None and stand_in:
         encoder = _CaptionSlots(max_length=node["max_length"], out_dim=node["out_dim"])
     module = build_and_load(lambda: _build_generator(config, encoder), state)
-    argen_to_gpt(module.state_dict(), reports=reports)  # the way back, for the record
+    argen_to_gpt(module.state_dict(), reports=reports, family=family)  # the way back, for the record
     return Conversion(module, config, reports)
 
 
 def gpt_from_state_dict(state: Mapping[str, Any], *, grid_size: int | None = None, n_head: int | None = None,
                         multiple_of: int = 256, text_encoder: str | nn.Module | None = None,
-                        entry: str | None = None) -> RasterGenerator:
+                        entry: str | None = None, family: GPTFamily = LLAMAGEN) -> RasterGenerator:
     """An official LlamaGen GPT state dict already in memory (e.g. ``torch.load(p, weights_only=True)``;
     a ``{"model": ...}`` wrapper and DDP prefixes are unwrapped, ``entry`` picks another) -> a ready
     :class:`~argen.generators.raster.RasterGenerator` (strict load, eval mode, on the CPU). Arguments
@@ -409,7 +452,7 @@ def gpt_from_state_dict(state: Mapping[str, Any], *, grid_size: int | None = Non
     HFTextEncoder."""
     raw = unwrap_state_dict(state, source="the state dict", entry=entry)
     conversion = _gpt_conversion(raw, grid_size=grid_size, n_head=n_head, multiple_of=multiple_of,
-                                 text_encoder=text_encoder, stand_in=False, source="the state dict")
+                                 text_encoder=text_encoder, stand_in=False, source="the state dict", family=family)
     return cast("RasterGenerator", conversion.module)
 
 
@@ -432,7 +475,7 @@ def vq_from_state_dict(state: Mapping[str, Any], *, image_size: int = 256, norm_
 
 def convert_gpt(path: str | Path, out_dir: str | Path, *, grid_size: int | None = None, n_head: int | None = None,
                 multiple_of: int = 256, text_encoder: str | None = None, entry: str | None = None,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, family: GPTFamily = LLAMAGEN) -> Path:
     """Official LlamaGen GPT checkpoint -> argen export folder (``argen.load(out_dir)``).
 
     grid_size: 16 for the 256 px models, 24 for the 384 px ones (image size / 16); optional when the
@@ -441,11 +484,12 @@ def convert_gpt(path: str | Path, out_dir: str | Path, *, grid_size: int | None 
     here). The same conversion as :func:`gpt_from_state_dict`, then saved."""
     path = Path(path).expanduser()
     conversion = _gpt_conversion(read_official_checkpoint(path, entry=entry), grid_size=grid_size, n_head=n_head,
-                                 multiple_of=multiple_of, text_encoder=text_encoder, stand_in=True, source=str(path))
+                                 multiple_of=multiple_of, text_encoder=text_encoder, stand_in=True, source=str(path),
+                                 family=family)
     config = conversion.config
-    preset = GPT_PRESETS.get((config["n_layer"], config["dim"]), (None,))[0]
+    preset = family.presets.get((config["n_layer"], config["dim"]), (None,))[0]
     describe = f"{preset or 'custom'}, {config['n_layer']} layers, dim {config['dim']}, grid {config['grid_size']}"
-    return save_conversion(conversion, path, out_dir, kind="generator", source="llamagen", describe=describe,
+    return save_conversion(conversion, path, out_dir, kind="generator", source=family.name.lower(), describe=describe,
                            overwrite=overwrite, preset=preset, checkpoint_entry=entry)
 
 

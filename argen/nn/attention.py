@@ -29,18 +29,25 @@ def attention_mask(start: int, new: int, key_valid: Tensor | None, device: torch
     return (causal[None] & valid)[:, None]
 
 
-def slot_mask(slots: Tensor, total: int, key_valid: Tensor | None = None) -> Tensor:
+def slot_mask(slots: Tensor, total: int, key_valid: Tensor | None = None, levels: Tensor | None = None) -> Tensor:
     """Boolean mask (B, 1, N, total) for queries at per-row ``slots`` (B, N) (-1: padding) over every
-    cache slot: a query sees the slots at or before its own (a row's slots are contiguous from its
-    condition, so that is causal and hides whatever a rolled-back draft left beyond the row's length),
-    minus invalid (padded) condition keys, always its own slot. A padded query sees slot 0 only, so it
-    stays finite and its output is ignored."""
+    cache slot: a query sees the slots whose level is at or below its own, minus invalid (padded)
+    condition keys, always its own slot. ``levels`` (total,) int64: the order of the slots (None: the
+    slot index itself, i.e. causal: a row's slots are contiguous from its condition, so that also hides
+    whatever a rolled-back draft left beyond the row's length). Other orders are other levels: NAR's
+    proximity order gives a position its anti-diagonal r + c and condition slot s the level s - prefix
+    (causal among themselves, below every image token). A padded query sees slot 0 only, so it stays
+    finite and its output is ignored."""
     k = torch.arange(total, device=slots.device)[None, None, :]  # (1, 1, S)
     q = slots[:, :, None]  # (B, N, 1)
-    visible = k <= q
+    if levels is None:
+        visible = k <= q
+    else:
+        lv = levels.to(slots.device)
+        visible = lv[None, None, :total] <= lv[q.clamp_min(0)]
     if key_valid is not None:
         visible = visible & (key_valid[:, None, :total].to(slots.device) | (k == q))
-    visible = visible | ((q < 0) & (k == 0))
+    visible = (visible & (q >= 0)) | ((q < 0) & (k == 0))
     return visible[:, None]
 
 
@@ -59,7 +66,9 @@ class Attention(nn.Module):
                 mask: Tensor | None = None, key_valid: Tensor | None = None) -> Tensor:
         """x: (B, F, C); rope: (F, hd/2, 2), or (B, F, hd/2, 2) per row. Without a cache the F inputs
         are a whole sequence, causal (``key_valid`` marks padded keys). With a cache, input f of row b
-        is written at ``slots[b, f]`` and attends as ``mask`` (B, 1, F, max_len) says (:func:`slot_mask`)."""
+        is written at ``slots[b, f]`` and attends as ``mask`` (B, 1, F, max_len) says (:func:`slot_mask`).
+        A whole sequence attends as an explicit ``mask`` (B|1, 1, F, F) when one is given (NAR's proximity
+        order), which then also carries the padded keys."""
         b, f, _ = x.shape
         q, k, v = self.wqkv(x).view(b, f, 3, self.n_head, self.head_dim).unbind(2)  # each (B, F, H, hd)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
@@ -69,6 +78,8 @@ class Attention(nn.Module):
             if slots is None or mask is None:
                 raise ValueError("attention over a KV cache needs the inputs' slots and their mask")
             k, v = cache.write_rows(slots, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        elif mask is not None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         elif key_valid is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)

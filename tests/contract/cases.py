@@ -32,9 +32,10 @@ class Case:
     def build(self, vocab: int = 16, seed: int = 0, head_std: float = 0.5) -> Any:
         torch.manual_seed(seed)
         g = instantiate(self.config(vocab), _convert_="all")
-        with torch.no_grad():  # the released inits zero (raster) or shrink (VAR) the head: make p non-trivial
-            head = g.output.weight if hasattr(g, "output") else g.head.weight
-            head.normal_(0, head_std)
+        with torch.no_grad():  # the released inits zero (raster) or shrink (VAR) the heads: make p non-trivial
+            for name in ("output", "medusa_output", "head"):  # medusa_output: NAR's second head
+                if isinstance(getattr(g, name, None), torch.nn.Linear):
+                    getattr(g, name).weight.normal_(0, head_std)
         self.bind(g, vocab)
         return g.eval()
 
@@ -52,6 +53,11 @@ def raster(vocab: int, *, grid: int | None, length: int | None) -> dict[str, Any
             "condition": _class_condition()}
 
 
+def nar(vocab: int) -> dict[str, Any]:
+    return {"_target_": "argen.generators.nar.NARGenerator", "vocab_size": vocab, "dim": 32, "n_layer": 2,
+            "n_head": 2, "multiple_of": 16, "grid_size": 2 if vocab <= 3 else 4, "condition": _class_condition()}
+
+
 def var(vocab: int) -> dict[str, Any]:
     scales = [1, 2] if vocab <= 3 else [1, 2, 3]
     return {"_target_": "argen.generators.var.VARGenerator", "vocab_size": vocab, "scales": scales, "input_dim": 4,
@@ -67,10 +73,11 @@ def bind_var(g: Any, vocab: int) -> None:
 
 
 CASES: list[Case] = [
-    # the toys: a 2x2 grid and 4 1D positions (3^4 sequences); VAR at scales 1, 2 (3^5)
+    # the toys: a 2x2 grid and 4 1D positions (3^4 sequences); VAR at scales 1, 2 (3^5); NAR below
     Case("raster_grid", lambda v: raster(v, grid=2 if v <= 3 else 4, length=None)),
     Case("raster_1d", lambda v: raster(v, grid=None, length=4 if v <= 3 else 12)),
     Case("var", var, bind=bind_var),
+    Case("nar", nar),  # the toy: a 2x2 grid in 3 anti-diagonals (3^4 sequences)
 ]
 TOY_VOCAB = 3
 

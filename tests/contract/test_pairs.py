@@ -79,7 +79,8 @@ def exact_distribution(g: Any, label: int, cfg: float) -> torch.Tensor:
 
 def test_the_pairs_cover_every_sampler_and_generator() -> None:
     assert {s for s, _ in PAIRS} == set(SAMPLERS) and {c.name for _, c in PAIRS} == {c.name for c in CASES}
-    assert len(PAIRS) == 13 and len(ILLEGAL) == 5  # VAR: one pass decides a scale, no chain to verify
+    # VAR (one pass decides a scale) and NAR (one pass decides an anti-diagonal): no chain to verify
+    assert len(PAIRS) == 14 and len(ILLEGAL) == 10
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=pair_id)

@@ -1,0 +1,177 @@
+"""The LlamaGen-style prefix GPT every decoder-only token generator here is a configuration of (raster,
+NAR; Token-Shuffle next): the condition prefix (one class token, or a caption's slots), the token
+embedding, the Llama blocks, the final norm and output head, the rotary table of the layout, LlamaGen's
+init, and the decode state's allocation and per-row restart. What a generator adds is its order: the plan,
+the mask its slots attend with, and how its outputs become the logits of each position
+(:class:`~argen.generators.raster.RasterGenerator`: one head, causal in slots;
+:class:`~argen.generators.nar.NARGenerator`: a second head after extra blocks, the proximity mask).
+
+Slots: condition slot ``s`` (< prefix), then layout position ``p`` at slot ``prefix + p`` for generators
+that keep positions at their own slots (NAR), or at the slot of its turn (raster, whose turn is its position).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from argen.core import Condition, DecodeState, LossOutput
+from argen.core.state import allocate_kv, round_up
+from argen.nn.blocks import RMSNorm, TransformerBlock, swiglu_hidden
+from argen.nn.module import GeneratorModule
+from argen.nn.rope import rope_1d, rope_2d
+from tokenizers_vq.layout import TokenLayout, check_token_ids
+
+
+def raster_layout(vocab_size: int, grid_size: int | None, sequence_length: int | None, head_dim: int, *,
+                  rope_base: float, prefix: int = 0, zero_prefix: bool = True) -> tuple[TokenLayout, Tensor]:
+    """The layout of a raster sequence (a ``grid_size`` square in raster order, 2D RoPE, or a 1D
+    sequence of ``sequence_length``, 1D RoPE) and its rotary table (prefix + L, hd/2, 2)."""
+    if (grid_size is None) == (sequence_length is None):
+        raise ValueError("give exactly one of grid_size (2D raster) and sequence_length (1D tokens)")
+    if grid_size is not None:
+        layout = TokenLayout(kind="grid", shapes=((grid_size, grid_size),), vocab_size=vocab_size)
+        return layout, rope_2d(grid_size, grid_size, head_dim, base=rope_base, prefix=prefix, zero_prefix=zero_prefix)
+    assert sequence_length is not None
+    layout = TokenLayout(kind="sequence", shapes=((1, sequence_length),), vocab_size=vocab_size)
+    return layout, rope_1d(sequence_length, head_dim, base=rope_base, prefix=prefix, zero_prefix=zero_prefix)
+
+
+class PrefixGPT(GeneratorModule, ABC):
+    """The shared parts, named as LlamaGen's ``Transformer`` (so official checkpoints map by a documented,
+    nearly-identity key table): ``cls_embedding`` (the condition embedder ``condition(dim=dim)``),
+    ``tok_embeddings``, ``layers`` (``n_layer + extra_blocks`` Llama blocks: NAR keeps its extra block as
+    ``layers.{n_layer}``), ``norm``, ``output``. Dropouts and init follow LlamaGen (token/resid/ffn 0.1,
+    attention 0, N(0, 0.02), zero-initialised ``output``); heads a subclass adds in :meth:`_add_heads` are
+    initialised the same way before ``output`` is zeroed."""
+
+    def __init__(self, *, vocab_size: int, dim: int, n_layer: int, n_head: int,
+                 condition: Callable[..., nn.Module], grid_size: int | None = None,
+                 sequence_length: int | None = None, multiple_of: int = 256, ffn_dim_multiplier: float | None = None,
+                 norm_eps: float = 1e-5, rope_base: float = 10000.0, zero_condition_rope: bool = True,
+                 token_dropout: float = 0.1, attn_dropout: float = 0.0, resid_dropout: float = 0.1,
+                 ffn_dropout: float = 0.1, initializer_range: float = 0.02, extra_blocks: int = 0) -> None:
+        super().__init__()
+        if (grid_size is None) == (sequence_length is None):
+            raise ValueError("give exactly one of grid_size (2D raster) and sequence_length (1D tokens)")
+        self.vocab_size, self.dim, self.n_layer, self.n_head = vocab_size, dim, n_layer, n_head
+        self.norm_eps = norm_eps
+        self.cls_embedding = condition(dim=dim)
+        self.prefix_len = int(self.cls_embedding.num_tokens)
+        self.tok_embeddings = nn.Embedding(vocab_size, dim)
+        self.tok_dropout = nn.Dropout(token_dropout)
+        hidden = swiglu_hidden(dim, multiple_of, ffn_dim_multiplier)
+        self.layers = nn.ModuleList(
+            TransformerBlock(dim=dim, n_head=n_head, ffn_hidden=hidden, norm_eps=norm_eps, attn_dropout=attn_dropout,
+                             resid_dropout=resid_dropout, ffn_dropout=ffn_dropout)
+            for _ in range(n_layer + extra_blocks))
+        self.norm = RMSNorm(dim, norm_eps)
+        self.output = nn.Linear(dim, vocab_size, bias=False)
+        self._add_heads()
+        head_dim = dim // n_head
+        self.layout, table = raster_layout(vocab_size, grid_size, sequence_length, head_dim, rope_base=rope_base,
+                                           prefix=self.prefix_len, zero_prefix=zero_condition_rope)
+        self.register_buffer("rope", table, persistent=False)  # (prefix + L, hd/2, 2)
+        self._init_weights(initializer_range)
+
+    def _add_heads(self) -> None:
+        """Modules beyond the shared ones (NAR's second head); called before the init."""
+
+    def _init_weights(self, std: float) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)) and module is not self.output:
+                nn.init.normal_(module.weight, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.output.weight)
+
+    @property
+    def seq_len(self) -> int:
+        return self.layout.length
+
+    @property
+    def condition_dropout(self) -> float:
+        return float(getattr(self.cls_embedding, "dropout", 0.0))
+
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of a class-conditional generator; None when it is text-conditional."""
+        n = getattr(self.cls_embedding, "num_classes", None)
+        return None if n is None else int(n)
+
+    def null_cond(self, cond: Condition) -> Condition:
+        return cond.as_null()
+
+    def check_tokens(self, tokens: Tensor) -> None:
+        check_token_ids(tokens, self.vocab_size, owner="generator", dtypes=(torch.int64, torch.int32))
+
+    @abstractmethod
+    def logits(self, tokens: Tensor, cond: Condition) -> Tensor:
+        """Teacher-forced logits (B, L, V) of every position, in the generator's order."""
+
+    def loss(self, tokens: Tensor, cond: Condition) -> LossOutput:
+        """One cross-entropy over the teacher-forced logits of every position (condition dropout in
+        training, as :meth:`Condition.with_dropout`)."""
+        if self.training:
+            cond = cond.with_dropout(self.condition_dropout)
+        logits = self.logits(tokens, cond)
+        loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), tokens.reshape(-1))
+        with torch.no_grad():
+            acc = (logits.argmax(-1) == tokens).float().mean()
+        return LossOutput(loss=loss, logs={"loss": loss.detach(), "token_accuracy": acc})
+
+    def embed_condition(self, cond: Condition) -> tuple[Tensor, Tensor | None]:
+        """The condition prefix (B, T, C) and its valid slots (B, T) bool, or None when all are valid."""
+        return self.cls_embedding(cond)
+
+    def start(self, cond: Condition, *, max_len: int | None = None) -> DecodeState:
+        """Allocate the KV caches of every block (prefix + L slots, rounded up to 8 as LlamaGen) for
+        ``cond``'s rows; each row's condition prefix runs with its first ``step``."""
+        prefix, valid = self.embed_condition(cond)
+        param = self.output.weight
+        b = prefix.shape[0]
+        slots = round_up(self.prefix_len + (self.seq_len if max_len is None else max_len), 8)
+        caches = allocate_kv(len(self.layers), b, self.n_head, slots, self.dim // self.n_head, like=param)
+        key_valid = None
+        if valid is not None:
+            key_valid = torch.ones(b, slots, dtype=torch.bool, device=param.device)
+            key_valid[:, : self.prefix_len] = valid
+        return DecodeState(caches=caches, batch_size=b, prefix_len=self.prefix_len, max_len=slots,
+                           pending=prefix.to(param.dtype), key_valid=key_valid)
+
+    def restart(self, state: DecodeState, rows: Tensor, cond: Condition) -> None:
+        """Begin new samples in ``rows`` (R,) of ``state`` with conditions ``cond`` (R rows), the other
+        rows untouched (continuous batching): their prefixes run with the next step."""
+        rows = torch.as_tensor(rows, dtype=torch.long).cpu()
+        prefix, valid = self.embed_condition(cond)
+        if prefix.shape[0] != len(rows):
+            raise ValueError(f"{prefix.shape[0]} conditions for {len(rows)} rows")
+        if state.pending is None:
+            state.pending = prefix.new_zeros(state.batch_size, *prefix.shape[1:]).to(self.output.weight.dtype)
+            state.pending_rows = torch.zeros(state.batch_size, dtype=torch.bool)
+        assert state.pending_rows is not None
+        state.pending[rows.to(state.pending.device)] = prefix.to(state.pending.dtype)
+        state.pending_rows[rows] = True
+        state.lengths[rows], state.fed[rows] = 0, 0
+        if state.key_valid is not None:
+            state.key_valid[rows.to(state.key_valid.device), : self.prefix_len] = \
+                True if valid is None else valid.to(state.key_valid.device)
+
+    def block_flops(self, context: int) -> float:
+        """Forward FLOPs of one block per input (2 per multiply-add), attending over ``context`` slots."""
+        hidden = self.layers[0].feed_forward.w1.out_features
+        matmuls = self.dim * 3 * self.dim + self.dim * self.dim + 3 * self.dim * hidden
+        return float(2 * matmuls + 4 * context * self.dim)
+
+    def extra_repr(self) -> str:
+        return f"layout={self.layout.kind}{list(self.layout.shapes)}, prefix={self.prefix_len}"
+
+
+def count_parameters(module: nn.Module) -> dict[str, Any]:
+    total = sum(p.numel() for p in module.parameters())
+    return {"parameters": total, "parameters_m": round(total / 1e6, 2)}
