@@ -19,7 +19,14 @@ under ``torch.inference_mode``. Generators (``--generators``):
   tokenizer's scale-residual quantizer: a randomly initialised
   :class:`~tokenizers_vq.msvq.MultiScaleQuantizer` (code width 32) is attached.
 
-Default set: ``tiny,gpt_b,var`` (plus ``var_d16`` on CUDA); ``--quick``: ``tiny8,var8``.
+- NAR (next-neighbour, :class:`NARGenerator`): ``nar`` = ``nar_tiny`` (raster_tiny's trunk plus head B)
+  at 8x8 (``nar8``, 15 passes) and 16x16 (``nar16``, 31 passes), vocabulary 1024, 10 classes; ``nar_b`` =
+  the NAR-B dimensions (GPT-B trunk + head B, ~131M parameters), 16x16, 16384 codes, 1000 classes. Records:
+  ``generator: nar``, ``family: nar``, ``preset``, ``grid``; ``forward_passes_per_image`` = 2n - 1 (one pass
+  decides an anti-diagonal) and ``speedup_vs_raster`` against ``raster_tiny`` / ``gpt_b`` at the same grid,
+  exactly as for VAR.
+
+Default set: ``tiny,gpt_b,var,nar,nar_b`` (plus ``var_d16`` on CUDA); ``--quick``: ``tiny8,var8,nar8``.
 
 Measures
 - ``runs``: one record per (generator, sampler, batch, cfg_scale, device, dtype) with
@@ -82,6 +89,7 @@ if str(REPO) not in sys.path:
 
 from argen.cli.common import CONFIG_DIR, build  # noqa: E402
 from argen.core import Condition  # noqa: E402
+from argen.generators.nar import NARGenerator  # noqa: E402
 from argen.generators.raster import RasterGenerator  # noqa: E402
 from argen.samplers.ancestral import AncestralSampler  # noqa: E402
 from argen.samplers.random import RowRandom, sample_seeds  # noqa: E402
@@ -97,7 +105,8 @@ IDENTITY_KEYS = ("generator", "family", "preset", "scales", "tokens_per_image", 
 MATCH_KEYS = ("sampler", "batch", "device", "dtype", "cfg_scale", "cfg_schedule", "window", "k", "delta", "draft",
               "num_steps", "threads")
 # VAR preset -> the raster preset of the same model class it is compared with (same final grid).
-RASTER_COUNTERPART = {"var_tiny": "raster_tiny", "var_d16": "gpt_b"}
+RASTER_COUNTERPART = {"var_tiny": "raster_tiny", "var_d16": "gpt_b", "nar_tiny": "raster_tiny", "nar_b": "gpt_b"}
+PARALLEL = ("var", "nar")  # the families compared with their raster counterpart
 VAR_SCALES = {8: (1, 2, 3, 4, 6, 8), 16: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)}  # 16: VAR's 256 px scales
 VAR_CODE_DIM = 32  # VAR's Cvae: width of the quantizer's codes fed to word_embed
 REF_STEP = 16  # kv_step_cost_ratio = t(last step) / t(step REF_STEP)
@@ -125,9 +134,13 @@ SPECS: dict[str, tuple[Spec, ...]] = {
     "var8": (Spec("var8", "var_tiny", 8, 1024, 10, "var", VAR_SCALES[8]),),
     "var16": (Spec("var16", "var_tiny", 16, 1024, 10, "var", VAR_SCALES[16]),),
     "var_d16": (Spec("var_d16", "var_d16", 16, 4096, 1000, "var", VAR_SCALES[16]),),
+    "nar8": (Spec("nar8", "nar_tiny", 8, 1024, 10, "nar"),),
+    "nar16": (Spec("nar16", "nar_tiny", 16, 1024, 10, "nar"),),
+    "nar_b": (Spec("nar_b", "nar_b", 16, 16384, 1000, "nar"),),
 }
 SPECS["tiny"] = SPECS["tiny8"] + SPECS["tiny16"]
 SPECS["var"] = SPECS["var8"] + SPECS["var16"]
+SPECS["nar"] = SPECS["nar8"] + SPECS["nar16"]
 
 
 @dataclass(frozen=True)
@@ -178,15 +191,19 @@ def build_generator(spec: Spec, device: torch.device, dtype: torch.dtype) -> nn.
     node = compose_generator(spec.preset, [f"vocab_size={spec.vocab}", f"grid_size={spec.grid}",
                                            f"condition.num_classes={spec.classes}"])
     gen = build(node, "generator")
-    nn.init.normal_(gen.output.weight, std=0.02)
+    nn.init.normal_(gen.output.weight, std=0.02)  # NAR's medusa_output is drawn from N(0, 0.02) already
     return gen.to(device=device, dtype=dtype).eval()
 
 
 def flops_per_image(gen: nn.Module) -> float:
     """Model FLOPs to decode one image. Raster: step k attends over prefix + k slots. VAR: its
-    average per-token FLOPs (block-causal attention over the visible scales) x pyramid tokens."""
+    average per-token FLOPs (block-causal attention over the visible scales) x pyramid tokens. NAR: each
+    position attends over the condition and every position of its and earlier anti-diagonals."""
     if isinstance(gen, RasterGenerator):
         return sum(gen.flops_per_token(context=gen.prefix_len + k) for k in range(gen.seq_len))
+    if isinstance(gen, NARGenerator):
+        levels = gen.levels[gen.prefix_len:]
+        return sum(gen.flops_per_token(context=gen.prefix_len + int((levels <= lv).sum())) for lv in levels)
     return gen.flops_per_token() * gen.layout.length  # type: ignore[operator]
 
 
@@ -257,6 +274,8 @@ def measure_run(gen: nn.Module, spec: Spec, batch: int, cfg_scale: float, settin
     if spec.family == "var":
         head: dict[str, Any] = {"generator": "var", "family": "var", "preset": spec.preset,
                                 "grid": f"{spec.grid}x{spec.grid}", "scales": list(spec.scales)}
+    elif spec.family == "nar":
+        head = {"generator": "nar", "family": "nar", "preset": spec.preset, "grid": f"{spec.grid}x{spec.grid}"}
     else:
         head = {"generator": spec.preset, "family": "raster", "grid": f"{spec.grid}x{spec.grid}"}
     record = {
@@ -270,7 +289,7 @@ def measure_run(gen: nn.Module, spec: Spec, batch: int, cfg_scale: float, settin
         "vocab_size": gen.vocab_size, "num_classes": spec.classes, "flops_per_image": flops,
         "achieved_gflops": flops * batch / wall / 1e9,
     }
-    if spec.family == "var":  # filled by fill_speedups once the raster runs are in
+    if spec.family in PARALLEL:  # filled by fill_speedups once the raster runs are in
         record.update(speedup_vs_raster=None, raster_images_per_s=None, raster_counterpart=None)
     return record
 
@@ -343,7 +362,7 @@ def raster_counterpart(var: dict[str, Any], runs: list[dict[str, Any]]) -> dict[
     """The raster run with the VAR run's final grid and counterpart preset, measured under the same
     sampler, batch, cfg, device, dtype and threads (the last such record, if several)."""
     preset = RASTER_COUNTERPART.get(var.get("preset", ""))
-    side = var["scales"][-1] if var.get("scales") else None
+    side = var["scales"][-1] if var.get("scales") else int(str(var.get("grid", "0x0")).split("x")[0]) or None
     found = None
     for r in runs:
         if r.get("family", "raster") != "raster" or r.get("generator") != preset or side is None:
@@ -354,11 +373,11 @@ def raster_counterpart(var: dict[str, Any], runs: list[dict[str, Any]]) -> dict[
 
 
 def fill_speedups(runs: list[dict[str, Any]]) -> list[str]:
-    """Set ``speedup_vs_raster`` (and ``raster_images_per_s``, ``raster_counterpart``) of every VAR
-    record in place; returns notes for the VAR records left without a raster counterpart."""
+    """Set ``speedup_vs_raster`` (and ``raster_images_per_s``, ``raster_counterpart``) of every VAR and NAR
+    record in place; returns notes for the records left without a raster counterpart."""
     missing: list[str] = []
     for r in runs:
-        if r.get("family") != "var":
+        if r.get("family") not in PARALLEL:
             continue
         ref = raster_counterpart(r, runs)
         if ref is None:
@@ -370,7 +389,7 @@ def fill_speedups(runs: list[dict[str, Any]]) -> list[str]:
                  raster_counterpart=f"{ref['generator']} {ref.get('grid', '')}".strip())
     if not missing:
         return []
-    note = (f"speedup_vs_raster is null for VAR runs without a raster counterpart measured at the same grid, "
+    note = (f"speedup_vs_raster is null for VAR / NAR runs without a raster counterpart measured at the same grid, "
             f"sampler, batch, cfg, device, dtype and threads ({', '.join(RASTER_COUNTERPART.values())} for "
             f"{', '.join(RASTER_COUNTERPART)}): {'; '.join(missing)}")
     return [note]
@@ -412,6 +431,8 @@ def run_label(r: dict[str, Any]) -> str:
         label = f"{r['generator']} (trained) {r['setting']}"
     elif r.get("family") == "var":
         label = f"VAR {r.get('preset')} {r.get('grid')} ({len(r.get('scales') or ())} scales), {r['sampler']}"
+    elif r.get("family") == "nar":
+        label = f"NAR {r.get('preset')} {r.get('grid')} ({r.get('forward_passes_per_image')} passes), {r['sampler']}"
     else:
         grid = f"{r['grid']} " if r.get("grid") else ""
         label = f"{r['generator']} {grid}({r.get('tokens_per_image')} tok), {r['sampler']}"
@@ -421,7 +442,7 @@ def run_label(r: dict[str, Any]) -> str:
 
 def run_pair(r: dict[str, Any]) -> tuple[str, str]:
     """Colour key shared by a VAR run and its raster counterpart: (raster preset, final grid)."""
-    if r.get("family") == "var":
+    if r.get("family") in PARALLEL:
         return RASTER_COUNTERPART.get(r.get("preset", ""), str(r.get("preset"))), str(r.get("grid"))
     return str(r["generator"]), str(r.get("grid") or r.get("tokens_per_image"))
 
@@ -447,7 +468,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = report["runs"]
-    with_speedup = [r for r in runs if r.get("family") == "var" and r.get("speedup_vs_raster")]
+    with_speedup = [r for r in runs if r.get("family") in PARALLEL and r.get("speedup_vs_raster")]
     fig, axes = plt.subplots(1, 3 if with_speedup else 2, figsize=(16 if with_speedup else 11, 4.4))
     left, right = axes[0], axes[-1]
     colours = {pair: f"C{i % 10}" for i, pair in enumerate(sorted({run_pair(r) for r in runs}))}
@@ -456,8 +477,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
         series.setdefault(run_label(r), (r, []))[1].append((r["batch"], r["images_per_s"]))
     for label, (r, points) in sorted(series.items()):
         xs, ys = zip(*sorted(points))
-        var, cfg = r.get("family") == "var", r.get("cfg_scale", 1.0) != 1.0
-        left.plot(xs, ys, marker="s" if var else "o", ls="--" if var else "-", color=colours[run_pair(r)],
+        family, cfg = r.get("family"), r.get("cfg_scale", 1.0) != 1.0
+        left.plot(xs, ys, marker={"var": "s", "nar": "^"}.get(family, "o"),
+                  ls={"var": "--", "nar": ":"}.get(family, "-"), color=colours[run_pair(r)],
                   fillstyle="none" if cfg else "full", label=label)
     left.set(xscale="log", yscale="log", xlabel="batch", ylabel="images / s", title="sampling throughput")
     log_axes(left, sorted({r["batch"] for r in runs}))
@@ -466,15 +488,16 @@ def plot(report: dict[str, Any], path: Path) -> None:
         middle = axes[1]
         ratios: dict[str, tuple[dict[str, Any], list[tuple[int, float]]]] = {}
         for r in with_speedup:
-            label = run_label(r).replace("VAR ", "") + f" vs {r.get('raster_counterpart')}"
+            label = run_label(r) + f" vs {r.get('raster_counterpart')}"
             ratios.setdefault(label, (r, []))[1].append((r["batch"], r["speedup_vs_raster"]))
         for label, (r, points) in sorted(ratios.items()):
             xs, ys = zip(*sorted(points))
-            middle.plot(xs, ys, marker="s", ls="--", color=colours[run_pair(r)],
+            middle.plot(xs, ys, marker="s" if r.get("family") == "var" else "^",
+                        ls="--" if r.get("family") == "var" else ":", color=colours[run_pair(r)],
                         fillstyle="none" if r.get("cfg_scale", 1.0) != 1.0 else "full", label=label)
         middle.axhline(1.0, color="grey", lw=0.8)
-        middle.set(xscale="log", yscale="log", xlabel="batch", ylabel="VAR images/s / raster images/s",
-                   title="VAR speedup vs raster (same final grid)")
+        middle.set(xscale="log", yscale="log", xlabel="batch", ylabel="images/s / raster images/s",
+                   title="VAR and NAR speedup vs raster (same final grid)")
         log_axes(middle, sorted({r["batch"] for r in with_speedup}))
         middle.legend(fontsize=6)
     probe = report.get("kv_step_probe")
@@ -498,7 +521,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny8 and var8 (8x8) only, batches 1,8, few repeats")
     p.add_argument("--generators", default=None,
-                   help=f"comma list of {sorted(SPECS)} (default tiny,gpt_b,var; on CUDA also var_d16)")
+                   help=f"comma list of {sorted(SPECS)} (default tiny,gpt_b,var,nar,nar_b; on CUDA also var_d16)")
     p.add_argument("--batches", default=None, help="comma list (default 1,8,64)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per run (default 3; quick 2)")
     p.add_argument("--run-budget", type=float, default=None, help="stop repeating a run after this many seconds")
@@ -543,8 +566,8 @@ def make_settings(args: argparse.Namespace) -> Settings:
 
 
 def select(args: argparse.Namespace) -> tuple[list[Spec], list[int]]:
-    default = "tiny,gpt_b,var,var_d16" if torch.device(args.device).type == "cuda" else "tiny,gpt_b,var"
-    names = args.generators or ("tiny8,var8" if args.quick else default)
+    default = "tiny,gpt_b,var,nar,nar_b" + (",var_d16" if torch.device(args.device).type == "cuda" else "")
+    names = args.generators or ("tiny8,var8,nar8" if args.quick else default)
     unknown = [n for n in names.split(",") if n not in SPECS]
     if unknown:
         raise SystemExit(f"unknown generator(s) {unknown}; choose from {sorted(SPECS)}")
@@ -598,7 +621,7 @@ def utilisation(runs: list[dict[str, Any]], peak: float) -> dict[str, Any]:
 
 
 def log_record(r: dict[str, Any]) -> None:
-    name = f"var {r['preset']}" if r.get("family") == "var" else r["generator"]
+    name = f"{r['family']} {r['preset']}" if r.get("family") in PARALLEL else r["generator"]
     log.info("%-15s %3d tok %2d passes batch %3d cfg %-3g: %8.3f images/s %9.1f tokens/s %7.3f s/image, "
              "%6.2f GFLOP/s (%d repeats)", name, r["tokens_per_image"], r["forward_passes_per_image"], r["batch"],
              r["cfg_scale"], r["images_per_s"], r["tokens_per_s"], r["seconds_per_image"], r["achieved_gflops"],
@@ -665,8 +688,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report = merge_report(path, top, runs)
     report["notes"] = list(report.get("notes", [])) + fill_speedups(report["runs"])
     for r in runs:
-        if r.get("family") == "var":
-            log.info("var %s %s batch %d cfg %g: %d passes/image, speedup vs raster %s", r["preset"], r["grid"],
+        if r.get("family") in PARALLEL:
+            log.info("%s %s %s batch %d cfg %g: %d passes/image, speedup vs raster %s", r["family"], r["preset"],
+                     r["grid"],
                      r["batch"], r["cfg_scale"], r["forward_passes_per_image"],
                      "n/a (no raster counterpart)" if r["speedup_vs_raster"] is None
                      else f"{r['speedup_vs_raster']:.2f}x ({r['raster_counterpart']})")

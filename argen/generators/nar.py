@@ -85,6 +85,8 @@ class NARGenerator(PrefixGPT):
         super().__init__(grid_size=grid_size, extra_blocks=medusa_layers, **kwargs)
         self.grid_size = int(grid_size)
         self.register_buffer("levels", proximity_levels(self.prefix_len, self.grid_size), persistent=False)
+        self._diagonals = anti_diagonals(self.grid_size)
+        self._slot_levels: dict[tuple[int, str], Tensor] = {}
 
     def _add_heads(self) -> None:
         self.medusa_norm = RMSNorm(self.dim, self.norm_eps)
@@ -164,7 +166,7 @@ class NARGenerator(PrefixGPT):
         if length is not None and int(length) != self.seq_len:
             raise ValueError(f"plan length {length}: NAR decodes the whole {self.grid_size}x{self.grid_size} grid "
                              f"({self.seq_len} positions)")
-        return anti_diagonals(self.grid_size)
+        return [d.clone() for d in self._diagonals]
 
     def start(self, cond: Condition, *, max_len: int | None = None) -> DecodeState:
         if max_len is not None and int(max_len) != self.seq_len:
@@ -185,7 +187,7 @@ class NARGenerator(PrefixGPT):
         fed, want = pos[0], qry[0]
         pending = state.is_pending()
         done = int(state.extras.get("diagonals", 0))
-        plan = anti_diagonals(self.grid_size)
+        plan = self._diagonals
         if bool(pending.any()):
             if not bool(pending.all()) or fed.numel():
                 raise ValueError("NAR's first step runs the condition alone: feed no tokens (F = 0) and query "
@@ -221,7 +223,11 @@ class NARGenerator(PrefixGPT):
                 self.check_tokens(tokens)
             parts.append(self.tok_embeddings(tokens))
         h = torch.cat(parts, dim=1)
-        levels = proximity_levels(self.prefix_len, self.grid_size, state.max_len)
+        key = (state.max_len, str(self.levels.device))
+        levels = self._slot_levels.get(key)
+        if levels is None:  # the levels of a cache of this many slots (rounding slots never visible)
+            levels = self._slot_levels[key] = proximity_levels(self.prefix_len, self.grid_size,
+                                                               state.max_len).to(self.levels.device)
         right, below = self._heads(h, self.rope[slots.clamp_min(0).to(self.rope.device)], state, slots,
                                    levels=levels)
         src_r, src_b = self.sources(qry)

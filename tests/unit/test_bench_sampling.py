@@ -1,4 +1,4 @@
-"""scripts/bench_sampling.py: the quick run (raster tiny8 + VAR var8) writes the documented schema, merges
+"""scripts/bench_sampling.py: the quick run (raster tiny8 + VAR var8 + NAR nar8) writes the documented schema, merges
 into an existing file and computes VAR's speedup over the raster run of the same final grid."""
 
 from __future__ import annotations
@@ -99,6 +99,17 @@ def test_quick_run_schema_and_merge(tmp_path: Path) -> None:
     assert old_tiny16 in runs
     assert not any("speedup_vs_raster is null" in n for n in report["notes"])
 
+    # NAR nar8: 15 anti-diagonals (passes) for 64 tokens, speedup over raster_tiny 8x8 of this run.
+    nar8 = [r for r in runs if r["family"] == "nar" and r["grid"] == "8x8"]
+    assert sorted((r["batch"], r["cfg_scale"]) for r in nar8) == [(1, 1.0), (8, 1.0), (8, 4.0)]
+    for r in nar8:
+        raster = next(o for o in ours if (o["batch"], o["cfg_scale"]) == (r["batch"], r["cfg_scale"]))
+        assert r["generator"] == "nar" and r["preset"] == "nar_tiny"
+        assert r["forward_passes_per_image"] == 15 and r["tokens_per_image"] == 64
+        assert abs(r["speedup_vs_raster"] - r["images_per_s"] / raster["images_per_s"]) < 1e-9
+        assert r["raster_counterpart"] == "raster_tiny 8x8"
+        assert r["flops_per_image"] > ours[0]["flops_per_image"]  # one more block and a second head
+
 
 def test_merge_runs_replaces_same_identity_only() -> None:
     bench = load_script()
@@ -129,6 +140,6 @@ def test_select_defaults() -> None:
     def names(argv: list[str]) -> list[str]:
         return [s.name for s in bench.select(bench.parse_args(["--out", "x", *argv]))[0]]
 
-    assert names(["--quick"]) == ["tiny8", "var8"]
-    assert names([]) == ["tiny8", "tiny16", "gpt_b", "var8", "var16"]
+    assert names(["--quick"]) == ["tiny8", "var8", "nar8"]
+    assert names([]) == ["tiny8", "tiny16", "gpt_b", "var8", "var16", "nar8", "nar16", "nar_b"]
     assert names(["--generators", "var,tiny16"]) == ["var8", "var16", "tiny16"]
