@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from argen.core import Capabilities, Condition, DecodeState, StepOutput
 from argen.nn.gpt import PrefixGPT, count_parameters, raster_layout
+from argen.nn.trunk import find_inputs, positions_per_row, row_slots, run_layers
 from tokenizers_vq.layout import TokenLayout
 
 __all__ = ["RasterGenerator", "count_parameters", "raster_layout"]
@@ -76,12 +77,19 @@ class RasterGenerator(PrefixGPT):
     def features(self, tokens: Tensor, cond: Condition) -> Tensor:
         """Teacher-forced final features (B, L, C) (after the last norm, what ``output`` reads):
         feature i predicts token i. The same features :meth:`step` returns as ``hidden``."""
-        length = tokens.shape[1]
+        b, length = tokens.shape
         if length != self.seq_len:
             raise ValueError(f"expected {self.seq_len} tokens per image ({self.layout.kind} {self.layout.shapes}), "
                              f"got {length}")
         self.check_tokens(tokens)
-        return self.causal_features(self.tok_embeddings(tokens[:, :-1]), cond)
+        prefix, valid = self.cls_embedding(cond)  # (B, T, C), (B, T) | None
+        h = torch.cat([prefix, self.tok_embeddings(tokens[:, :-1])], dim=1)  # (B, T + L - 1, C)
+        h = self.tok_dropout(h)
+        key_valid = None
+        if valid is not None:
+            key_valid = torch.cat([valid, valid.new_ones(b, length - 1)], dim=1)
+        h = self.norm(run_layers(self.layers, h, self.rope[: h.shape[1]], key_valid=key_valid))
+        return h[:, self.prefix_len - 1:]  # (B, L, C)
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         """Token embeddings (B, F, C) (:class:`~argen.core.protocols.FeatureTarget`)."""
@@ -101,13 +109,58 @@ class RasterGenerator(PrefixGPT):
                              f"{self.seq_len} positions (1D sequences take 1..{self.seq_len}; grids all of them)")
         return [torch.tensor([i]) for i in range(n)]
 
+    def _check_feed(self, state: DecodeState, positions: Tensor) -> Tensor:
+        """Per-row counts (B,) of fed positions, after checking they continue each row's sequence."""
+        counts = (positions >= 0).sum(1)
+        j = torch.arange(positions.shape[1])[None]
+        inside = j < counts[:, None]
+        expected = state.fed[:, None] + j
+        if bool(((positions >= 0) != inside).any()) or bool((positions != expected)[inside].any()):
+            bad = int(((positions != expected) & inside | ((positions >= 0) != inside)).any(1).nonzero()[0])
+            raise ValueError(f"raster steps feed consecutive positions from each row's last one: row {bad} has fed "
+                             f"{int(state.fed[bad])}, got {positions[bad].tolist()} (-1 only after its last)")
+        if bool((positions >= self.seq_len).any()):
+            raise ValueError(f"positions {positions.max().item()} go past the last position {self.seq_len - 1}")
+        return counts
+
     def step(self, state: DecodeState, tokens: Tensor, positions: Tensor, query: Tensor) -> StepOutput:
         """Feed ``tokens`` (B, F) at layout ``positions`` ((F,) for every row, or (B, F) per row, -1 where a
         row feeds fewer), each row continuing from its ``state.fed``; return logits (B, Q, V) for ``query``
         ((Q,) or (B, Q), -1: nothing asked, garbage returned). Query t must be predicted by a slot of this
         step: the slot of position t - 1, or the last condition slot for t = 0 (a row whose condition
         runs in this step)."""
-        hidden = self.causal_step(state, tokens, positions, query, self.tok_embeddings)
+        b, f = tokens.shape
+        pos, qry = positions_per_row(positions, b, "positions"), positions_per_row(query, b, "query")
+        counts = self._check_feed(state, pos)
+        pend = state.is_pending()
+        t = self.prefix_len if bool(pend.any()) else 0
+        # inputs [condition part (t) | token part (f)]: the condition part is real for pending rows only
+        base = state.lengths + t * pend.long()
+        slots = torch.cat([row_slots(state.lengths, t * pend.long(), t), row_slots(base, counts, f)], dim=1)
+        if bool((qry >= self.seq_len).any()):
+            raise ValueError(f"query positions {qry.max().item()} go past the last position {self.seq_len - 1}")
+        if not (t or f):
+            raise ValueError("nothing to feed: the first step runs the condition, later steps need tokens")
+        index, found = find_inputs(slots, torch.where(qry < 0, -1, qry + self.prefix_len - 1))  # (B, Q)
+        if not bool(found.all()):  # checked before anything runs, so a bad call leaves the state untouched
+            row = int((~found).any(1).nonzero()[0])
+            raise ValueError(f"query positions {qry[row].tolist()} of row {row} are not predicted by the slots of "
+                             f"this step (query t comes from position t - 1, or from the condition for t = 0; "
+                             f"the row has fed {int(state.fed[row])} positions and feeds {int(counts[row])} now)")
+        parts = [state.pending] if t else []
+        if f:
+            inside = torch.arange(f)[None] < counts[:, None]
+            if tokens.device.type == "cpu":  # on GPUs the check would sync every step; the lookup asserts anyway
+                self.check_tokens(tokens[inside])
+            parts.append(self.tok_embeddings(torch.where(inside.to(tokens.device), tokens, 0)))
+        h = torch.cat(parts, dim=1)  # (B, t + f, C)
+        # Slot s holds condition slot s (< prefix) or position s - prefix; rope rows are indexed by slot.
+        h = self.norm(run_layers(self.layers, h, self.rope[slots.clamp_min(0).to(self.rope.device)], state, slots))
+        state.lengths, state.fed = base + counts, state.fed + counts
+        if t:
+            state.pending_rows = None
+            state.pending = None
+        hidden = h[torch.arange(b, device=h.device)[:, None], index.clamp_min(0).to(h.device)]  # (B, Q, C)
         return StepOutput(logits=self.output(hidden).float(), hidden=hidden)
 
     def flops_per_token(self, context: int | None = None) -> float:

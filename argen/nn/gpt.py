@@ -25,7 +25,6 @@ from argen.core.state import allocate_kv, round_up
 from argen.nn.blocks import RMSNorm, TransformerBlock, swiglu_hidden
 from argen.nn.module import GeneratorModule
 from argen.nn.rope import rope_1d, rope_2d
-from argen.nn.trunk import find_inputs, positions_per_row, row_slots, run_layers
 from tokenizers_vq.layout import TokenLayout, check_token_ids
 
 
@@ -126,78 +125,6 @@ class PrefixGPT(GeneratorModule, ABC):
             acc = (logits.argmax(-1) == tokens).float().mean()
         return LossOutput(loss=loss, logs={"loss": loss.detach(), "token_accuracy": acc})
 
-    @property
-    def trunk_len(self) -> int:
-        """Positions of the trunk after the condition (what the KV cache holds): the layout's, unless a
-        generator folds several layout positions into one (Token-Shuffle's windows)."""
-        return self.seq_len
-
-    # ---- the causal order over trunk units (raster: a unit is a token; Token-Shuffle: a window) ----
-    def causal_features(self, inputs: Tensor, cond: Condition) -> Tensor:
-        """Teacher-forced final features (B, U, C) (after ``norm``) from the embeddings (B, U - 1, C) of
-        units 0 .. U - 2 after the condition prefix, causal in slots: feature u predicts unit u."""
-        b, fed = inputs.shape[:2]
-        prefix, valid = self.embed_condition(cond)  # (B, T, C), (B, T) | None
-        h = self.tok_dropout(torch.cat([prefix, inputs], dim=1))  # (B, T + U - 1, C)
-        key_valid = None if valid is None else torch.cat([valid, valid.new_ones(b, fed)], dim=1)
-        h = self.norm(run_layers(self.layers, h, self.rope[: h.shape[1]], key_valid=key_valid))
-        return h[:, self.prefix_len - 1:]
-
-    def _check_feed(self, state: DecodeState, positions: Tensor) -> Tensor:
-        """Per-row counts (B,) of fed units, after checking they continue each row's sequence."""
-        counts = (positions >= 0).sum(1)
-        j = torch.arange(positions.shape[1])[None]
-        inside = j < counts[:, None]
-        expected = state.fed[:, None] + j
-        if bool(((positions >= 0) != inside).any()) or bool((positions != expected)[inside].any()):
-            bad = int(((positions != expected) & inside | ((positions >= 0) != inside)).any(1).nonzero()[0])
-            raise ValueError(f"raster steps feed consecutive positions from each row's last one: row {bad} has fed "
-                             f"{int(state.fed[bad])}, got {positions[bad].tolist()} (-1 only after its last)")
-        if bool((positions >= self.trunk_len).any()):
-            raise ValueError(f"positions {positions.max().item()} go past the last position {self.trunk_len - 1}")
-        return counts
-
-    def causal_step(self, state: DecodeState, units: Tensor, positions: Tensor, query: Tensor,
-                    embed: Callable[[Tensor], Tensor]) -> Tensor:
-        """One causal step over trunk units: feed ``units`` (B, F, ...) (what ``embed`` maps to (B, F, C)) at
-        unit ``positions`` ((F,) or (B, F), -1 where a row feeds fewer), each row continuing from its
-        ``state.fed``; return the final features (B, Q, C) that predict the units ``query`` ((Q,) or (B, Q),
-        -1: nothing asked). Unit t is predicted by the slot of unit t - 1, or by the last condition slot for
-        t = 0 (a row whose condition runs in this step). Everything is checked before anything runs."""
-        b, f = units.shape[:2]
-        pos, qry = positions_per_row(positions, b, "positions"), positions_per_row(query, b, "query")
-        counts = self._check_feed(state, pos)
-        pend = state.is_pending()
-        t = self.prefix_len if bool(pend.any()) else 0
-        # inputs [condition part (t) | unit part (f)]: the condition part is real for pending rows only
-        base = state.lengths + t * pend.long()
-        slots = torch.cat([row_slots(state.lengths, t * pend.long(), t), row_slots(base, counts, f)], dim=1)
-        if bool((qry >= self.trunk_len).any()):
-            raise ValueError(f"query positions {qry.max().item()} go past the last position {self.trunk_len - 1}")
-        if not (t or f):
-            raise ValueError("nothing to feed: the first step runs the condition, later steps need tokens")
-        index, found = find_inputs(slots, torch.where(qry < 0, -1, qry + self.prefix_len - 1))  # (B, Q)
-        if not bool(found.all()):
-            row = int((~found).any(1).nonzero()[0])
-            raise ValueError(f"query positions {qry[row].tolist()} of row {row} are not predicted by the slots of "
-                             f"this step (query t comes from position t - 1, or from the condition for t = 0; "
-                             f"the row has fed {int(state.fed[row])} positions and feeds {int(counts[row])} now)")
-        parts = [state.pending] if t else []
-        if f:
-            inside = torch.arange(f)[None] < counts[:, None]
-            if units.device.type == "cpu":  # on GPUs the check would sync every step; the lookup asserts anyway
-                self.check_tokens(units[inside])
-            keep = inside.to(units.device).view(b, f, *([1] * (units.dim() - 2)))
-            parts.append(embed(torch.where(keep, units, 0)))
-        h = torch.cat(parts, dim=1)  # (B, t + f, C)
-        # Slot s holds condition slot s (< prefix) or unit s - prefix; rope rows are indexed by slot.
-        h = self.norm(run_layers(self.layers, h, self.rope[slots.clamp_min(0).to(self.rope.device)], state, slots))
-        state.lengths, state.fed = base + counts, state.fed + counts
-        if t:
-            state.pending_rows = None
-            state.pending = None
-        return h[torch.arange(b, device=h.device)[:, None], index.clamp_min(0).to(h.device)]  # (B, Q, C)
-
     def embed_condition(self, cond: Condition) -> tuple[Tensor, Tensor | None]:
         """The condition prefix (B, T, C) and its valid slots (B, T) bool, or None when all are valid."""
         return self.cls_embedding(cond)
@@ -208,7 +135,7 @@ class PrefixGPT(GeneratorModule, ABC):
         prefix, valid = self.embed_condition(cond)
         param = self.output.weight
         b = prefix.shape[0]
-        slots = round_up(self.prefix_len + (self.trunk_len if max_len is None else max_len), 8)
+        slots = round_up(self.prefix_len + (self.seq_len if max_len is None else max_len), 8)
         caches = allocate_kv(len(self.layers), b, self.n_head, slots, self.dim // self.n_head, like=param)
         key_valid = None
         if valid is not None:
