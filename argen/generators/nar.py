@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from argen.core import Capabilities, Condition, DecodeState, IncompatibleError, StepOutput
 from argen.nn.attention import slot_mask
 from argen.nn.blocks import RMSNorm
+from argen.core.state import round_up
 from argen.nn.gpt import PrefixGPT
 from argen.nn.trunk import find_inputs, positions_per_row, row_slots, run_layers
 from tokenizers_vq.layout import TokenLayout
@@ -84,9 +85,10 @@ class NARGenerator(PrefixGPT):
         self.medusa_layers = int(medusa_layers)
         super().__init__(grid_size=grid_size, extra_blocks=medusa_layers, **kwargs)
         self.grid_size = int(grid_size)
-        self.register_buffer("levels", proximity_levels(self.prefix_len, self.grid_size), persistent=False)
+        # every slot of the KV cache start() allocates (its rounding slots at a level no query reaches)
+        slots = round_up(self.prefix_len + self.seq_len, 8)
+        self.register_buffer("levels", proximity_levels(self.prefix_len, self.grid_size, slots), persistent=False)
         self._diagonals = anti_diagonals(self.grid_size)
-        self._slot_levels: dict[tuple[int, str], Tensor] = {}
 
     def _add_heads(self) -> None:
         self.medusa_norm = RMSNorm(self.dim, self.norm_eps)
@@ -103,13 +105,14 @@ class NARGenerator(PrefixGPT):
         return {"vocab_size": layout.vocab_size, "grid_size": h}
 
     # ---- the two heads ------------------------------------------------------------------------
-    def _heads(self, h: Tensor, rope: Tensor, state: DecodeState | None = None, slots: Tensor | None = None,
-               key_valid: Tensor | None = None, levels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def _heads(self, h: Tensor, rope: Tensor, state: DecodeState | None = None, slots: Tensor | None = None, *,
+               mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Final features of head R (after ``norm``) and head B (after the extra blocks and
-        ``medusa_norm``), both (B, N, C), for inputs ``h`` run through every block."""
-        trunk = run_layers(self.layers[: self.n_layer], h, rope, state, slots, key_valid, levels=levels)
-        below = run_layers(self.layers[self.n_layer:], trunk, rope, state, slots, key_valid, levels=levels,
-                           first=self.n_layer)
+        ``medusa_norm``), both (B, N, C), for inputs ``h`` run through every block: a whole sequence under
+        ``mask``, or a step at ``slots`` of ``state`` in the proximity order."""
+        run = dict(mask=mask, levels=self.levels)
+        trunk = run_layers(self.layers[: self.n_layer], h, rope, state, slots, **run)
+        below = run_layers(self.layers[self.n_layer:], trunk, rope, state, slots, first=self.n_layer, **run)
         return self.norm(trunk), self.medusa_norm(below)
 
     def mixed_logits(self, right: Tensor, below: Tensor, from_right: Tensor, from_below: Tensor) -> Tensor:
@@ -123,16 +126,17 @@ class NARGenerator(PrefixGPT):
         has_r, has_b = (from_right >= 0).to(lr.device)[..., None], (from_below >= 0).to(lr.device)[..., None]
         return torch.where(has_r & has_b, (lr + lb) / 2, torch.where(has_r, lr, lb))
 
-    def sources(self, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """For target positions (...,): the position whose head R predicts each ((r, c - 1); -1 in the
-        first column) and whose head B does ((r - 1, c); -1 in the first row); (0, 0) gets -2 from both:
-        the last condition slot."""
-        n = self.grid_size
+    def source_slots(self, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """For target positions (...,) (-1: none): the slot whose head R predicts each (that of (r, c - 1);
+        -1 in the first column) and the slot whose head B does ((r - 1, c); -1 in the first row); both are
+        the last condition slot for (0, 0). Position p sits at slot prefix + p."""
+        n, last = self.grid_size, self.prefix_len - 1
         r, c = targets // n, targets % n
-        right = torch.where(c > 0, targets - 1, -1)
-        below = torch.where(r > 0, targets - n, -1)
-        origin = targets == 0
-        return torch.where(origin, -2, right), torch.where(origin, -2, below)
+        right = torch.where(c > 0, targets - 1 + self.prefix_len, -1)
+        below = torch.where(r > 0, targets - n + self.prefix_len, -1)
+        origin, none = targets == 0, targets < 0
+        return (torch.where(origin, last, torch.where(none, -1, right)),
+                torch.where(origin, last, torch.where(none, -1, below)))
 
     # ---- training ---------------------------------------------------------------------------
     def attention_mask(self, key_valid: Tensor | None = None) -> Tensor:
@@ -140,7 +144,7 @@ class NARGenerator(PrefixGPT):
         (S = prefix + L): the proximity order of :func:`proximity_levels` (``key_valid`` (B, S): padded
         condition slots hidden, each slot still seeing itself). Decoding steps use the same rule."""
         n = self.prefix_len + self.seq_len
-        return slot_mask(torch.arange(n)[None], n, key_valid, self.levels)
+        return slot_mask(torch.arange(n, device=self.levels.device)[None], n, key_valid, self.levels[:n])
 
     def logits(self, tokens: Tensor, cond: Condition) -> Tensor:
         """Teacher-forced mixed logits (B, L, V) for every position in one masked pass over the condition
@@ -150,15 +154,10 @@ class NARGenerator(PrefixGPT):
             raise ValueError(f"expected {self.seq_len} tokens per image ({self.grid_size}x{self.grid_size}), "
                              f"got {length}")
         self.check_tokens(tokens)
-        prefix, valid = self.embed_condition(cond)  # (B, T, C), (B, T) | None
-        h = self.tok_dropout(torch.cat([prefix, self.tok_embeddings(tokens)], dim=1))  # (B, T + L, C)
-        key_valid = None if valid is None else torch.cat([valid, valid.new_ones(b, length)], dim=1)
-        right, below = self._heads(h, self.rope, key_valid=key_valid, levels=self.levels)
-        # input index of target t's sources: the last condition slot (T - 1) for -2, else T + position
-        src_r, src_b = self.sources(torch.arange(length))
-        to_input = lambda s: torch.where(s == -2, self.prefix_len - 1, torch.where(s < 0, -1, s + self.prefix_len))
-        idx_r, idx_b = to_input(src_r)[None].expand(b, -1), to_input(src_b)[None].expand(b, -1)
-        return self.mixed_logits(right, below, idx_r, idx_b)
+        h, key_valid = self.prefixed(tokens, cond)  # (B, T + L, C): input i sits at slot i
+        right, below = self._heads(h, self.rope, mask=self.attention_mask(key_valid))
+        src_r, src_b = self.source_slots(torch.arange(length, device=self.levels.device))
+        return self.mixed_logits(right, below, src_r[None].expand(b, -1), src_b[None].expand(b, -1))
 
     # ---- inference --------------------------------------------------------------------------
     def plan(self, length: int | None = None) -> list[Tensor]:
@@ -169,6 +168,7 @@ class NARGenerator(PrefixGPT):
         return [d.clone() for d in self._diagonals]
 
     def start(self, cond: Condition, *, max_len: int | None = None) -> DecodeState:
+        """The shared allocation (prefix + L slots, rounded up to 8), whose slots ``levels`` orders."""
         if max_len is not None and int(max_len) != self.seq_len:
             raise ValueError(f"NAR keeps every position at its own slot: max_len is the grid's {self.seq_len}")
         state = super().start(cond)
@@ -223,20 +223,10 @@ class NARGenerator(PrefixGPT):
                 self.check_tokens(tokens)
             parts.append(self.tok_embeddings(tokens))
         h = torch.cat(parts, dim=1)
-        key = (state.max_len, str(self.levels.device))
-        levels = self._slot_levels.get(key)
-        if levels is None:  # the levels of a cache of this many slots (rounding slots never visible)
-            levels = self._slot_levels[key] = proximity_levels(self.prefix_len, self.grid_size,
-                                                               state.max_len).to(self.levels.device)
-        right, below = self._heads(h, self.rope[slots.clamp_min(0).to(self.rope.device)], state, slots,
-                                   levels=levels)
-        src_r, src_b = self.sources(qry)
-        as_slot = lambda s: torch.where(s == -2, self.prefix_len - 1, torch.where(s < 0, -1, s + self.prefix_len))
-        idx_r, ok_r = find_inputs(slots, torch.where(qry < 0, -1, as_slot(src_r)))
-        idx_b, ok_b = find_inputs(slots, torch.where(qry < 0, -1, as_slot(src_b)))
+        right, below = self._heads(h, self.rope[slots.clamp_min(0).to(self.rope.device)], state, slots)
+        src_r, src_b = self.source_slots(qry)  # -1 where a head does not predict the query (or no query)
+        (idx_r, ok_r), (idx_b, ok_b) = find_inputs(slots, src_r), find_inputs(slots, src_b)
         assert bool(ok_r.all()) and bool(ok_b.all())  # _check_step: the sources are this step's inputs
-        idx_r = torch.where((src_r == -1) | (qry < 0), -1, idx_r)
-        idx_b = torch.where((src_b == -1) | (qry < 0), -1, idx_b)
         idx_b = torch.where((idx_r < 0) & (idx_b < 0), 0, idx_b)  # a padded query: garbage from input 0
         state.lengths = state.lengths + t + (pos >= 0).sum(1)
         state.fed = state.fed + (pos >= 0).sum(1)

@@ -77,17 +77,12 @@ class RasterGenerator(PrefixGPT):
     def features(self, tokens: Tensor, cond: Condition) -> Tensor:
         """Teacher-forced final features (B, L, C) (after the last norm, what ``output`` reads):
         feature i predicts token i. The same features :meth:`step` returns as ``hidden``."""
-        b, length = tokens.shape
+        length = tokens.shape[1]
         if length != self.seq_len:
             raise ValueError(f"expected {self.seq_len} tokens per image ({self.layout.kind} {self.layout.shapes}), "
                              f"got {length}")
         self.check_tokens(tokens)
-        prefix, valid = self.cls_embedding(cond)  # (B, T, C), (B, T) | None
-        h = torch.cat([prefix, self.tok_embeddings(tokens[:, :-1])], dim=1)  # (B, T + L - 1, C)
-        h = self.tok_dropout(h)
-        key_valid = None
-        if valid is not None:
-            key_valid = torch.cat([valid, valid.new_ones(b, length - 1)], dim=1)
+        h, key_valid = self.prefixed(tokens[:, :-1], cond)  # (B, T + L - 1, C)
         h = self.norm(run_layers(self.layers, h, self.rope[: h.shape[1]], key_valid=key_valid))
         return h[:, self.prefix_len - 1:]  # (B, L, C)
 

@@ -129,6 +129,14 @@ class PrefixGPT(GeneratorModule, ABC):
         """The condition prefix (B, T, C) and its valid slots (B, T) bool, or None when all are valid."""
         return self.cls_embedding(cond)
 
+    def prefixed(self, tokens: Tensor, cond: Condition) -> tuple[Tensor, Tensor | None]:
+        """The teacher-forced input (B, T + F, C): the condition prefix, then the embeddings of ``tokens``
+        (B, F), token dropout applied; and its valid keys (B, T + F) (None when every key is valid)."""
+        prefix, valid = self.embed_condition(cond)  # (B, T, C), (B, T) | None
+        h = self.tok_dropout(torch.cat([prefix, self.tok_embeddings(tokens)], dim=1))
+        key_valid = None if valid is None else torch.cat([valid, valid.new_ones(tokens.shape)], dim=1)
+        return h, key_valid
+
     def start(self, cond: Condition, *, max_len: int | None = None) -> DecodeState:
         """Allocate the KV caches of every block (prefix + L slots, rounded up to 8 as LlamaGen) for
         ``cond``'s rows; each row's condition prefix runs with its first ``step``."""

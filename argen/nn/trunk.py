@@ -48,20 +48,16 @@ def find_inputs(slots: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def run_layers(layers: Iterable[nn.Module], h: Tensor, rope: Tensor, state: DecodeState | None = None,
-               slots: Tensor | None = None, key_valid: Tensor | None = None, *, levels: Tensor | None = None,
-               first: int = 0) -> Tensor:
+               slots: Tensor | None = None, key_valid: Tensor | None = None, *, mask: Tensor | None = None,
+               levels: Tensor | None = None, first: int = 0) -> Tensor:
     """Run ``layers`` over inputs (B, N, C): a whole teacher-forced sequence (``state`` None, causal,
-    ``key_valid`` marking padded keys), or a step whose inputs go to ``slots`` (B, N) of ``state``'s
-    caches. ``rope``: the inputs' rotary rows, (N, hd/2, 2) or (B, N, hd/2, 2). ``levels`` (S,): the
-    order the slots attend in (:func:`~argen.nn.attention.slot_mask`; None: causal); a whole sequence
-    then sits at slots 0 .. N-1. ``first``: the index of the first of ``layers`` among the generator's
+    ``key_valid`` marking padded keys, or as an explicit ``mask`` (B|1, 1, N, N) says), or a step whose
+    inputs go to ``slots`` (B, N) of ``state``'s caches, attending in the order of the slot ``levels``
+    (S,) (:func:`~argen.nn.attention.slot_mask`; None: causal). ``rope``: the inputs' rotary rows, (N,
+    hd/2, 2) or (B, N, hd/2, 2). ``first``: the index of the first of ``layers`` among the generator's
     blocks, so that its KV cache is ``state.caches[first]`` (NAR runs its extra block on its own)."""
     layers = list(layers)
     if state is None:
-        mask = None
-        if levels is not None:
-            n = h.shape[1]
-            mask = slot_mask(torch.arange(n, device=h.device)[None], n, key_valid, levels[:n])
         for layer in layers:
             h = layer(h, rope, key_valid=key_valid, mask=mask)
         return h
