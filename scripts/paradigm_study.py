@@ -2,8 +2,9 @@
 and VAR (next-scale), on the shapes world (ShapesEval with 95% intervals, fd_shapes) or on digits (class
 accuracy of the digits classifier, fd_digits).
 
-Each paradigm trains with the quick start's recipe (shapes_raster_quick: lr 3e-3, warmup 50, no dropout,
-no EMA, batch 32; digits: digits_raster's) on its tokenizer's codes. Equal CPU time: the forward +
+On shapes every paradigm trains with the quick start's recipe (lr 3e-3, warmup 50, no EMA, batch 32:
+shapes_raster_quick, shapes_nar, shapes_var_quick); on digits each with its digits experiment's (digits_nar is
+digits_raster's recipe, digits_var has its own); each on its tokenizer's codes. Equal CPU time: the forward +
 backward + optimiser step of each model is timed on its own batches, in interleaved rounds in one process,
 and each paradigm gets ``ref_steps x (raster's ms per step / its ms per step)`` steps. Sampling is ancestral
 at one CFG scale and temperature 1 for all (samplers: DecodingPolicy), so only the paradigm differs (VAR
@@ -41,12 +42,10 @@ from argen.io.folders import atomic_write_json  # noqa: E402
 # world -> paradigm -> (generator experiment, tokenizer experiment)
 WORLDS: dict[str, dict[str, tuple[str, str]]] = {
     "shapes": {"raster": ("shapes_raster_quick", "shapes_vq"), "nar": ("shapes_nar", "shapes_vq"),
-               "var": ("shapes_var", "shapes_msvq")},
+               "var": ("shapes_var_quick", "shapes_msvq")},
     "digits": {"raster": ("digits_raster", "digits_vq"), "nar": ("digits_nar", "digits_vq"),
                "var": ("digits_var", "digits_msvq")},
 }
-QUICK_RECIPE = ["module.optimizer.lr=3e-3", "module.lr_schedule.warmup_steps=50", "module.ema_decay=null",
-                "data.global_batch_size=32"]  # shapes_raster_quick's, for VAR (whose own recipe differs)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,11 +91,8 @@ def tokenizer_for(args: argparse.Namespace, experiment: str) -> tuple[str, Path,
 
 
 def overrides(args: argparse.Namespace, paradigm: str, experiment: str, export: str, codes: Path) -> list[str]:
-    ov = [f"experiment={experiment}", f"name=study_{paradigm}", f"paths.output_root={args.out}",
-          f"tokenizer_path={export}", f"codes_dir={codes}", "resume=auto"]
-    if paradigm == "var" and args.world == "shapes":
-        ov += QUICK_RECIPE
-    return ov
+    return [f"experiment={experiment}", f"name=study_{paradigm}", f"paths.output_root={args.out}",
+            f"tokenizer_path={export}", f"codes_dir={codes}", "resume=auto"]
 
 
 def ms_per_step(configs: dict[str, list[str]], steps: int, rounds: int = 3) -> dict[str, float]:
@@ -221,13 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 from argen.eval.feature_nets import build_and_export
 
                 build_and_export("shapes", net, overwrite=True)
-            run_out = args.out / f"study_{paradigm}"
-            (run_out / "feature_nets").mkdir(parents=True, exist_ok=True)
-            link = run_out / "feature_nets" / "shapes"
-            if not link.exists():
-                link.symlink_to(net.resolve())
-            row.update(sampling_stage(run_out, row["export"], suite_per_tag=args.suite_per_tag,
-                                      fd_samples=args.fd_samples, cfg_scale=args.cfg_scale))
+            row.update(sampling_stage(args.out / f"study_{paradigm}", row["export"], suite_per_tag=args.suite_per_tag,
+                                      fd_samples=args.fd_samples, cfg_scale=args.cfg_scale, feature_net=net))
         else:
             row.update(evaluate_digits(args, row["export"], paradigm))
         report["paradigms"][paradigm] = row

@@ -198,8 +198,9 @@ def generator_stage(out: Path, tokenizer_export: str, steps: int | None, overrid
 
 
 def sampling_stage(out: Path, generator_export: str, *, suite_per_tag: int, fd_samples: int, cfg_scale: float,
-                   seed: int = 0) -> dict[str, Any]:
-    """ShapesEval of the prompt suite's samples, and fd_shapes of samples for held-out test captions."""
+                   seed: int = 0, feature_net: Path | None = None) -> dict[str, Any]:
+    """ShapesEval of the prompt suite's samples, and fd_shapes of samples for held-out test captions (on the
+    shapes feature network ``feature_net``, default ``out/feature_nets/shapes``)."""
     from argen.cli.sample import run as sample_run
 
     common = [f"generator_path={generator_export}", f"paths.output_root={out}", "overwrite=true", f"seed={seed}",
@@ -212,7 +213,7 @@ def sampling_stage(out: Path, generator_export: str, *, suite_per_tag: int, fd_s
     prompts.write_text("\n".join(test[i]["caption"] for i in range(fd_samples)) + "\n")
     fd = sample_run(compose_config("sample", [*common, f"prompt_file={prompts}", "n_per_condition=1",
                                               f"output_dir={out}/samples/test_captions", "eval=fd_shapes",
-                                              f"eval.extractor.path={out}/feature_nets/shapes"]))
+                                              f"eval.extractor.path={feature_net or out / 'feature_nets' / 'shapes'}"]))
     shapes = suite["evaluation"]
     return {"shapes": {"overall": shapes["overall"], **(shapes.get("task_scores") or {}),
                        "n_prompts": shapes.get("n_prompts"), "n_images": shapes.get("n_images"),
