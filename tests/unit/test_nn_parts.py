@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 from argen.core import Condition
 from argen.generators.raster import RasterGenerator
@@ -217,6 +218,30 @@ def test_word_encoder_needs_a_vocabulary() -> None:
         WordTextEncoder(vocab=[], max_length=4, dim=8, n_layer=1, n_head=2)
     with pytest.raises(ValueError, match="duplicate"):
         WordTextEncoder(vocab=["a", "a"], max_length=4, dim=8, n_layer=1, n_head=2)
+
+
+def test_a_frozen_word_encoder_keeps_its_weights_and_still_conditions() -> None:
+    """frozen=True: training moves cap_proj and the GPT, never the encoder, whose (random) weights stay in the
+    state dict; the caption still changes the logits."""
+    torch.manual_seed(0)
+    enc = WordTextEncoder(vocab=build_vocab(CAPTIONS), max_length=6, dim=32, n_layer=1, n_head=2, frozen=True)
+    gen = RasterGenerator(vocab_size=16, dim=32, n_layer=1, n_head=2, grid_size=3, multiple_of=16,
+                          condition=functools.partial(TextConditioner, encoder=enc))
+    nn.init.normal_(gen.output.weight, std=0.02)
+    encoder_keys = [k for k in gen.state_dict() if k.startswith("cls_embedding.encoder.")]
+    assert "cls_embedding.encoder.embedding.weight" in encoder_keys
+    before = {k: v.clone() for k, v in gen.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in gen.parameters() if p.requires_grad], lr=1e-2)
+    tokens = torch.randint(16, (2, 9))
+    cond = Condition(texts=["a red circle", "two green triangles"])
+    gen.loss(tokens, cond).loss.backward()
+    assert all(p.grad is None for p in enc.parameters())
+    opt.step()
+    after = gen.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in encoder_keys)
+    assert not torch.equal(before["cls_embedding.cap_proj.fc1.weight"], after["cls_embedding.cap_proj.fc1.weight"])
+    other = Condition(texts=["a blue square", "a red circle"])
+    assert (gen.logits(tokens, cond) - gen.logits(tokens, other)).abs().max() > 1e-4
 
 
 # ---- ClassEmbedder -----------------------------------------------------------------------------
