@@ -46,13 +46,13 @@ class RasterGenerator(PrefixGPT):
                  sequence_length: int | None = None, multiple_of: int = 256, ffn_dim_multiplier: float | None = None,
                  norm_eps: float = 1e-5, rope_base: float = 10000.0, zero_condition_rope: bool = True,
                  token_dropout: float = 0.1, attn_dropout: float = 0.0, resid_dropout: float = 0.1,
-                 ffn_dropout: float = 0.1, initializer_range: float = 0.02) -> None:
+                 ffn_dropout: float = 0.1, initializer_range: float = 0.02, condition_readout: float = 0.0) -> None:
         super().__init__(vocab_size=vocab_size, dim=dim, n_layer=n_layer, n_head=n_head, condition=condition,
                          grid_size=grid_size, sequence_length=sequence_length, multiple_of=multiple_of,
                          ffn_dim_multiplier=ffn_dim_multiplier, norm_eps=norm_eps, rope_base=rope_base,
                          zero_condition_rope=zero_condition_rope, token_dropout=token_dropout,
                          attn_dropout=attn_dropout, resid_dropout=resid_dropout, ffn_dropout=ffn_dropout,
-                         initializer_range=initializer_range)
+                         initializer_range=initializer_range, condition_readout=condition_readout)
 
     @classmethod
     def sizes_from_layout(cls, layout: TokenLayout, tokenizer_config: dict[str, Any]) -> dict[str, Any]:
@@ -73,6 +73,10 @@ class RasterGenerator(PrefixGPT):
     def logits(self, tokens: Tensor, cond: Condition) -> Tensor:
         """Teacher-forced logits (B, L, V) for every position in one causal pass."""
         return self.output(self.features(tokens, cond)).float()
+
+    def features_and_logits(self, tokens: Tensor, cond: Condition) -> tuple[Tensor, Tensor]:
+        feats = self.features(tokens, cond)
+        return feats, self.output(feats).float()
 
     def features(self, tokens: Tensor, cond: Condition) -> Tensor:
         """Teacher-forced final features (B, L, C) (after the last norm, what ``output`` reads):

@@ -10,6 +10,7 @@ or condition dropout in training) use the null class ``num_classes`` / the fixed
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from argen.core.condition import Condition
@@ -44,6 +45,21 @@ class ClassEmbedder(nn.Module):
         labels = cond.labels.to(null.device) if cond.labels is not None else torch.zeros_like(null, dtype=torch.long)
         labels = torch.where(null, torch.full_like(labels, self.num_classes), labels)
         return self.embedding_table(labels).unsqueeze(1), None  # (B, 1, C)
+
+    @property
+    def readout_size(self) -> int:
+        """Outputs of a condition readout head (:meth:`readout_loss`): one logit per class."""
+        return self.num_classes
+
+    def readout_loss(self, logits: Tensor, cond: Condition) -> Tensor:
+        """Cross-entropy of every position's readout ``logits`` (B, L, num_classes) against the row's class,
+        over the rows that are not null (0 when all are)."""
+        keep = ~cond.null_mask().to(logits.device)
+        if cond.labels is None or not bool(keep.any()):
+            return logits.sum() * 0.0
+        labels = cond.labels.to(logits.device)[keep]
+        rows = logits[keep].float()  # (R, L, K)
+        return F.cross_entropy(rows.reshape(-1, rows.shape[-1]), labels.repeat_interleave(rows.shape[1]))
 
 
 class MLP(nn.Module):
@@ -90,3 +106,26 @@ class TextConditioner(nn.Module):
             feats = torch.where(null[:, None, None], self.uncond_embedding.to(feats.dtype)[None], feats)
             valid = valid | null[:, None]
         return self.cap_proj(feats), (None if bool(valid.all()) else valid)
+
+    @property
+    def readout_size(self) -> int:
+        """Outputs of a condition readout head (:meth:`readout_loss`): one logit per word of the encoder's
+        vocabulary (``<pad>``, ``<unk>``, ``<eos>`` included, never targets)."""
+        if not hasattr(self.encoder, "stoi"):
+            raise ValueError(f"a condition readout predicts the caption's words, so it needs a word-level text "
+                             f"encoder (WordTextEncoder); {type(self.encoder).__name__} has no word vocabulary: "
+                             f"set generator.condition_readout=0")
+        return len(self.encoder.itos)
+
+    def readout_loss(self, logits: Tensor, cond: Condition) -> Tensor:
+        """Binary cross-entropy of every position's readout ``logits`` (B, L, words) against the bag of the
+        caption's words (multi-hot; the special ids are never targets), over the rows that are not null."""
+        keep = ~cond.null_mask().to(logits.device)
+        if cond.texts is None or not bool(keep.any()):
+            return logits.sum() * 0.0
+        ids, valid = self.encoder.tokenize([t for t, k in zip(cond.texts, keep.tolist()) if k])
+        target = torch.zeros(ids.shape[0], logits.shape[-1], device=logits.device)
+        target.scatter_(1, ids.to(logits.device), valid.to(logits.device).float())
+        target[:, :3] = 0.0  # <pad>, <unk>, <eos>
+        rows = logits[keep].float()  # (R, L, W)
+        return F.binary_cross_entropy_with_logits(rows, target[:, None].expand_as(rows))

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from argen.core import Condition
@@ -18,7 +19,15 @@ from argen.nn.attention import attention_mask
 from argen.nn.blocks import RMSNorm, find_multiple, swiglu_hidden
 from argen.nn.conditioning import ClassEmbedder, TextConditioner
 from argen.nn.rope import apply_rope, rope_1d, rope_2d
-from argen.nn.text import EOS, PAD, UNK, HFTextEncoder, WordTextEncoder, build_vocab, words
+from argen.nn.text import (
+    EOS,
+    PAD,
+    UNK,
+    HFTextEncoder,
+    WordTextEncoder,
+    build_vocab,
+    words,
+)
 
 CAPTIONS = ["a red circle", "a blue square", "two green triangles"]
 
@@ -242,6 +251,57 @@ def test_a_frozen_word_encoder_keeps_its_weights_and_still_conditions() -> None:
     assert not torch.equal(before["cls_embedding.cap_proj.fc1.weight"], after["cls_embedding.cap_proj.fc1.weight"])
     other = Condition(texts=["a blue square", "a red circle"])
     assert (gen.logits(tokens, cond) - gen.logits(tokens, other)).abs().max() > 1e-4
+
+
+def readout_gen(condition, weight: float) -> RasterGenerator:  # noqa: ANN001
+    torch.manual_seed(0)
+    return RasterGenerator(vocab_size=16, dim=32, n_layer=1, n_head=2, grid_size=3, multiple_of=16,
+                           condition=condition, condition_readout=weight, token_dropout=0.0, resid_dropout=0.0,
+                           ffn_dropout=0.0)
+
+
+def test_condition_readout_adds_the_bag_of_words_loss_of_every_position() -> None:
+    """loss = CE + w * BCE(readout(features_i), multi-hot caption words) over every position i and every
+    non-null row, written out here; special ids are never targets; weight 0 is LlamaGen's plain loss."""
+    enc = make_encoder(6)
+    gen = readout_gen(functools.partial(TextConditioner, encoder=enc), 0.5).eval()
+    nn.init.normal_(gen.output.weight, std=0.02)
+    tokens = torch.randint(16, (3, 9))
+    texts = ["a red circle", "two green triangles", "a blue square"]
+    cond = Condition(texts=texts, null=torch.tensor([False, True, False]))
+    out = gen.loss(tokens, cond)
+    feats = gen.features(tokens, cond)
+    ce = F.cross_entropy(gen.output(feats).reshape(-1, 16), tokens.reshape(-1))
+    target = torch.zeros(2, len(enc.itos))
+    for row, text in enumerate([texts[0], texts[2]]):
+        for w in text.split():
+            target[row, enc.stoi[w]] = 1.0
+    logits = gen.readout(feats[[0, 2]])  # (2, 9, W)
+    bce = F.binary_cross_entropy_with_logits(logits, target[:, None].expand_as(logits))
+    torch.testing.assert_close(out.loss, ce + 0.5 * bce)
+    torch.testing.assert_close(out.logs["condition_readout"], bce)
+    plain = readout_gen(functools.partial(TextConditioner, encoder=make_encoder(6)), 0.0)
+    assert not hasattr(plain, "readout") and "condition_readout" not in plain.eval().loss(tokens, cond).logs
+
+
+def test_condition_readout_of_classes_is_a_cross_entropy_and_needs_features() -> None:
+    gen = readout_gen(functools.partial(ClassEmbedder, num_classes=5), 1.0).eval()
+    tokens = torch.randint(16, (2, 9))
+    cond = Condition(labels=torch.tensor([3, 1]))
+    feats = gen.features(tokens, cond)
+    ce = F.cross_entropy(gen.output(feats).reshape(-1, 16), tokens.reshape(-1))
+    readout = F.cross_entropy(gen.readout(feats).reshape(-1, 5), torch.tensor([3] * 9 + [1] * 9))
+    torch.testing.assert_close(gen.loss(tokens, cond).loss, ce + readout)
+    all_null = gen.loss(tokens, Condition(labels=torch.tensor([3, 1]), null=torch.ones(2, dtype=torch.bool)))
+    assert float(all_null.logs["condition_readout"]) == 0.0
+
+    class NoVocab(nn.Module):
+        max_length, out_dim = 4, 8
+
+    with pytest.raises(ValueError, match="word-level text encoder.*condition_readout=0"):
+        readout_gen(functools.partial(TextConditioner, encoder=NoVocab()), 1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        readout_gen(functools.partial(ClassEmbedder, num_classes=5), -1.0)
 
 
 # ---- ClassEmbedder -----------------------------------------------------------------------------
