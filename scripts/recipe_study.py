@@ -184,16 +184,20 @@ def main(argv: list[str] | None = None) -> None:
            "val_loss": val_loss(trained["export"], args.codes),
            "caption_probe": caption_probe(trained["export"], args.codes),
            "evals": [evaluate(args, trained["export"], float(s)) for s in args.cfg_scale.split(",") if s]}
+    rows = json.loads(table.read_text()) if table.is_file() else []  # again: a parallel row may have landed
     old = next((r for r in rows if r["name"] == args.name), None)
     if old is not None and old.get("train_seconds", 0) > row["train_seconds"] * 5:  # resumed: keep the real time
         row.update(train_seconds=old["train_seconds"], cpu_minutes=old["cpu_minutes"], load_at_start=old["load_at_start"])
     rows = [r for r in rows if r["name"] != args.name] + [row]
-    table.write_text(json.dumps(rows, indent=2))
+    tmp = table.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=2))
+    tmp.replace(table)
     plot(rows, args.out / "table.png")
     print(f"{args.name}: val loss {row['val_loss']:.4f} nats/token | {row['cpu_minutes']:.1f} CPU min")  # noqa: T201
     for e in row["evals"]:
         print(f"{args.name} cfg {e['cfg_scale']}: ShapesEval {e['shapes_overall']:.3f} {e['ci95']} "  # noqa: T201
-              f"{ {k: round(v, 2) for k, v in (e['tasks'] or {}).items()} } | {row['cpu_minutes']:.1f} CPU min")
+              f"{ {k: round(v, 2) for k, v in (e['tasks'] or {}).items()} } | fd_shapes {e.get('fd_shapes')} (floor "
+              f"{e.get('fd_floor')}) | {row['cpu_minutes']:.1f} CPU min")
 
 
 if __name__ == "__main__":

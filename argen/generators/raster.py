@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from argen.core import Capabilities, Condition, DecodeState, StepOutput
@@ -46,13 +47,15 @@ class RasterGenerator(PrefixGPT):
                  sequence_length: int | None = None, multiple_of: int = 256, ffn_dim_multiplier: float | None = None,
                  norm_eps: float = 1e-5, rope_base: float = 10000.0, zero_condition_rope: bool = True,
                  token_dropout: float = 0.1, attn_dropout: float = 0.0, resid_dropout: float = 0.1,
-                 ffn_dropout: float = 0.1, initializer_range: float = 0.02, condition_readout: float = 0.0) -> None:
+                 ffn_dropout: float = 0.1, initializer_range: float = 0.02, condition_readout: float = 0.0,
+                 readout_layer: int | None = None) -> None:
         super().__init__(vocab_size=vocab_size, dim=dim, n_layer=n_layer, n_head=n_head, condition=condition,
                          grid_size=grid_size, sequence_length=sequence_length, multiple_of=multiple_of,
                          ffn_dim_multiplier=ffn_dim_multiplier, norm_eps=norm_eps, rope_base=rope_base,
                          zero_condition_rope=zero_condition_rope, token_dropout=token_dropout,
                          attn_dropout=attn_dropout, resid_dropout=resid_dropout, ffn_dropout=ffn_dropout,
-                         initializer_range=initializer_range, condition_readout=condition_readout)
+                         initializer_range=initializer_range, condition_readout=condition_readout,
+                         readout_layer=readout_layer)
 
     @classmethod
     def sizes_from_layout(cls, layout: TokenLayout, tokenizer_config: dict[str, Any]) -> dict[str, Any]:
@@ -74,21 +77,31 @@ class RasterGenerator(PrefixGPT):
         """Teacher-forced logits (B, L, V) for every position in one causal pass."""
         return self.output(self.features(tokens, cond)).float()
 
-    def features_and_logits(self, tokens: Tensor, cond: Condition) -> tuple[Tensor, Tensor]:
-        feats = self.features(tokens, cond)
-        return feats, self.output(feats).float()
+    def readout_features_and_logits(self, tokens: Tensor, cond: Condition) -> tuple[Tensor, Tensor]:
+        """What the condition readout reads (B, L, C) (the final features, or the normalised output of block
+        ``readout_layer - 1``) and the teacher-forced logits, from one pass."""
+        final, mid = self._trunk(tokens, cond, self.readout_layer)
+        return (final if mid is None else F.layer_norm(mid, (self.dim,))), self.output(final).float()
 
     def features(self, tokens: Tensor, cond: Condition) -> Tensor:
         """Teacher-forced final features (B, L, C) (after the last norm, what ``output`` reads):
         feature i predicts token i. The same features :meth:`step` returns as ``hidden``."""
+        return self._trunk(tokens, cond)[0]
+
+    def _trunk(self, tokens: Tensor, cond: Condition, split: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """Final features (B, L, C) and, with ``split``, the output of the first ``split`` blocks (B, L, C)."""
         length = tokens.shape[1]
         if length != self.seq_len:
             raise ValueError(f"expected {self.seq_len} tokens per image ({self.layout.kind} {self.layout.shapes}), "
                              f"got {length}")
         self.check_tokens(tokens)
         h, key_valid = self.prefixed(tokens[:, :-1], cond)  # (B, T + L - 1, C)
-        h = self.norm(run_layers(self.layers, h, self.rope[: h.shape[1]], key_valid=key_valid))
-        return h[:, self.prefix_len - 1:]  # (B, L, C)
+        rope = self.rope[: h.shape[1]]
+        k = len(self.layers) if split is None else split
+        mid = run_layers(self.layers[:k], h, rope, key_valid=key_valid)
+        h = self.norm(run_layers(self.layers[k:], mid, rope, key_valid=key_valid))
+        start = self.prefix_len - 1
+        return h[:, start:], (None if split is None else mid[:, start:])
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         """Token embeddings (B, F, C) (:class:`~argen.core.protocols.FeatureTarget`)."""

@@ -56,7 +56,7 @@ class PrefixGPT(GeneratorModule, ABC):
                  norm_eps: float = 1e-5, rope_base: float = 10000.0, zero_condition_rope: bool = True,
                  token_dropout: float = 0.1, attn_dropout: float = 0.0, resid_dropout: float = 0.1,
                  ffn_dropout: float = 0.1, initializer_range: float = 0.02, extra_blocks: int = 0,
-                 condition_readout: float = 0.0) -> None:
+                 condition_readout: float = 0.0, readout_layer: int | None = None) -> None:
         super().__init__()
         if (grid_size is None) == (sequence_length is None):
             raise ValueError("give exactly one of grid_size (2D raster) and sequence_length (1D tokens)")
@@ -76,8 +76,12 @@ class PrefixGPT(GeneratorModule, ABC):
         self.condition_readout = float(condition_readout)
         if self.condition_readout < 0:
             raise ValueError(f"condition_readout is a loss weight, >= 0; got {condition_readout}")
+        self.readout_layer = None if readout_layer is None else int(readout_layer)
+        if self.readout_layer is not None and not 1 <= self.readout_layer <= n_layer:
+            raise ValueError(f"readout_layer counts the blocks the condition readout reads after: 1..{n_layer} "
+                             f"(null: the final features), got {readout_layer}")
         if self.condition_readout:
-            if type(self).features_and_logits is PrefixGPT.features_and_logits:
+            if type(self).readout_features_and_logits is PrefixGPT.readout_features_and_logits:
                 raise ValueError(f"condition_readout needs the teacher-forced features, which "
                                  f"{type(self).__name__} does not expose: set generator.condition_readout=0")
             self.readout = nn.Linear(dim, int(self.cls_embedding.readout_size))
@@ -123,8 +127,9 @@ class PrefixGPT(GeneratorModule, ABC):
     def logits(self, tokens: Tensor, cond: Condition) -> Tensor:
         """Teacher-forced logits (B, L, V) of every position, in the generator's order."""
 
-    def features_and_logits(self, tokens: Tensor, cond: Condition) -> tuple[Tensor | None, Tensor]:
-        """Teacher-forced final features (B, L, C) (None where a generator does not expose them) and logits."""
+    def readout_features_and_logits(self, tokens: Tensor, cond: Condition) -> tuple[Tensor | None, Tensor]:
+        """The teacher-forced features the condition readout reads (B, L, C) (None where a generator does not
+        expose them) and the logits."""
         return None, self.logits(tokens, cond)
 
     def loss(self, tokens: Tensor, cond: Condition) -> LossOutput:
@@ -133,14 +138,15 @@ class PrefixGPT(GeneratorModule, ABC):
         times the condition readout loss.
 
         The condition readout (not in LlamaGen; off by default, so the loss is LlamaGen's): a linear head
-        ``readout`` on every position's final features predicts the condition (the caption's bag of words,
+        ``readout`` on every position's features (the final ones, or after block ``readout_layer``,
+        normalised) predicts the condition (the caption's bag of words,
         or the class), so that every image token, not only the few whose code depends on the caption,
         sends gradient through the attention to the condition slots. Measured (issue 14,
         ``scripts/binding_toy.py``): the step at which a colour word is read falls from ~1000 to ~200.
         The head is never used for sampling."""
         if self.training:
             cond = cond.with_dropout(self.condition_dropout)
-        feats, logits = self.features_and_logits(tokens, cond) if self.condition_readout else \
+        feats, logits = self.readout_features_and_logits(tokens, cond) if self.condition_readout else \
             (None, self.logits(tokens, cond))
         ce = F.cross_entropy(logits.reshape(-1, self.vocab_size), tokens.reshape(-1))
         with torch.no_grad():
