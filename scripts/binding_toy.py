@@ -9,11 +9,14 @@ about log(49) = 3.9 nats (only the place is unknown) and the swapped ones rise f
 
 Variants: ``trained`` (the WordTextEncoder trained jointly, the previous default), ``frozen`` (the encoder
 at its random init, ``generator.condition.encoder.frozen=true``), ``lr01`` (the encoder at 0.1x the lr),
-``layers0`` (no encoder layers), ``class`` (the 12 (colour, shape) pairs as class ids: the reference).
+``layers0`` (no encoder layers), ``class`` (the 12 (colour, shape) pairs as class ids: the reference),
+``trained_readout`` / ``frozen_readout`` (those encoders with ``generator.condition_readout=1``: every
+position's final features also predict the caption's bag of words).
 Each runs a raster_nano-sized GPT (dim 128, 4 layers) with the quick start's recipe (AdamW lr 3e-3, 50
 warmup steps, batch 32, no dropout).
 
     python scripts/binding_toy.py --out outputs/binding_toy --variants trained,frozen,class --steps 1000
+    python scripts/binding_toy.py --out outputs/binding_toy --variants frozen_readout,trained_readout --steps 500 --every 100
 
 Writes ``<out>/binding_toy.json`` (probe per variant and step) and ``<out>/binding_toy.png``.
 """
@@ -24,6 +27,7 @@ import argparse
 import functools
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,7 +44,7 @@ from argen.nn.text import WordTextEncoder
 
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple")
 SHAPES = ("square", "circle")
-VARIANTS = ("trained", "frozen", "lr01", "layers0", "class")
+VARIANTS = ("trained", "frozen", "lr01", "layers0", "class", "trained_readout", "frozen_readout")
 
 
 def scenes(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
@@ -62,10 +66,11 @@ def build(variant: str, seed: int) -> tuple[RasterGenerator, torch.optim.Optimiz
         condition = functools.partial(ClassEmbedder, num_classes=len(COLOURS) * len(SHAPES), dropout=0.1)
     else:
         enc = WordTextEncoder(vocab=sorted({"a", *COLOURS, *SHAPES}), max_length=16, dim=128,
-                              n_layer=0 if variant == "layers0" else 2, n_head=4, frozen=variant == "frozen")
+                              n_layer=0 if variant == "layers0" else 2, n_head=4, frozen=variant.startswith("frozen"))
         condition = functools.partial(TextConditioner, encoder=enc, dropout=0.1)
     model = RasterGenerator(vocab_size=64, dim=128, n_layer=4, n_head=4, multiple_of=32, grid_size=8,
-                            condition=condition, token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0)
+                            condition=condition, token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0,
+                            condition_readout=1.0 if variant.endswith("_readout") else 0.0)
     encoder = getattr(model.cls_embedding, "encoder", None)
     enc_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
     groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in enc_ids]}]
@@ -153,8 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     path = args.out / "binding_toy.json"
     results = json.loads(path.read_text())["variants"] if path.is_file() else {}
     for variant in variants:
-        results[variant] = run(variant, args.steps, args.every, args.seed)
-        tmp = path.with_suffix(".tmp")
+        trace = run(variant, args.steps, args.every, args.seed)
+        results = json.loads(path.read_text())["variants"] if path.is_file() else {}  # a parallel run may have written
+        results[variant] = trace
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"steps": args.steps, "seed": args.seed, "threads": args.threads,
                                    "variants": results}, indent=2))
         tmp.replace(path)

@@ -78,8 +78,8 @@ class RasterGenerator(PrefixGPT):
         return self.output(self.features(tokens, cond)).float()
 
     def readout_features_and_logits(self, tokens: Tensor, cond: Condition) -> tuple[Tensor, Tensor]:
-        """What the condition readout reads (B, L, C) (the final features, or the normalised output of block
-        ``readout_layer - 1``) and the teacher-forced logits, from one pass."""
+        """What the condition readout reads (B, L, C) (the final features, or the layer-normalised output of
+        the first ``readout_layer`` blocks) and the teacher-forced logits, from one pass."""
         final, mid = self._trunk(tokens, cond, self.readout_layer)
         return (final if mid is None else F.layer_norm(mid, (self.dim,))), self.output(final).float()
 

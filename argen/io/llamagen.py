@@ -107,7 +107,8 @@ GPT_KEY_MAP: dict[str, str | Drop] = {
 # argen-only GPT keys, dropped by argen_to_gpt: a jointly trained text encoder (WordTextEncoder)
 # has no place in LlamaGen, which always reads T5 features.
 GPT_ARGEN_ONLY: dict[str, str] = {
-    "cls_embedding.encoder.*": "argen's jointly trained text encoder: LlamaGen reads precomputed T5 features"}
+    "cls_embedding.encoder.*": "argen's jointly trained text encoder: LlamaGen reads precomputed T5 features",
+    "readout.*": "argen's condition readout head (a training-only auxiliary loss): LlamaGen has none"}
 
 VQ_KEY_MAP: dict[str, str | Drop] = {
     # Encoder/decoder, quant_conv (z 256 -> 8) and post_quant_conv keep LlamaGen's names and
@@ -186,13 +187,13 @@ def argen_to_gpt(state: Mapping[str, Tensor], *, reports: list[KeyReport] | None
                  family: GPTFamily = LLAMAGEN) -> dict[str, Tensor]:
     """RasterGenerator state dict -> LlamaGen ``Transformer`` state dict (loads with LlamaGen's
     ``load_state_dict``, which does not expect ``freqs_cis``). A jointly trained argen text
-    encoder has no LlamaGen counterpart and is dropped with a warning."""
+    encoder and the condition readout head have no LlamaGen counterpart and are dropped with a warning."""
     ledger = KeyLedger(state, f"argen->{family.name.lower()}")
     ledger.rename(inverse_table(family.key_map), what=f"argen->{family.name} GPT", drop=GPT_ARGEN_ONLY)
     report = ledger.report()
     if report.dropped:
-        log.warning("dropped %d argen-only text-encoder key(s): %s reads T5 features instead",
-                    len(report.dropped), family.name)
+        log.warning("dropped %d argen-only key(s) (%s has no word encoder or readout head): %s",
+                    len(report.dropped), family.name, ", ".join(sorted(report.dropped)[:4]))
     return ledger.result(reports)
 
 

@@ -16,6 +16,13 @@ from torch import Tensor, nn
 from argen.core.condition import Condition
 
 
+def _kept(logits: Tensor, cond: Condition) -> Tensor | None:
+    """The rows of ``cond`` a condition readout learns from (not null), as a (B,) bool mask on ``logits``'
+    device; None when there are none."""
+    keep = ~cond.null_mask().to(logits.device)
+    return keep if bool(keep.any()) else None
+
+
 class ClassEmbedder(nn.Module):
     """One prefix token per class id; row ``num_classes`` is the null class (LlamaGen's 1000)."""
 
@@ -54,8 +61,8 @@ class ClassEmbedder(nn.Module):
     def readout_loss(self, logits: Tensor, cond: Condition) -> Tensor:
         """Cross-entropy of every position's readout ``logits`` (B, L, num_classes) against the row's class,
         over the rows that are not null (0 when all are)."""
-        keep = ~cond.null_mask().to(logits.device)
-        if cond.labels is None or not bool(keep.any()):
+        keep = _kept(logits, cond)
+        if cond.labels is None or keep is None:
             return logits.sum() * 0.0
         labels = cond.labels.to(logits.device)[keep]
         rows = logits[keep].float()  # (R, L, K)
@@ -120,12 +127,12 @@ class TextConditioner(nn.Module):
     def readout_loss(self, logits: Tensor, cond: Condition) -> Tensor:
         """Binary cross-entropy of every position's readout ``logits`` (B, L, words) against the bag of the
         caption's words (multi-hot; the special ids are never targets), over the rows that are not null."""
-        keep = ~cond.null_mask().to(logits.device)
-        if cond.texts is None or not bool(keep.any()):
+        keep = _kept(logits, cond)
+        if cond.texts is None or keep is None:
             return logits.sum() * 0.0
         ids, valid = self.encoder.tokenize([t for t, k in zip(cond.texts, keep.tolist()) if k])
         target = torch.zeros(ids.shape[0], logits.shape[-1], device=logits.device)
         target.scatter_(1, ids.to(logits.device), valid.to(logits.device).float())
-        target[:, :3] = 0.0  # <pad>, <unk>, <eos>
+        target[:, : self.encoder.num_special] = 0.0  # <pad>, <unk>, <eos>
         rows = logits[keep].float()  # (R, L, W)
         return F.binary_cross_entropy_with_logits(rows, target[:, None].expand_as(rows))

@@ -77,8 +77,8 @@ class WordTextEncoder(nn.Module):
     shapes world (issue 14): jointly trained, the encoder's outputs for different captions collapse to one
     vector within a few optimiser steps (their relative difference falls from 0.76 to 0.02 in 50 steps):
     ~63 of 64 image tokens need no caption, so the common gradient turns the shared encoder into a
-    constant and its LayerNorm squashes the words' differences; the model then needs about twice the
-    steps to read a colour word. Frozen, the features keep the words apart and only the projection
+    constant and its LayerNorm squashes the words' differences; on a toy (scripts/binding_toy.py) the model
+    then needs more steps to read a colour word than with this encoder frozen. Frozen, the features keep the words apart and only the projection
     learns. The weights are still saved (they are random, so an export needs them).
     """
 
@@ -90,6 +90,7 @@ class WordTextEncoder(nn.Module):
                              "vocab from the training captions of the code cache; pass vocab=[...] otherwise")
         self.vocab = list(vocab)
         self.itos = [PAD, UNK, EOS, *self.vocab]
+        self.num_special = len((PAD, UNK, EOS))  # the ids below it
         self.stoi = {w: i for i, w in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
             raise ValueError("the vocabulary has duplicate words")

@@ -139,6 +139,9 @@ def test_text_generator_names_drop_the_argen_only_encoder() -> None:
     assert set(official) == llamagen_gpt_names(LAYERS, text=True)
     assert tuple(official["cls_embedding.uncond_embedding"].shape) == (3, 8)
     assert tuple(official["cls_embedding.cap_proj.fc1.weight"].shape) == (DIM, 8)
+    with_readout = tiny_gpt(condition=functools.partial(TextConditioner, encoder=enc, dropout=0.1), condition_readout=1.0)
+    assert "readout.weight" in with_readout.state_dict()
+    assert set(argen_to_gpt(with_readout.state_dict())) == llamagen_gpt_names(LAYERS, text=True)
 
 
 # ---- (b) an official-style file -> export -> argen.load -------------------------------------------
