@@ -36,7 +36,7 @@ DESCRIPTION = """argen-quickstart: the embedded default end to end on a CPU: tra
 a text-conditional raster GPT on its codes, then samples the shapes prompt suite and scores it."""
 EPILOG = """Example:
   argen-quickstart --output outputs/quickstart --steps 400 --generator-steps 800
-  argen-quickstart --preset best --output outputs/best      # experiment=shapes_best, about 45 minutes
+  argen-quickstart --preset best --output outputs/best      # experiment=shapes_best, about 35 minutes
 Writes <output>/report.json; re-running resumes (finished runs are not retrained)."""
 
 
@@ -57,7 +57,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", default="outputs/quickstart", metavar="DIR",
                    help="folder for runs, grids and report.json (%(default)s)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                   help="quick (default) or best (shapes_best, ~45 min)")
+                   help="quick (default) or best (shapes_best, ~35 min)")
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="tokenizer training steps (the preset's: quick 400, best 600)")
     p.add_argument("--eval-images", type=int, default=1000, metavar="N",
