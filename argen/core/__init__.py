@@ -3,9 +3,10 @@
 from argen.core.condition import Condition
 from argen.core.errors import ConfigError, IncompatibleError, MissingFileError
 from argen.core.protocols import (Capabilities, Drafter, FlowGenerator, Generator, LossOutput, Requirements, Sampler,
-                                  SampleResult, SamplingStats, StepOutput, bind, check_compatible, needs)
+                                  SampleResult, SamplingStats, StepOutput, bind, chain_order, check_compatible,
+                                  needs)
 from argen.core.state import DecodeState, KVCache
 
 __all__ = ["Capabilities", "Condition", "ConfigError", "DecodeState", "Drafter", "FlowGenerator", "Generator",
            "IncompatibleError", "KVCache", "LossOutput", "MissingFileError", "Requirements", "SampleResult", "Sampler",
-           "SamplingStats", "StepOutput", "bind", "check_compatible", "needs"]
+           "SamplingStats", "StepOutput", "bind", "chain_order", "check_compatible", "needs"]

@@ -43,17 +43,22 @@ class Capabilities:
     """What a generator offers, and (as :data:`Requirements`) what a sampler needs; one dataclass for both.
 
     output: ``logits`` over a vocabulary, or ``velocity`` of a flow over continuous entities;
-    chain: the plan is a singleton chain in layout order and one step can feed several consecutive
-    positions, returning for each query logits that depend only on earlier positions (what verifying a
-    draft window needs); rollback: ``DecodeState.truncate`` is supported; ragged: rows advance
-    independently (per-row positions and queries, ``restart`` of single rows: continuous batching);
-    reorder: rows of a state can be selected or repeated (``DecodeState.select``: multi-trial samplers)."""
+    chain: the plan's groups, concatenated, are the chain order (:func:`chain_order`: layout order for
+    raster, window after window for Token-Shuffle), one step can feed several positions consecutive in
+    that order, and each query's logits depend only on positions earlier in it, so that the product of
+    the queried conditionals along the chain is the generator's distribution (what verifying a draft
+    window needs); rollback: ``DecodeState.truncate`` is supported; ragged: rows advance independently
+    (per-row positions and queries, ``restart`` of single rows: continuous batching); reorder: rows of a
+    state can be selected or repeated (``DecodeState.select``: multi-trial samplers); features: the
+    generator is a :class:`FeatureTarget` (teacher-forced features one per position, its token embedding
+    and head), what an EAGLE drafter reads."""
 
     output: str = "logits"
     chain: bool = False
     rollback: bool = False
     ragged: bool = False
     reorder: bool = False
+    features: bool = False
 
     def __post_init__(self) -> None:
         if self.output not in ("logits", "velocity"):
@@ -62,7 +67,7 @@ class Capabilities:
     def missing(self, required: Capabilities) -> list[str]:
         """What ``required`` asks for that these capabilities lack."""
         out = [f"output={required.output}"] if required.output != self.output else []
-        return out + [name for name in ("chain", "rollback", "ragged", "reorder")
+        return out + [name for name in ("chain", "rollback", "ragged", "reorder", "features")
                       if getattr(required, name) and not getattr(self, name)]
 
 
@@ -239,6 +244,12 @@ class Sampler(Protocol):
 
     def sample(self, generator: Generator, cond: Condition, *, seeds: Tensor, batch_size: int | None = None,
                on_finish: Any = None) -> SampleResult: ...
+
+
+def chain_order(plan: list[Tensor]) -> Tensor:
+    """(L,) int64: the layout position at each index of the chain, the plan's groups concatenated (a
+    ``chain`` generator's order: speculative samplers draft and verify along it)."""
+    return torch.cat([torch.as_tensor(g, dtype=torch.long).reshape(-1).cpu() for g in plan])
 
 
 def as_positions(x: Tensor | list[int] | range, device: torch.device | str = "cpu") -> Tensor:

@@ -82,8 +82,10 @@ class DecodeState:
     tokens, class token, VAR's start token); pending: (B, T, C) condition embeddings not yet run through
     the model, for the rows flagged in ``pending_rows`` (the next step runs them with the row's feed);
     key_valid: (B, max_len) bool, False on padded condition slots; extras: generator-specific tensors
-    (e.g. VAR's accumulated latent), each rolled back by the generator that owns it. ``lengths`` and
-    ``fed`` live on the CPU: they are bookkeeping, read by the host to build each step's slots.
+    (e.g. VAR's accumulated latent), each rolled back by the generator that owns it; tokens_per_slot:
+    fed positions per slot of the caches (1; Token-Shuffle: the s^2 tokens of a window share one slot,
+    and only complete windows hold slots). ``lengths`` and ``fed`` live on the CPU: they are
+    bookkeeping, read by the host to build each step's slots.
     """
 
     caches: list[KVCache]
@@ -96,6 +98,7 @@ class DecodeState:
     pending_rows: Tensor | None = None
     key_valid: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    tokens_per_slot: int = 1
 
     def __post_init__(self) -> None:
         if self.lengths.numel() == 0:
@@ -126,7 +129,7 @@ class DecodeState:
             raise ValueError(f"cannot truncate to {target.tolist()} fed positions: the rows hold {self.fed.tolist()}")
         ran = ~self.is_pending()  # a row whose condition is pending has nothing to forget
         self.fed = torch.where(ran, target, self.fed)
-        self.lengths = torch.where(ran, self.prefix_len + self.fed, self.lengths)
+        self.lengths = torch.where(ran, self.prefix_len + self.fed // self.tokens_per_slot, self.lengths)
 
     def select(self, index: Tensor) -> None:
         """Keep rows ``index`` (B',) in this order, rows may repeat (multi-trial samplers, compacting a

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from argen.core import Capabilities, Condition, DecodeState, StepOutput
 from argen.nn.gpt import PrefixGPT, count_parameters, raster_layout
-from argen.nn.trunk import find_inputs, positions_per_row, row_slots, run_layers
+from argen.nn.trunk import find_inputs, positions_per_row, row_slots
 from tokenizers_vq.layout import TokenLayout
 
 __all__ = ["RasterGenerator", "count_parameters", "raster_layout"]
@@ -40,7 +40,7 @@ class RasterGenerator(PrefixGPT):
     (token/resid/ffn 0.1, attention 0, N(0, 0.02), zero-initialised output head).
     """
 
-    capabilities = Capabilities(output="logits", chain=True, rollback=True, ragged=True, reorder=True)
+    capabilities = Capabilities(output="logits", chain=True, rollback=True, ragged=True, reorder=True, features=True)
 
     def __init__(self, *, vocab_size: int, dim: int, n_layer: int, n_head: int,
                  condition: Callable[..., nn.Module], grid_size: int | None = None,
@@ -96,12 +96,7 @@ class RasterGenerator(PrefixGPT):
                              f"got {length}")
         self.check_tokens(tokens)
         h, key_valid = self.prefixed(tokens[:, :-1], cond)  # (B, T + L - 1, C)
-        rope = self.rope[: h.shape[1]]
-        k = len(self.layers) if split is None else split
-        mid = run_layers(self.layers[:k], h, rope, key_valid=key_valid)
-        h = self.norm(run_layers(self.layers[k:], mid, rope, key_valid=key_valid))
-        start = self.prefix_len - 1
-        return h[:, start:], (None if split is None else mid[:, start:])
+        return self.trunk(h, key_valid, split)
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         """Token embeddings (B, F, C) (:class:`~argen.core.protocols.FeatureTarget`)."""
@@ -146,7 +141,7 @@ class RasterGenerator(PrefixGPT):
         counts = self._check_feed(state, pos)
         pend = state.is_pending()
         t = self.prefix_len if bool(pend.any()) else 0
-        # inputs [condition part (t) | token part (f)]: the condition part is real for pending rows only
+        # the slots advance() will give: [condition part (t) | token part (f)]
         base = state.lengths + t * pend.long()
         slots = torch.cat([row_slots(state.lengths, t * pend.long(), t), row_slots(base, counts, f)], dim=1)
         if bool((qry >= self.seq_len).any()):
@@ -159,19 +154,14 @@ class RasterGenerator(PrefixGPT):
             raise ValueError(f"query positions {qry[row].tolist()} of row {row} are not predicted by the slots of "
                              f"this step (query t comes from position t - 1, or from the condition for t = 0; "
                              f"the row has fed {int(state.fed[row])} positions and feeds {int(counts[row])} now)")
-        parts = [state.pending] if t else []
+        x = None
         if f:
             inside = torch.arange(f)[None] < counts[:, None]
             if tokens.device.type == "cpu":  # on GPUs the check would sync every step; the lookup asserts anyway
                 self.check_tokens(tokens[inside])
-            parts.append(self.tok_embeddings(torch.where(inside.to(tokens.device), tokens, 0)))
-        h = torch.cat(parts, dim=1)  # (B, t + f, C)
-        # Slot s holds condition slot s (< prefix) or position s - prefix; rope rows are indexed by slot.
-        h = self.norm(run_layers(self.layers, h, self.rope[slots.clamp_min(0).to(self.rope.device)], state, slots))
-        state.lengths, state.fed = base + counts, state.fed + counts
-        if t:
-            state.pending_rows = None
-            state.pending = None
+            x = self.tok_embeddings(torch.where(inside.to(tokens.device), tokens, 0))
+        h, _ = self.advance(state, x, counts)  # (B, t + f, C)
+        state.fed = state.fed + counts
         hidden = h[torch.arange(b, device=h.device)[:, None], index.clamp_min(0).to(h.device)]  # (B, Q, C)
         return StepOutput(logits=self.output(hidden).float(), hidden=hidden)
 

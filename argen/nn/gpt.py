@@ -25,18 +25,32 @@ from argen.core.state import allocate_kv, round_up
 from argen.nn.blocks import RMSNorm, TransformerBlock, swiglu_hidden
 from argen.nn.module import GeneratorModule
 from argen.nn.rope import rope_1d, rope_2d
+from argen.nn.trunk import row_slots, run_layers
 from tokenizers_vq.layout import TokenLayout, check_token_ids
 
 
-def raster_layout(vocab_size: int, grid_size: int | None, sequence_length: int | None, head_dim: int, *,
-                  rope_base: float, prefix: int = 0, zero_prefix: bool = True) -> tuple[TokenLayout, Tensor]:
-    """The layout of a raster sequence (a ``grid_size`` square in raster order, 2D RoPE, or a 1D
-    sequence of ``sequence_length``, 1D RoPE) and its rotary table (prefix + L, hd/2, 2)."""
+def grid_shape(grid_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(height, width) of a grid given as one side (a square) or as (height, width)."""
+    if isinstance(grid_size, int):
+        return grid_size, grid_size
+    h, w = (int(x) for x in grid_size)
+    return h, w
+
+
+def raster_layout(vocab_size: int, grid_size: int | tuple[int, int] | None, sequence_length: int | None,
+                  head_dim: int, *, rope_base: float, prefix: int = 0, zero_prefix: bool = True,
+                  rope_grid: tuple[int, int] | None = None) -> tuple[TokenLayout, Tensor]:
+    """The layout of a raster sequence (a ``grid_size`` square, or (height, width), in raster order, 2D
+    RoPE, or a 1D sequence of ``sequence_length``, 1D RoPE) and its rotary table (prefix + L, hd/2, 2);
+    ``rope_grid``: the 2D grid of the trunk's positions when it is not the layout's (Token-Shuffle's
+    windows), giving a table of prefix + h * w rows."""
     if (grid_size is None) == (sequence_length is None):
         raise ValueError("give exactly one of grid_size (2D raster) and sequence_length (1D tokens)")
     if grid_size is not None:
-        layout = TokenLayout(kind="grid", shapes=((grid_size, grid_size),), vocab_size=vocab_size)
-        return layout, rope_2d(grid_size, grid_size, head_dim, base=rope_base, prefix=prefix, zero_prefix=zero_prefix)
+        h, w = grid_shape(grid_size)
+        layout = TokenLayout(kind="grid", shapes=((h, w),), vocab_size=vocab_size)
+        rh, rw = (h, w) if rope_grid is None else rope_grid
+        return layout, rope_2d(rh, rw, head_dim, base=rope_base, prefix=prefix, zero_prefix=zero_prefix)
     assert sequence_length is not None
     layout = TokenLayout(kind="sequence", shapes=((1, sequence_length),), vocab_size=vocab_size)
     return layout, rope_1d(sequence_length, head_dim, base=rope_base, prefix=prefix, zero_prefix=zero_prefix)
@@ -51,12 +65,13 @@ class PrefixGPT(GeneratorModule, ABC):
     initialised the same way before ``output`` is zeroed."""
 
     def __init__(self, *, vocab_size: int, dim: int, n_layer: int, n_head: int,
-                 condition: Callable[..., nn.Module], grid_size: int | None = None,
+                 condition: Callable[..., nn.Module], grid_size: int | tuple[int, int] | None = None,
                  sequence_length: int | None = None, multiple_of: int = 256, ffn_dim_multiplier: float | None = None,
                  norm_eps: float = 1e-5, rope_base: float = 10000.0, zero_condition_rope: bool = True,
                  token_dropout: float = 0.1, attn_dropout: float = 0.0, resid_dropout: float = 0.1,
                  ffn_dropout: float = 0.1, initializer_range: float = 0.02, extra_blocks: int = 0,
-                 condition_readout: float = 0.0, readout_layer: int | None = None) -> None:
+                 condition_readout: float = 0.0, readout_layer: int | None = None,
+                 rope_grid: tuple[int, int] | None = None) -> None:
         super().__init__()
         if (grid_size is None) == (sequence_length is None):
             raise ValueError("give exactly one of grid_size (2D raster) and sequence_length (1D tokens)")
@@ -88,9 +103,12 @@ class PrefixGPT(GeneratorModule, ABC):
         self._add_heads()
         head_dim = dim // n_head
         self.layout, table = raster_layout(vocab_size, grid_size, sequence_length, head_dim, rope_base=rope_base,
-                                           prefix=self.prefix_len, zero_prefix=zero_condition_rope)
-        self.register_buffer("rope", table, persistent=False)  # (prefix + L, hd/2, 2)
+                                           prefix=self.prefix_len, zero_prefix=zero_condition_rope,
+                                           rope_grid=rope_grid)
+        self.register_buffer("rope", table, persistent=False)  # (prefix + trunk positions, hd/2, 2)
         self._init_weights(initializer_range)
+
+    tokens_per_slot = 1  # layout positions per trunk slot (Token-Shuffle: s^2)
 
     def _add_heads(self) -> None:
         """Modules beyond the shared ones (NAR's second head); called before the init."""
@@ -172,20 +190,57 @@ class PrefixGPT(GeneratorModule, ABC):
         key_valid = None if valid is None else torch.cat([valid, valid.new_ones(tokens.shape)], dim=1)
         return h, key_valid
 
+    def trunk(self, h: Tensor, key_valid: Tensor | None, split: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """Teacher-forced trunk over inputs (B, T + N, C) (the condition prefix, then N inputs): the final
+        features (B, N + 1, C) of the last condition slot and every input (slot ``prefix - 1 + i``
+        predicts what comes after input i - 1) and, with ``split``, the output of the first ``split``
+        blocks at the same slots."""
+        rope = self.rope[: h.shape[1]]
+        k = len(self.layers) if split is None else split
+        mid = run_layers(self.layers[:k], h, rope, key_valid=key_valid)
+        h = self.norm(run_layers(self.layers[k:], mid, rope, key_valid=key_valid))
+        start = self.prefix_len - 1
+        return h[:, start:], (None if split is None else mid[:, start:])
+
+    def advance(self, state: DecodeState, inputs: Tensor | None, counts: Tensor) -> tuple[Tensor, Tensor]:
+        """One decoding pass of the trunk: run the condition prefix of the rows whose condition is pending,
+        then ``counts[b]`` of row b's ``inputs`` (B, N, C) (left-aligned; None when N = 0), each at the next
+        slots of its row. Returns the final features (B, t + N, C) (t: the prefix length when a condition
+        ran in this pass, else 0) and their slots (B, t + N) (-1: padding); ``state.lengths`` advances,
+        ``state.fed`` is the caller's (what a slot holds is the generator's)."""
+        pend = state.is_pending()
+        t = self.prefix_len if bool(pend.any()) else 0
+        n = 0 if inputs is None else inputs.shape[1]
+        if not (t or n):
+            raise ValueError("nothing to feed: the first step runs the condition, later steps need tokens")
+        # inputs [condition part (t) | fed part (n)]: the condition part is real for pending rows only
+        base = state.lengths + t * pend.long()
+        slots = torch.cat([row_slots(state.lengths, t * pend.long(), t), row_slots(base, counts, n)], dim=1)
+        parts = ([state.pending] if t else []) + ([inputs] if n else [])
+        h = torch.cat(parts, dim=1)  # (B, t + n, C)
+        # rope rows are indexed by slot: condition slot s (< prefix), or trunk position s - prefix
+        h = self.norm(run_layers(self.layers, h, self.rope[slots.clamp_min(0).to(self.rope.device)], state, slots))
+        state.lengths = base + counts
+        if t:
+            state.pending_rows = None
+            state.pending = None
+        return h, slots
+
     def start(self, cond: Condition, *, max_len: int | None = None) -> DecodeState:
         """Allocate the KV caches of every block (prefix + L slots, rounded up to 8 as LlamaGen) for
         ``cond``'s rows; each row's condition prefix runs with its first ``step``."""
         prefix, valid = self.embed_condition(cond)
         param = self.output.weight
         b = prefix.shape[0]
-        slots = round_up(self.prefix_len + (self.seq_len if max_len is None else max_len), 8)
+        length = self.seq_len if max_len is None else max_len
+        slots = round_up(self.prefix_len + -(-length // self.tokens_per_slot), 8)
         caches = allocate_kv(len(self.layers), b, self.n_head, slots, self.dim // self.n_head, like=param)
         key_valid = None
         if valid is not None:
             key_valid = torch.ones(b, slots, dtype=torch.bool, device=param.device)
             key_valid[:, : self.prefix_len] = valid
         return DecodeState(caches=caches, batch_size=b, prefix_len=self.prefix_len, max_len=slots,
-                           pending=prefix.to(param.dtype), key_valid=key_valid)
+                           pending=prefix.to(param.dtype), key_valid=key_valid, tokens_per_slot=self.tokens_per_slot)
 
     def restart(self, state: DecodeState, rows: Tensor, cond: Condition) -> None:
         """Begin new samples in ``rows`` (R,) of ``state`` with conditions ``cond`` (R rows), the other

@@ -191,6 +191,8 @@ class SpeculativeSampler(SpeculativeLoop):
     ``sample`` | ``greedy`` (see :class:`~argen.samplers.drafts.DrafterDrafts`); the rest as
     :class:`SpeculativeLoop`."""
 
+    requires = Requirements(output="logits", chain=True, rollback=True, ragged=True, features=True)
+
     def __init__(self, *, drafter: Any, draft_len: int = 4, draft: str = "sample", **policy_and_acceptance: Any):
         drafter = load_drafter(drafter) if isinstance(drafter, (str, Path)) else drafter
         super().__init__(source=DrafterDrafts(drafter=drafter, draft_len=draft_len, draft=draft),

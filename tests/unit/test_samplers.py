@@ -143,9 +143,21 @@ def test_linear_schedule_ramps_from_one_to_scale() -> None:
     torch.testing.assert_close(mixed[:, 2], lu[:, 2] + 5.0 * (lc[:, 2] - lu[:, 2]))
 
 
+def test_guidance_schedules_follow_their_formulas() -> None:
+    """Each schedule against its formula, written out here (argen.samplers.guidance): every one starts at
+    1 (constant excepted) and ends at s."""
+    s, u = 4.0, torch.linspace(0, 1, 9)
+    expected = {"constant": torch.full_like(u, s), "linear": 1 + (s - 1) * u,
+                "cosine": 1 + (s - 1) * 0.5 * (1 - torch.cos(torch.pi * u)),
+                "half_linear": torch.where(u < 0.5, 1 + (s - 1) * 2 * u, torch.full_like(u, s))}
+    for name, want in expected.items():
+        torch.testing.assert_close(Guidance(scale=s, schedule=name).scale_at(u), want, msg=name)
+    assert float(Guidance(scale=s, schedule="cosine").scale_at(torch.tensor([0.25]))) < 1 + (s - 1) * 0.25
+
+
 def test_guidance_rejects_invalid_arguments() -> None:
     with pytest.raises(ValueError, match="schedule"):
-        Guidance(scale=2.0, schedule="cosine")
+        Guidance(scale=2.0, schedule="exponential")
     with pytest.raises(ValueError, match="scale"):
         Guidance(scale=-1.0)
 
