@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from argen.core import Capabilities, Condition, DecodeState, StepOutput
-from argen.nn.gpt import PrefixGPT, count_parameters, raster_layout
+from argen.nn.gpt import PrefixGPT, consecutive_feed, count_parameters, raster_layout
 from argen.nn.trunk import find_inputs, positions_per_row, row_slots
 from tokenizers_vq.layout import TokenLayout
 
@@ -116,20 +116,6 @@ class RasterGenerator(PrefixGPT):
                              f"{self.seq_len} positions (1D sequences take 1..{self.seq_len}; grids all of them)")
         return [torch.tensor([i]) for i in range(n)]
 
-    def _check_feed(self, state: DecodeState, positions: Tensor) -> Tensor:
-        """Per-row counts (B,) of fed positions, after checking they continue each row's sequence."""
-        counts = (positions >= 0).sum(1)
-        j = torch.arange(positions.shape[1])[None]
-        inside = j < counts[:, None]
-        expected = state.fed[:, None] + j
-        if bool(((positions >= 0) != inside).any()) or bool((positions != expected)[inside].any()):
-            bad = int(((positions != expected) & inside | ((positions >= 0) != inside)).any(1).nonzero()[0])
-            raise ValueError(f"raster steps feed consecutive positions from each row's last one: row {bad} has fed "
-                             f"{int(state.fed[bad])}, got {positions[bad].tolist()} (-1 only after its last)")
-        if bool((positions >= self.seq_len).any()):
-            raise ValueError(f"positions {positions.max().item()} go past the last position {self.seq_len - 1}")
-        return counts
-
     def step(self, state: DecodeState, tokens: Tensor, positions: Tensor, query: Tensor) -> StepOutput:
         """Feed ``tokens`` (B, F) at layout ``positions`` ((F,) for every row, or (B, F) per row, -1 where a
         row feeds fewer), each row continuing from its ``state.fed``; return logits (B, Q, V) for ``query``
@@ -138,7 +124,7 @@ class RasterGenerator(PrefixGPT):
         runs in this step)."""
         b, f = tokens.shape
         pos, qry = positions_per_row(positions, b, "positions"), positions_per_row(query, b, "query")
-        counts = self._check_feed(state, pos)
+        counts = consecutive_feed(state.fed, pos, self.seq_len, order="raster")
         pend = state.is_pending()
         t = self.prefix_len if bool(pend.any()) else 0
         # the slots advance() will give: [condition part (t) | token part (f)]

@@ -56,6 +56,23 @@ def raster_layout(vocab_size: int, grid_size: int | tuple[int, int] | None, sequ
     return layout, rope_1d(sequence_length, head_dim, base=rope_base, prefix=prefix, zero_prefix=zero_prefix)
 
 
+def consecutive_feed(fed: Tensor, positions: Tensor, length: int, *, order: str) -> Tensor:
+    """Per-row counts (B,) of the fed ``positions`` (B, F) (indices along the generator's chain, -1 after a
+    row's last), after checking that they continue each row's sequence from its ``fed`` (B,) and stay
+    below ``length``; ``order`` names the chain in the error."""
+    counts = (positions >= 0).sum(1)
+    j = torch.arange(positions.shape[1])[None]
+    inside = j < counts[:, None]
+    expected = fed[:, None] + j
+    if bool(((positions >= 0) != inside).any()) or bool((positions != expected)[inside].any()):
+        bad = int(((positions != expected) & inside | ((positions >= 0) != inside)).any(1).nonzero()[0])
+        raise ValueError(f"{order} steps feed consecutive positions of the {order} order from each row's last one: "
+                         f"row {bad} has fed {int(fed[bad])}, got {positions[bad].tolist()} (-1 only after its last)")
+    if bool((positions >= length).any()):
+        raise ValueError(f"positions {positions.max().item()} go past the last position {length - 1}")
+    return counts
+
+
 class PrefixGPT(GeneratorModule, ABC):
     """The shared parts, named as LlamaGen's ``Transformer`` (so official checkpoints map by a documented,
     nearly-identity key table): ``cls_embedding`` (the condition embedder ``condition(dim=dim)``),

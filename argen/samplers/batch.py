@@ -22,8 +22,10 @@ from argen.samplers.random import RowRandom
 @dataclass
 class Flight:
     """index: (B,) sample index per row (CPU); n: (B,) positions decided per row (CPU); tokens: (B, L)
-    decided tokens then drafts; out: (N, L) finished samples; state: the generator's decode state
-    (2B rows when guided: row b and its null twin b + B); rng: the rows' random streams."""
+    decided tokens then drafts, in the generator's chain order; out: (N, L) finished samples, in layout
+    order; state: the generator's decode state (2B rows when guided: row b and its null twin b + B); rng:
+    the rows' random streams; order: (L,) the layout position at each chain index
+    (:func:`~argen.core.protocols.chain_order`; None: the chain is the layout order)."""
 
     cond: Condition
     seeds: Tensor
@@ -37,6 +39,26 @@ class Flight:
     stats: SamplingStats = field(default_factory=SamplingStats)
     queued: int = 0
     on_finish: OnFinish | None = None
+    order: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.order is not None and bool((self.order == torch.arange(len(self.order))).all()):
+            self.order = None  # the layout order: nothing to map
+        self.inverse = None if self.order is None else torch.argsort(self.order)
+
+    def layout(self, chain: Tensor) -> Tensor:
+        """Layout positions of chain indices (any shape, CPU; -1 stays -1)."""
+        if self.order is None:
+            return chain
+        return torch.where(chain >= 0, self.order[chain.clamp_min(0)], -1)
+
+    def inverse_of(self, layout: Tensor) -> Tensor:
+        """Chain indices of layout positions (any shape, CPU, >= 0)."""
+        return layout if self.inverse is None else self.inverse[layout]
+
+    def in_layout(self, tokens: Tensor) -> Tensor:
+        """(R, L) tokens in chain order -> layout order."""
+        return tokens if self.inverse is None else tokens[:, self.inverse.to(tokens.device)]
 
     @property
     def rows(self) -> int:
@@ -62,9 +84,10 @@ def finished_rows(flight: Flight) -> Tensor:
     done = ((flight.n >= flight.length) & (flight.index >= 0)).nonzero()[:, 0]
     if len(done):
         idx = flight.index[done]
-        flight.out[idx.to(flight.out.device)] = flight.tokens[done.to(flight.tokens.device)]
+        tokens = flight.in_layout(flight.tokens[done.to(flight.tokens.device)])
+        flight.out[idx.to(flight.out.device)] = tokens
         if flight.on_finish is not None:
-            flight.on_finish(idx.tolist(), flight.tokens[done.to(flight.tokens.device)])
+            flight.on_finish(idx.tolist(), tokens)
     return done
 
 

@@ -90,9 +90,10 @@ class JacobiDrafts:
             new = (j >= self.have).to(device) & (j < counts).to(device)
             pos = positions[:, j]
             token = fresh[:, j]
-            if self.init == "row" and self.grid_width is not None:
-                above = (pos - self.grid_width).clamp_min(0)
-                token = torch.where(pos >= self.grid_width, flight.tokens[rows, above], token)
+            if self.init == "row" and self.grid_width is not None:  # the layout's row above, along the chain
+                lay = flight.layout(pos.cpu())
+                above = flight.inverse_of((lay - self.grid_width).clamp_min(0)).to(device)
+                token = torch.where((lay >= self.grid_width).to(device), flight.tokens[rows, above], token)
             flight.tokens[rows[new], pos[new]] = token[new]
             self.q[new, j] = one_hot_probs(token[new], self.vocab)
         return Drafts(flight.tokens.gather(1, positions), self.q, counts)
@@ -185,7 +186,7 @@ class DrafterDrafts:
             if g is None:  # no row can draft yet; draw all the same, so every row's stream stays in step
                 q = one_hot_probs(tokens[:, :1], self.vocab)
             else:
-                q = self.policy.probs(self.drafter.head(g), positions[:, i:i + 1])  # (B, 1, V)
+                q = self.policy.probs(self.drafter.head(g), flight.layout(positions[:, i:i + 1]))  # (B, 1, V)
             x = flight.rng.categorical(q) if self.draft == "sample" else q.argmax(-1)
             x = torch.where(live[:, None], x, 0)
             if self.draft == "greedy" or g is None:

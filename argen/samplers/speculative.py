@@ -3,6 +3,10 @@ whose pass scores a causal window (``chain``), whose state rolls back and whose 
 (``ragged``). Jacobi re-drafts (SJD, algorithms.md section 7) and an EAGLE-style drafter (section 8)
 are draft sources (:mod:`argen.samplers.drafts`); acceptance is exact (lossless) or LANTERN's.
 
+Positions here are indices along the generator's chain (:func:`~argen.core.protocols.chain_order`: the
+layout order for raster, window after window for Token-Shuffle); the flight keeps its tokens in that order
+and maps to layout positions when it calls the generator and when a sample is handed over.
+
 Each round, for every row in flight: the source drafts up to D tokens after the row's decided ones; one
 target pass feeds the row's last decided token and its drafts and scores those positions and the one
 after; the verifier keeps the leading accepted drafts and one more token (resampled at the first
@@ -25,7 +29,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from argen.core import Condition, Generator, Requirements, SampleResult, StepOutput, check_compatible, needs
+from argen.core import (Condition, Generator, Requirements, SampleResult, StepOutput, chain_order, check_compatible,
+                        needs)
 from argen.samplers.batch import Flight, OnFinish, compact, finished_rows
 from argen.samplers.common import check_request, finish
 from argen.samplers.drafts import DrafterDrafts, Drafts
@@ -130,7 +135,7 @@ class SpeculativeLoop:
                         tokens=generator.layout.empty(n_rows, device), out=generator.layout.empty(len(cond), device),
                         state=state,
                         rng=RowRandom(seeds[first].to(device)), doubled=self.policy.doubled, queued=n_rows,
-                        on_finish=on_finish)
+                        on_finish=on_finish, order=chain_order(generator.plan()))
         self.source.begin(flight, generator, self.policy)
         return flight
 
@@ -147,9 +152,9 @@ class SpeculativeLoop:
         device = flight.tokens.device
         feed = flight.tokens.gather(1, positions.clamp(0, flight.length - 1).to(device))
         rows = self.policy.rows
-        out = generator.step(flight.state, rows(feed), rows(positions), rows(query))
+        out = generator.step(flight.state, rows(feed), rows(flight.layout(positions)), rows(flight.layout(query)))
         assert out.logits is not None  # output="logits" was checked
-        p = self.policy.probs(out.logits, query)  # (B, D + 1, V)
+        p = self.policy.probs(out.logits, flight.layout(query))  # (B, D + 1, V)
         verdict = self.verifier(p, drafts.tokens, drafts.q, flight.rng, counts=counts)
         accepted = verdict.accepted.cpu()
         live = flight.index >= 0

@@ -58,6 +58,13 @@ def nar(vocab: int) -> dict[str, Any]:
             "n_head": 2, "multiple_of": 16, "grid_size": 2 if vocab <= 3 else 4, "condition": _class_condition()}
 
 
+def token_shuffle(vocab: int) -> dict[str, Any]:
+    """2x2 windows: of a 2x4 grid in the toy (two windows, 3^8 sequences), of a 4x4 grid otherwise."""
+    return {"_target_": "argen.generators.token_shuffle.TokenShuffleGenerator", "vocab_size": vocab, "dim": 32,
+            "n_layer": 2, "n_head": 2, "multiple_of": 16, "grid_size": [2, 4] if vocab <= 3 else 4, "window": 2,
+            "shuffle_blocks": 1, "condition": _class_condition()}
+
+
 def var(vocab: int) -> dict[str, Any]:
     scales = [1, 2] if vocab <= 3 else [1, 2, 3]
     return {"_target_": "argen.generators.var.VARGenerator", "vocab_size": vocab, "scales": scales, "input_dim": 4,
@@ -78,6 +85,7 @@ CASES: list[Case] = [
     Case("raster_1d", lambda v: raster(v, grid=None, length=4 if v <= 3 else 12)),
     Case("var", var, bind=bind_var),
     Case("nar", nar),  # the toy: a 2x2 grid in 3 anti-diagonals (3^4 sequences)
+    Case("token_shuffle", token_shuffle),
 ]
 TOY_VOCAB = 3
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from argen.core import chain_order
 from argen.samplers import AncestralSampler
 from tests.contract.cases import CASES, Case
 from tokenizers_vq.io import load_pretrained, save_pretrained
@@ -53,16 +54,18 @@ def test_rollback_equals_a_fresh_state(case: Case) -> None:
     """Feed wrong drafts after every decided prefix, roll back, feed the truth: the logits are a fresh
     state's (a rejected draft leaves nothing behind)."""
     g = case.build()
+    order = chain_order(g.plan())  # positions advance along the chain (layout order for raster)
     tokens, cond = random_tokens(g, 3), case.cond(3)
     wrong = (tokens + 1) % g.vocab_size
     state = g.start(cond)
     length = g.layout.length
-    logits = [g.step(state, tokens[:, :0], torch.zeros(0, dtype=torch.long), torch.tensor([0])).logits]
+    logits = [g.step(state, tokens[:, :0], torch.zeros(0, dtype=torch.long), order[:1]).logits]
     for i in range(length - 1):
-        g.step(state, wrong[:, i:i + 3], torch.arange(i, min(i + 3, length)), torch.arange(i + 1, min(i + 4, length)))
+        window = order[i:i + 3]
+        g.step(state, wrong[:, window], window, order[i + 1:i + 4])
         state.truncate(i)
-        logits.append(g.step(state, tokens[:, i:i + 1], torch.tensor([i]), torch.tensor([i + 1])).logits)
-    torch.testing.assert_close(torch.cat(logits, dim=1), g.logits(tokens, cond), atol=1e-5, rtol=1e-5)
+        logits.append(g.step(state, tokens[:, order[i:i + 1]], order[i:i + 1], order[i + 1:i + 2]).logits)
+    torch.testing.assert_close(torch.cat(logits, dim=1), g.logits(tokens, cond)[:, order], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.build().capabilities.ragged], ids=lambda c: c.name)
@@ -71,8 +74,10 @@ def test_a_ragged_advance_equals_each_row_decoded_alone(case: Case) -> None:
     """Rows feed 1, 2 and 3 positions a step (-1 pads) and one row restarts with a new condition half
     way: every row's logits are its own teacher-forced ones."""
     g = case.build()
+    order = chain_order(g.plan())  # positions advance along the chain: work in chain order, map when stepping
     tokens, cond = random_tokens(g, 4, seed=3), case.cond(4)
-    full = g.logits(tokens, cond)
+    full = g.logits(tokens, cond)[:, order]
+    tokens = tokens[:, order]
     length, speeds = g.layout.length, torch.tensor([1, 2, 3])
     state = g.start(cond.index(torch.arange(3)))
     got = torch.zeros(3, length, g.vocab_size)
@@ -87,7 +92,8 @@ def test_a_ragged_advance_equals_each_row_decoded_alone(case: Case) -> None:
         want = n[:, None] + torch.arange(int(speeds.max()))[None]
         query = torch.where(want < target[:, None], want, -1)
         feed = tokens[owner][rows[:, None], pos.clamp_min(0)]
-        out = g.step(state, feed, pos, query).logits
+        layout = lambda x: torch.where(x >= 0, order[x.clamp_min(0)], -1)  # noqa: E731
+        out = g.step(state, feed, layout(pos), layout(query)).logits
         for r in range(3):
             for j, t in enumerate(query[r].tolist()):
                 if t >= 0:

@@ -115,5 +115,5 @@ def test_speculative_with_var_names_the_incompatibility_not_the_drafter(var_expo
     with pytest.raises(IncompatibleError) as info:
         sample_run(sample_cfg(var_export, tmp_path, "sampler=speculative"))
     message = str(info.value)
-    assert "sampler SpeculativeSampler needs chain, rollback, ragged but generator VARGenerator" in message
+    assert "sampler SpeculativeSampler needs chain, rollback, ragged, features but generator VARGenerator" in message
     assert "drafter" not in message
