@@ -26,6 +26,15 @@ under ``torch.inference_mode``. Generators (``--generators``):
   decides an anti-diagonal) and ``speedup_vs_raster`` against ``raster_tiny`` / ``gpt_b`` at the same grid,
   exactly as for VAR.
 
+- Token-Shuffle (:class:`TokenShuffleGenerator`): ``ts`` = ``token_shuffle_nano`` (raster_nano's trunk, s x s
+  windows) with s = 1, 2, 4 at 16x16 tokens (``ts64``: 64 px images at f = 4) and 32x32 (``ts128``: 128 px),
+  vocabulary 1024, 10 classes, against ``raster_nano`` at the same grids (``nano64``, ``nano128``, in the
+  set). Records: ``generator: token_shuffle``, ``family: token_shuffle``, ``preset``, ``grid``, ``px``, the
+  window ``s``, ``trunk_positions_per_image`` = L / s^2 (= ``forward_passes_per_image``: one pass decides a
+  window) and ``speedup_vs_raster`` against ``raster_nano`` at the same grid. Token-Shuffle and its raster
+  counterparts also get ``train_step_s``: the median seconds of one training step (forward, backward, AdamW)
+  at batch ``--train-batch`` on random codes.
+
 Default set: ``tiny,gpt_b,var,nar,nar_b`` (plus ``var_d16`` on CUDA); ``--quick``: ``tiny8,var8,nar8``.
 
 Measures
@@ -90,6 +99,7 @@ if str(REPO) not in sys.path:
 from argen.cli.common import CONFIG_DIR, build  # noqa: E402
 from argen.core import Condition  # noqa: E402
 from argen.generators.nar import NARGenerator  # noqa: E402
+from argen.generators.token_shuffle import TokenShuffleGenerator  # noqa: E402
 from argen.generators.raster import RasterGenerator  # noqa: E402
 from argen.samplers.ancestral import AncestralSampler  # noqa: E402
 from argen.samplers.random import RowRandom, sample_seeds  # noqa: E402
@@ -100,13 +110,14 @@ log = logging.getLogger("argen.bench")
 # A record's identity for merging: records agreeing on all of these (missing = None) replace each
 # other. Later samplers add their own knobs here (window, k, delta, ...).
 IDENTITY_KEYS = ("generator", "family", "preset", "scales", "tokens_per_image", "sampler", "batch", "device",
-                 "dtype", "cfg_scale", "window", "k", "delta", "draft", "num_steps", "drafter")
+                 "dtype", "cfg_scale", "window", "k", "delta", "draft", "num_steps", "drafter", "s")
 # A VAR run and its raster counterpart agree on these (besides the final grid) for speedup_vs_raster.
 MATCH_KEYS = ("sampler", "batch", "device", "dtype", "cfg_scale", "cfg_schedule", "window", "k", "delta", "draft",
               "num_steps", "threads")
 # VAR preset -> the raster preset of the same model class it is compared with (same final grid).
-RASTER_COUNTERPART = {"var_tiny": "raster_tiny", "var_d16": "gpt_b", "nar_tiny": "raster_tiny", "nar_b": "gpt_b"}
-PARALLEL = ("var", "nar")  # the families compared with their raster counterpart
+RASTER_COUNTERPART = {"var_tiny": "raster_tiny", "var_d16": "gpt_b", "nar_tiny": "raster_tiny", "nar_b": "gpt_b",
+                      "token_shuffle_nano": "raster_nano"}
+PARALLEL = ("var", "nar", "token_shuffle")  # the families compared with their raster counterpart
 VAR_SCALES = {8: (1, 2, 3, 4, 6, 8), 16: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)}  # 16: VAR's 256 px scales
 VAR_CODE_DIM = 32  # VAR's Cvae: width of the quantizer's codes fed to word_embed
 REF_STEP = 16  # kv_step_cost_ratio = t(last step) / t(step REF_STEP)
@@ -125,6 +136,12 @@ class Spec:
     classes: int
     family: str = "raster"
     scales: tuple[int, ...] = ()
+    window: int = 0  # Token-Shuffle's s
+
+    @property
+    def trains(self) -> bool:
+        """Whether the run also times a training step (Token-Shuffle and its raster counterparts)."""
+        return self.family == "token_shuffle" or self.preset == "raster_nano"
 
 
 SPECS: dict[str, tuple[Spec, ...]] = {
@@ -138,6 +155,13 @@ SPECS: dict[str, tuple[Spec, ...]] = {
     "nar16": (Spec("nar16", "nar_tiny", 16, 1024, 10, "nar"),),
     "nar_b": (Spec("nar_b", "nar_b", 16, 16384, 1000, "nar"),),
 }
+for _grid, _px in ((16, 64), (32, 128)):
+    SPECS[f"nano{_px}"] = (Spec(f"nano{_px}", "raster_nano", _grid, 1024, 10),)
+    for _s in (1, 2, 4):
+        SPECS[f"ts{_px}_s{_s}"] = (Spec(f"ts{_px}_s{_s}", "token_shuffle_nano", _grid, 1024, 10, "token_shuffle",
+                                        window=_s),)
+    SPECS[f"ts{_px}"] = SPECS[f"nano{_px}"] + tuple(SPECS[f"ts{_px}_s{_s}"][0] for _s in (1, 2, 4))
+SPECS["ts"] = SPECS["ts64"] + SPECS["ts128"]
 SPECS["tiny"] = SPECS["tiny8"] + SPECS["tiny16"]
 SPECS["var"] = SPECS["var8"] + SPECS["var16"]
 SPECS["nar"] = SPECS["nar8"] + SPECS["nar16"]
@@ -157,6 +181,7 @@ class Settings:
     matmul_budget_s: float
     cfg_scale: float
     cfg_batch: int
+    train_batch: int = 32
 
     @property
     def dtype(self) -> torch.dtype:
@@ -188,8 +213,9 @@ def build_generator(spec: Spec, device: torch.device, dtype: torch.dtype) -> nn.
         quantizer = MultiScaleQuantizer(codebook_size=spec.vocab, embed_dim=VAR_CODE_DIM, scales=spec.scales)
         gen.attach_tokenizer(quantizer.to(device).eval())
         return gen.to(device=device, dtype=dtype).eval()
+    extra = [f"window={spec.window}"] if spec.family == "token_shuffle" else []
     node = compose_generator(spec.preset, [f"vocab_size={spec.vocab}", f"grid_size={spec.grid}",
-                                           f"condition.num_classes={spec.classes}"])
+                                           f"condition.num_classes={spec.classes}", *extra])
     gen = build(node, "generator")
     nn.init.normal_(gen.output.weight, std=0.02)  # NAR's medusa_output is drawn from N(0, 0.02) already
     return gen.to(device=device, dtype=dtype).eval()
@@ -201,6 +227,9 @@ def flops_per_image(gen: nn.Module) -> float:
     position attends over the condition and every position of its and earlier anti-diagonals."""
     if isinstance(gen, RasterGenerator):
         return sum(gen.flops_per_token(context=gen.prefix_len + k) for k in range(gen.seq_len))
+    if isinstance(gen, TokenShuffleGenerator):  # window k attends over prefix + k slots, shared by its s^2 tokens
+        return sum(gen.flops_per_token(context=gen.prefix_len + k) * gen.tokens_per_slot
+                   for k in range(gen.num_windows))
     if isinstance(gen, NARGenerator):
         levels = gen.levels[gen.prefix_len:]
         return sum(gen.flops_per_token(context=gen.prefix_len + int((levels <= lv).sum())) for lv in levels)
@@ -276,6 +305,10 @@ def measure_run(gen: nn.Module, spec: Spec, batch: int, cfg_scale: float, settin
                                 "grid": f"{spec.grid}x{spec.grid}", "scales": list(spec.scales)}
     elif spec.family == "nar":
         head = {"generator": "nar", "family": "nar", "preset": spec.preset, "grid": f"{spec.grid}x{spec.grid}"}
+    elif spec.family == "token_shuffle":
+        head = {"generator": "token_shuffle", "family": "token_shuffle", "preset": spec.preset,
+                "grid": f"{spec.grid}x{spec.grid}", "px": spec.grid * 4, "s": spec.window,
+                "trunk_positions_per_image": length // (spec.window * spec.window)}
     else:
         head = {"generator": spec.preset, "family": "raster", "grid": f"{spec.grid}x{spec.grid}"}
     record = {
@@ -292,6 +325,26 @@ def measure_run(gen: nn.Module, spec: Spec, batch: int, cfg_scale: float, settin
     if spec.family in PARALLEL:  # filled by fill_speedups once the raster runs are in
         record.update(speedup_vs_raster=None, raster_images_per_s=None, raster_counterpart=None)
     return record
+
+
+def train_step_seconds(spec: Spec, batch: int, settings: Settings, steps: int = 3) -> float:
+    """Median seconds of a training step (loss forward, backward, AdamW step) of a fresh copy of ``spec``'s
+    generator in train mode at ``batch`` random codes (after one warm-up step)."""
+    gen = build_generator(spec, settings.device, settings.dtype).train()
+    opt = torch.optim.AdamW(gen.parameters(), lr=1e-4)
+    cond, _ = make_batch(spec, batch, settings.device)
+    tokens = torch.randint(0, spec.vocab, (batch, gen.layout.length), device=settings.device)
+    times = []
+    for i in range(steps + 1):
+        sync(settings.device)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        gen.loss(tokens, cond).loss.backward()
+        opt.step()
+        sync(settings.device)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 # ---- KV step cost ------------------------------------------------------------------------------
@@ -433,6 +486,9 @@ def run_label(r: dict[str, Any]) -> str:
         label = f"VAR {r.get('preset')} {r.get('grid')} ({len(r.get('scales') or ())} scales), {r['sampler']}"
     elif r.get("family") == "nar":
         label = f"NAR {r.get('preset')} {r.get('grid')} ({r.get('forward_passes_per_image')} passes), {r['sampler']}"
+    elif r.get("family") == "token_shuffle":
+        label = f"Token-Shuffle s={r.get('s')} {r.get('grid')} ({r.get('trunk_positions_per_image')} positions), " \
+                f"{r['sampler']}"
     else:
         grid = f"{r['grid']} " if r.get("grid") else ""
         label = f"{r['generator']} {grid}({r.get('tokens_per_image')} tok), {r['sampler']}"
@@ -478,8 +534,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for label, (r, points) in sorted(series.items()):
         xs, ys = zip(*sorted(points))
         family, cfg = r.get("family"), r.get("cfg_scale", 1.0) != 1.0
-        left.plot(xs, ys, marker={"var": "s", "nar": "^"}.get(family, "o"),
-                  ls={"var": "--", "nar": ":"}.get(family, "-"), color=colours[run_pair(r)],
+        left.plot(xs, ys, marker={"var": "s", "nar": "^", "token_shuffle": "D"}.get(family, "o"),
+                  ls={"var": "--", "nar": ":", "token_shuffle": "-."}.get(family, "-"), color=colours[run_pair(r)],
                   fillstyle="none" if cfg else "full", label=label)
     left.set(xscale="log", yscale="log", xlabel="batch", ylabel="images / s", title="sampling throughput")
     log_axes(left, sorted({r["batch"] for r in runs}))
@@ -492,12 +548,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
             ratios.setdefault(label, (r, []))[1].append((r["batch"], r["speedup_vs_raster"]))
         for label, (r, points) in sorted(ratios.items()):
             xs, ys = zip(*sorted(points))
-            middle.plot(xs, ys, marker="s" if r.get("family") == "var" else "^",
-                        ls="--" if r.get("family") == "var" else ":", color=colours[run_pair(r)],
+            family = r.get("family")
+            middle.plot(xs, ys, marker={"var": "s", "nar": "^", "token_shuffle": "D"}.get(family, "o"),
+                        ls={"var": "--", "nar": ":", "token_shuffle": "-."}.get(family, "-"), color=colours[run_pair(r)],
                         fillstyle="none" if r.get("cfg_scale", 1.0) != 1.0 else "full", label=label)
         middle.axhline(1.0, color="grey", lw=0.8)
         middle.set(xscale="log", yscale="log", xlabel="batch", ylabel="images/s / raster images/s",
-                   title="VAR and NAR speedup vs raster (same final grid)")
+                   title="speedup vs raster (same final grid)")
         log_axes(middle, sorted({r["batch"] for r in with_speedup}))
         middle.legend(fontsize=6)
     probe = report.get("kv_step_probe")
@@ -529,6 +586,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-repeats", type=int, default=None, help="repeats of the per-step probe (default 3)")
     p.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale of the extra CFG run (1 = none)")
     p.add_argument("--cfg-batch", type=int, default=8, help="batch of the extra CFG run (0 = skip it)")
+    p.add_argument("--train-batch", type=int, default=32,
+                   help="batch of the training-step timing (Token-Shuffle and raster_nano runs)")
     p.add_argument("--matmul-budget", type=float, default=None, help="seconds for the matmul peak probe")
     t = p.add_argument_group("trained-model sampler sweep (scripts/bench_speculative.py): replaces the runs above")
     t.add_argument("--trained", default=None, help="exported shapes generator: sweep samplers on it (speed + quality)")
@@ -562,7 +621,7 @@ def make_settings(args: argparse.Namespace) -> Settings:
                     kv_repeats=args.kv_repeats or (2 if args.quick else 3), kv_batch=args.kv_batch,
                     matmul_sizes=(256, 512) if args.quick else sizes,
                     matmul_budget_s=args.matmul_budget or (1.0 if args.quick else 12.0),
-                    cfg_scale=args.cfg_scale, cfg_batch=args.cfg_batch)
+                    cfg_scale=args.cfg_scale, cfg_batch=args.cfg_batch, train_batch=args.train_batch)
 
 
 def select(args: argparse.Namespace) -> tuple[list[Spec], list[int]]:
@@ -589,10 +648,14 @@ def run_all(specs: list[Spec], batches: list[int], settings: Settings,
     probe: dict[str, Any] = {}
     for spec in specs:
         gen = build_generator(spec, settings.device, settings.dtype)
+        train_s = train_step_seconds(spec, settings.train_batch, settings) if spec.trains else None
         with torch.inference_mode():
             for batch, scale in [(b, 1.0) for b in batches] + cfg:
                 bar.set_postfix_str(f"{spec.name} b{batch} cfg{scale:g}")
-                on_record(measure_run(gen, spec, batch, scale, settings))
+                record = measure_run(gen, spec, batch, scale, settings)
+                if train_s is not None:
+                    record.update(train_step_s=train_s, train_batch=settings.train_batch)
+                on_record(record)
                 bar.update()
             if spec == probe_spec and isinstance(gen, RasterGenerator):
                 probe = kv_step_probe(gen, spec, settings)

@@ -143,3 +143,21 @@ def test_select_defaults() -> None:
     assert names(["--quick"]) == ["tiny8", "var8", "nar8"]
     assert names([]) == ["tiny8", "tiny16", "gpt_b", "var8", "var16", "nar8", "nar16", "nar_b"]
     assert names(["--generators", "var,tiny16"]) == ["var8", "var16", "tiny16"]
+
+
+def test_token_shuffle_records_carry_the_window_positions_and_speedup(tmp_path: Path) -> None:
+    """Token-Shuffle s = 2 and s = 4 against raster_nano at 16x16 (64 px): L / s^2 trunk positions = passes, a
+    training-step time, and the speed-up over raster of this run."""
+    bench = load_script()
+    bench.main(["--out", str(tmp_path), "--generators", "nano64,ts64_s2,ts64_s4", "--batches", "2", "--cfg-batch", "0",
+                "--repeats", "1", "--kv-repeats", "1", "--matmul-budget", "0.2", "--train-batch", "2"])
+    runs = json.loads((tmp_path / "sampling.json").read_text())["runs"]
+    raster = next(r for r in runs if r["family"] == "raster")
+    assert raster["generator"] == "raster_nano" and raster["forward_passes_per_image"] == 256
+    for s in (2, 4):
+        r = next(r for r in runs if r["family"] == "token_shuffle" and r["s"] == s)
+        assert r["generator"] == "token_shuffle" and r["grid"] == "16x16" and r["px"] == 64
+        assert r["trunk_positions_per_image"] == r["forward_passes_per_image"] == 256 // (s * s)
+        assert r["tokens_per_image"] == 256 and r["train_step_s"] > 0 and r["train_batch"] == 2
+        assert r["speedup_vs_raster"] == r["images_per_s"] / raster["images_per_s"]
+        assert r["raster_counterpart"] == "raster_nano 16x16"
