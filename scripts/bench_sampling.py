@@ -3,7 +3,7 @@
     python scripts/bench_sampling.py --out DIR [--device cpu|cuda] [--dtype fp32|bf16] [--quick]
                                      [--generators tiny,gpt_b,var] [--batches 1,8,64] [--threads N]
 
-Writes ``DIR/sampling.json`` and ``DIR/sampling.png``. Models are randomly initialised from the
+Writes ``DIR/sampling.json`` and ``DIR/sampling.png`` (and ``DIR/token_shuffle.png`` with Token-Shuffle runs). Models are randomly initialised from the
 YAML presets in ``argen/configs/generator`` (weights do not change the speed; the zero-initialised
 raster output head is re-drawn from N(0, 0.02) so sampling is not degenerate) and run in eval mode
 under ``torch.inference_mode``. Generators (``--generators``):
@@ -570,6 +570,48 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 # ---- driver ------------------------------------------------------------------------------------
+def plot_token_shuffle(runs: list[dict[str, Any]], path: Path) -> bool:
+    """``token_shuffle.png``: per grid, the sampling speed-up of Token-Shuffle over raster_nano against s (each
+    batch, without CFG) and the training-step speed-up; False (nothing written) without Token-Shuffle runs."""
+    ts = [r for r in runs if r.get("family") == "token_shuffle" and r.get("speedup_vs_raster")]
+    if not ts:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    grids = sorted({r["grid"] for r in ts}, key=lambda g: int(g.split("x")[0]))
+    for i, grid in enumerate(grids):
+        mine = [r for r in ts if r["grid"] == grid]
+        px = mine[0].get("px")
+        for batch, ls in zip(sorted({r["batch"] for r in mine}), ("-", "--", ":", "-.")):
+            pts = sorted((r["s"], r["speedup_vs_raster"]) for r in mine if r["batch"] == batch and r["cfg_scale"] == 1.0)
+            if pts:
+                left.plot(*zip(*pts), marker="D", ls=ls, color=f"C{i}", label=f"{grid} ({px} px), batch {batch}")
+        raster = next((r for r in runs if r.get("family") == "raster" and r.get("grid") == grid
+                       and r.get("train_step_s")), None)
+        if raster is not None:
+            pts = sorted({(r["s"], raster["train_step_s"] / r["train_step_s"]) for r in mine if r.get("train_step_s")})
+            right.plot(*zip(*pts), marker="D", color=f"C{i}",
+                       label=f"{grid} ({px} px), batch {mine[0].get('train_batch')}")
+    for ax, what in ((left, "sampling images/s"), (right, "training steps/s")):
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel="window s (trunk positions = L / s^2)",
+               ylabel=f"{what} / raster_nano's", xticks=[1, 2, 4])
+        ax.set_xticklabels(["1", "2", "4"])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    left.set_title("Token-Shuffle sampling speed-up over raster")
+    right.set_title("training-step speed-up over raster")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="folder for sampling.json and sampling.png")
@@ -759,6 +801,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      else f"{r['speedup_vs_raster']:.2f}x ({r['raster_counterpart']})")
     write_json_atomic(path, report)
     plot(report, args.out / "sampling.png")
+    plot_token_shuffle(report["runs"], args.out / "token_shuffle.png")
     ratio = report.get("kv_step_cost_ratio")
     log.info("kv_step_cost_ratio %s, matmul peak %.1f GFLOP/s, achieved %.1f GFLOP/s, utilisation %.3f -> %s",
              "n/a" if ratio is None else f"{ratio:.3f}", top["matmul_peak_gflops"], util["achieved_gflops"],

@@ -42,6 +42,9 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]
     p.add_argument("--experiment", default="shapes_raster")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cfg-scale", default="2.0", help="comma list: one ShapesEval per scale ('': val loss only)")
+    p.add_argument("--cfg-schedules", default="constant",
+                   help="comma list of CFG schedules (constant, linear, cosine, half_linear): one ShapesEval per "
+                        "scale and schedule")
     p.add_argument("--suite-per-tag", type=int, default=20)
     p.add_argument("--n-per-prompt", type=int, default=4)
     p.add_argument("--fill", action="store_true",
@@ -118,23 +121,27 @@ def caption_probe(export: str, codes: str) -> dict[str, float]:
             "shape_swapped": val_loss(export, codes, tag="colors", caption=lambda c: swap_word(c, DEFAULT_SHAPES)) - true}
 
 
-def evaluate(args: argparse.Namespace, export: str, cfg_scale: float) -> dict[str, Any]:
+def evaluate(args: argparse.Namespace, export: str, cfg_scale: float, schedule: str = "constant") -> dict[str, Any]:
     from argen.cli.common import compose_config
     from argen.cli.sample import run as sample_run
+    from argen.training.prepare import export_config
 
-    folder = args.out / "samples" / f"{args.name}_cfg{cfg_scale:g}"
-    common = [f"generator_path={export}", "overwrite=true", "seed=0", f"sampler.cfg_scale={cfg_scale}"]
+    tag = "" if schedule == "constant" else f"_{schedule}"
+    folder = args.out / "samples" / f"{args.name}_cfg{cfg_scale:g}{tag}"
+    common = [f"generator_path={export}", "overwrite=true", "seed=0", f"sampler.cfg_scale={cfg_scale}",
+              f"sampler.cfg_schedule={schedule}"]
     suite = sample_run(compose_config("sample", [*common, "suite=shapes", f"suite_per_tag={args.suite_per_tag}",
                                                  f"n_per_condition={args.n_per_prompt}", f"output_dir={folder}",
                                                  f"suite_fill={str(args.fill).lower()}", "eval=shapes"]))
     ev = suite["evaluation"]
-    row: dict[str, Any] = {"cfg_scale": cfg_scale, "shapes_overall": ev["overall"], "ci95": [ev.get("ci_low"),
+    row: dict[str, Any] = {"cfg_scale": cfg_scale, "cfg_schedule": schedule, "shapes_overall": ev["overall"], "ci95": [ev.get("ci_low"),
                                                                                            ev.get("ci_high")],
                            "tasks": ev.get("task_scores"), "task_ci95": ev.get("task_ci"), "n_images": ev.get("n_images"), "grid": suite["files"]["grid"]}
     if args.fd_samples:
         from argen.data.shapes import ShapesDataset
 
-        test = ShapesDataset(split="test", size=args.fd_samples, image_size=32, seed=0)
+        size = int(export_config(args.tokenizer).get("image_size", 32))  # the tokenizer's images (32, 64, 128 px)
+        test = ShapesDataset(split="test", size=args.fd_samples, image_size=size, seed=0)
         prompts = args.out / "samples" / "test_captions.txt"
         prompts.write_text("\n".join(test[i]["caption"] for i in range(args.fd_samples)) + "\n")
         fd = sample_run(compose_config("sample", [*common, f"prompt_file={prompts}", "n_per_condition=1",
@@ -183,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
            "load_at_start": load, **trained, "cpu_minutes": trained["train_seconds"] * args.threads / 60,
            "val_loss": val_loss(trained["export"], args.codes),
            "caption_probe": caption_probe(trained["export"], args.codes),
-           "evals": [evaluate(args, trained["export"], float(s)) for s in args.cfg_scale.split(",") if s]}
+           "evals": [evaluate(args, trained["export"], float(s), schedule) for s in args.cfg_scale.split(",") if s
+                     for schedule in args.cfg_schedules.split(",")]}
     rows = json.loads(table.read_text()) if table.is_file() else []  # again: a parallel row may have landed
     old = next((r for r in rows if r["name"] == args.name), None)
     if old is not None and old.get("train_seconds", 0) > row["train_seconds"] * 5:  # resumed: keep the real time
@@ -195,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     plot(rows, args.out / "table.png")
     print(f"{args.name}: val loss {row['val_loss']:.4f} nats/token | {row['cpu_minutes']:.1f} CPU min")  # noqa: T201
     for e in row["evals"]:
-        print(f"{args.name} cfg {e['cfg_scale']}: ShapesEval {e['shapes_overall']:.3f} {e['ci95']} "  # noqa: T201
+        print(f"{args.name} cfg {e['cfg_scale']} {e['cfg_schedule']}: ShapesEval {e['shapes_overall']:.3f} {e['ci95']} "  # noqa: T201
               f"{ {k: round(v, 2) for k, v in (e['tasks'] or {}).items()} } | fd_shapes {e.get('fd_shapes')} (floor "
               f"{e.get('fd_floor')}) | {row['cpu_minutes']:.1f} CPU min")
 

@@ -161,3 +161,4 @@ def test_token_shuffle_records_carry_the_window_positions_and_speedup(tmp_path: 
         assert r["tokens_per_image"] == 256 and r["train_step_s"] > 0 and r["train_batch"] == 2
         assert r["speedup_vs_raster"] == r["images_per_s"] / raster["images_per_s"]
         assert r["raster_counterpart"] == "raster_nano 16x16"
+    assert (tmp_path / "token_shuffle.png").stat().st_size > 0
