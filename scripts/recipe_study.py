@@ -146,7 +146,9 @@ def evaluate(args: argparse.Namespace, export: str, cfg_scale: float, schedule: 
         prompts.write_text("\n".join(test[i]["caption"] for i in range(args.fd_samples)) + "\n")
         fd = sample_run(compose_config("sample", [*common, f"prompt_file={prompts}", "n_per_condition=1",
                                                   f"output_dir={folder}_fd", "eval=fd_shapes",
-                                                  f"eval.extractor.path={args.feature_net}"]))
+                                                  f"eval.extractor.path={args.feature_net}",
+                                                  f"eval.reference.image_size={size}",
+                                                  f"eval.floor_reference.image_size={size}"]))
         row["fd_shapes"] = fd["evaluation"]["fd"]
         row["fd_floor"] = (fd["evaluation"].get("floor") or {}).get("fd")
     return row
