@@ -30,7 +30,8 @@ def image_root(tmp_path: Path) -> Path:
 
 
 GENERATOR_EXPERIMENTS = ("shapes_raster", "shapes_raster_quick", "shapes_best", "digits_raster", "shapes_var",
-                         "digits_var", "shapes_var_quick", "shapes_nar", "digits_nar", "shapes_ts")
+                         "digits_var", "shapes_var_quick", "shapes_nar", "digits_nar", "shapes_ts",
+                         "shapes_ts128")
 
 
 def tiny_code_cache(root: Path, data: str, scales: bool = False) -> list[str]:
