@@ -19,12 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from argen.core import Capabilities, Condition, DecodeState, StepOutput
 from argen.nn.gpt import PrefixGPT, consecutive_feed, count_parameters, raster_layout
-from argen.nn.trunk import find_inputs, positions_per_row, row_slots
+from argen.nn.trunk import find_inputs, positions_per_row
 from tokenizers_vq.layout import TokenLayout
 
 __all__ = ["RasterGenerator", "count_parameters", "raster_layout"]
@@ -81,7 +80,7 @@ class RasterGenerator(PrefixGPT):
         """What the condition readout reads (B, L, C) (the final features, or the layer-normalised output of
         the first ``readout_layer`` blocks) and the teacher-forced logits, from one pass."""
         final, mid = self._trunk(tokens, cond, self.readout_layer)
-        return (final if mid is None else F.layer_norm(mid, (self.dim,))), self.output(final).float()
+        return self.readout_input(final, mid), self.output(final).float()
 
     def features(self, tokens: Tensor, cond: Condition) -> Tensor:
         """Teacher-forced final features (B, L, C) (after the last norm, what ``output`` reads):
@@ -125,15 +124,9 @@ class RasterGenerator(PrefixGPT):
         b, f = tokens.shape
         pos, qry = positions_per_row(positions, b, "positions"), positions_per_row(query, b, "query")
         counts = consecutive_feed(state.fed, pos, self.seq_len, order="raster")
-        pend = state.is_pending()
-        t = self.prefix_len if bool(pend.any()) else 0
-        # the slots advance() will give: [condition part (t) | token part (f)]
-        base = state.lengths + t * pend.long()
-        slots = torch.cat([row_slots(state.lengths, t * pend.long(), t), row_slots(base, counts, f)], dim=1)
         if bool((qry >= self.seq_len).any()):
             raise ValueError(f"query positions {qry.max().item()} go past the last position {self.seq_len - 1}")
-        if not (t or f):
-            raise ValueError("nothing to feed: the first step runs the condition, later steps need tokens")
+        slots, _ = self.step_slots(state, counts, f)  # what advance() will give: [condition | tokens]
         index, found = find_inputs(slots, torch.where(qry < 0, -1, qry + self.prefix_len - 1))  # (B, Q)
         if not bool(found.all()):  # checked before anything runs, so a bad call leaves the state untouched
             row = int((~found).any(1).nonzero()[0])

@@ -34,7 +34,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from argen.core import Capabilities, Condition, DecodeState, StepOutput
@@ -160,7 +159,7 @@ class TokenShuffleGenerator(PrefixGPT):
         """The condition readout's input, one per window (B, W, C) (the final features, or the
         layer-normalised output of the first ``readout_layer`` blocks), and the teacher-forced logits."""
         final, mid = self._trunk(tokens, cond, self.readout_layer)
-        return (final if mid is None else F.layer_norm(mid, (self.dim,))), self._head(final)
+        return self.readout_input(final, mid), self._head(final)
 
     # ---- inference --------------------------------------------------------------------------
     def plan(self, length: int | None = None) -> list[Tensor]:
@@ -222,12 +221,11 @@ class TokenShuffleGenerator(PrefixGPT):
             ids = (first[:, None] + torch.arange(n)[None]).clamp_max(self.num_windows - 1)  # (B, n)
             index = (ids[..., None] * t + torch.arange(t)).flatten(1).to(device)
             x = self.shuffle(self.tok_embeddings(buffer.gather(1, index).unflatten(1, (n, t))))  # (B, n, C)
-        if not f and not bool(state.is_pending().any()):
-            raise ValueError("nothing to feed: the first step runs the condition, later steps need tokens")
-        if n or bool(state.is_pending().any()):  # else the fed tokens only wait for the rest of their window
-            h, slots = self.advance(state, x, complete)  # (B, p + n, C): p = prefix when a condition ran
-        else:
+        pending = bool(state.is_pending().any())
+        if f and not (n or pending):  # the fed tokens only wait for the rest of their window
             h, slots = self.output.weight.new_zeros(b, 0, self.dim), torch.zeros(b, 0, dtype=torch.long)
+        else:  # advance() refuses a step with nothing at all
+            h, slots = self.advance(state, x, complete)  # (B, p + n, C): p = prefix when a condition ran
         state.fed = fed
         # the output at slot prefix - 1 + w predicts window w: keep what this step predicted
         predicts = slots - (self.prefix_len - 1)

@@ -195,6 +195,11 @@ class PrefixGPT(GeneratorModule, ABC):
             logs["condition_readout"] = readout.detach()
         return LossOutput(loss=loss, logs=logs)
 
+    def readout_input(self, final: Tensor, mid: Tensor | None) -> Tensor:
+        """What the condition readout reads: the final features, or the layer-normalised output of the first
+        ``readout_layer`` blocks (:meth:`trunk`'s ``mid``)."""
+        return final if mid is None else F.layer_norm(mid, (self.dim,))
+
     def embed_condition(self, cond: Condition) -> tuple[Tensor, Tensor | None]:
         """The condition prefix (B, T, C) and its valid slots (B, T) bool, or None when all are valid."""
         return self.cls_embedding(cond)
@@ -219,25 +224,31 @@ class PrefixGPT(GeneratorModule, ABC):
         start = self.prefix_len - 1
         return h[:, start:], (None if split is None else mid[:, start:])
 
+    def step_slots(self, state: DecodeState, counts: Tensor, n: int) -> tuple[Tensor, int]:
+        """The slots (B, t + n) the next :meth:`advance` gives its inputs, [condition part (t) | fed part
+        (n)], -1 for padding (the condition part is real for pending rows only), and t: the prefix length
+        when a condition runs in that pass, else 0. A generator reads them to find its queries' inputs
+        before anything runs; nothing to run at all is an error."""
+        pend = state.is_pending()
+        t = self.prefix_len if bool(pend.any()) else 0
+        if not (t or n):
+            raise ValueError("nothing to feed: the first step runs the condition, later steps need tokens")
+        base = state.lengths + t * pend.long()
+        return torch.cat([row_slots(state.lengths, t * pend.long(), t), row_slots(base, counts, n)], dim=1), t
+
     def advance(self, state: DecodeState, inputs: Tensor | None, counts: Tensor) -> tuple[Tensor, Tensor]:
         """One decoding pass of the trunk: run the condition prefix of the rows whose condition is pending,
         then ``counts[b]`` of row b's ``inputs`` (B, N, C) (left-aligned; None when N = 0), each at the next
         slots of its row. Returns the final features (B, t + N, C) (t: the prefix length when a condition
         ran in this pass, else 0) and their slots (B, t + N) (-1: padding); ``state.lengths`` advances,
         ``state.fed`` is the caller's (what a slot holds is the generator's)."""
-        pend = state.is_pending()
-        t = self.prefix_len if bool(pend.any()) else 0
         n = 0 if inputs is None else inputs.shape[1]
-        if not (t or n):
-            raise ValueError("nothing to feed: the first step runs the condition, later steps need tokens")
-        # inputs [condition part (t) | fed part (n)]: the condition part is real for pending rows only
-        base = state.lengths + t * pend.long()
-        slots = torch.cat([row_slots(state.lengths, t * pend.long(), t), row_slots(base, counts, n)], dim=1)
+        slots, t = self.step_slots(state, counts, n)
         parts = ([state.pending] if t else []) + ([inputs] if n else [])
         h = torch.cat(parts, dim=1)  # (B, t + n, C)
         # rope rows are indexed by slot: condition slot s (< prefix), or trunk position s - prefix
         h = self.norm(run_layers(self.layers, h, self.rope[slots.clamp_min(0).to(self.rope.device)], state, slots))
-        state.lengths = base + counts
+        state.lengths = state.lengths + t * state.is_pending().long() + counts
         if t:
             state.pending_rows = None
             state.pending = None
