@@ -40,11 +40,12 @@ from argen.core import Capabilities, Condition, DecodeState, LossOutput, StepOut
 from argen.core.state import allocate_kv, round_up
 from argen.nn.adaln import AdaLayerNorm
 from argen.nn.adaln_blocks import AdaLNSelfAttnBlock, level_mask
-from argen.nn.module import GeneratorModule
+from argen.nn.conditioning import pooled_condition
+from argen.nn.module import AdaLNConditioned, GeneratorModule
 from tokenizers_vq.layout import TokenLayout, check_token_ids
 
 
-class VARGenerator(GeneratorModule):
+class VARGenerator(AdaLNConditioned, GeneratorModule):
     """depth: number of blocks; width and heads default to VAR's rule ``64 * depth`` and ``depth``
     (VAR-d16: 1024 wide, 16 heads, ~310M parameters). scales: token-map sides coarse to fine (the
     tokenizer's); input_dim: the tokenizer's code width (VAR's Cvae = 32). condition: partial
@@ -71,7 +72,6 @@ class VARGenerator(GeneratorModule):
         self.first_len = scales[0] ** 2
         c = self.dim
         self.cond_embed = condition(dim=c)
-        self.text = getattr(self.cond_embed, "num_classes", None) is None
         self.prefix_len = int(self.cond_embed.num_tokens) if self.text else 0
         self.word_embed = nn.Linear(input_dim, c)
         self.pos_start = nn.Parameter(torch.zeros(1, self.first_len, c))
@@ -167,26 +167,9 @@ class VARGenerator(GeneratorModule):
         return quantizer
 
     # ---- conditioning -------------------------------------------------------------------------
-    @property
-    def num_classes(self) -> int | None:
-        return None if self.text else int(self.cond_embed.num_classes)
-
-    @property
-    def condition_dropout(self) -> float:
-        return float(getattr(self.cond_embed, "dropout", 0.0))
-
-    def null_cond(self, cond: Condition) -> Condition:
-        return cond.as_null()
-
     def _condition(self, cond: Condition) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """-> adaLN vector (B, C), text prefix (B, T, C) or None, prefix validity (B, T) or None."""
-        emb, valid = self.cond_embed(cond)  # (B, T, C), (B, T) | None
-        if not self.text:
-            return emb[:, 0], None, None
-        if valid is None:
-            return emb.mean(1), emb, None
-        w = valid.to(emb.dtype)[..., None]
-        return (emb * w).sum(1) / w.sum(1).clamp_min(1), emb, valid
+        return pooled_condition(self.cond_embed, cond)
 
     def _head(self, h: Tensor, cond_vec: Tensor) -> Tensor:
         return self.head(self.head_nm(h, cond_vec)).float()  # (B, N, V)

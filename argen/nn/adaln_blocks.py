@@ -1,5 +1,5 @@
-"""VAR's transformer pieces (algorithms.md sec. 1.3): adaLN self-attention blocks with
-l2-normalised attention, and the adaLN before the head.
+"""adaLN transformer blocks: VAR's (algorithms.md sec. 1.3: l2-normalised attention, the adaLN before the
+head) and xAR's (sec. 4.3: :class:`AdaLNRopeBlock`, a Llama block with RoPE modulated per token group).
 
 Parameter names follow VAR's ``models/basic_var.py`` (``attn.mat_qkv``, ``attn.q_bias``,
 ``attn.v_bias``, ``attn.zero_k_bias``, ``attn.scale_mul_1H11``, ``attn.proj``, ``ffn.fc1/fc2``,
@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from argen.core.state import KVCache
+from argen.nn.attention import Attention
+from argen.nn.blocks import FeedForward, RMSNorm
 
 
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
@@ -119,4 +121,40 @@ class AdaLNSelfAttnBlock(nn.Module):
         h = self.attn(self.norm(x) * (1 + s1) + b1, mask=mask, cache=cache, start=start)
         x = x + drop_path(h * g1, self.drop_path_rate, self.training)
         h = self.ffn(self.norm(x) * (1 + s2) + b2)
+        return x + drop_path(h * g2, self.drop_path_rate, self.training)
+
+
+class AdaLNRopeBlock(nn.Module):
+    """A Llama-style block (RMSNorm without weight, fused-qkv attention with biases and RoPE, SwiGLU with
+    biases) modulated per token by adaLN, as xAR's (MAR-style) encoder and decoder blocks
+    (algorithms.md 4.3, ``models/xar.py: Block``)::
+
+        g1, g2, s1, s2, b1, b2 = ada_lin(cond)[index]    # VAR's chunk order, one row per token
+        x = x + drop_path(attn(RMS(x) (1 + s1) + b1) * g1)
+        x = x + drop_path(ffn(RMS(x) (1 + s2) + b2) * g2)
+
+    ``cond`` holds one condition vector per group of tokens (B, G, D) (xAR: one per entity, class + that
+    entity's time) and ``index`` (N,) says which row modulates each token, so ``ada_lin`` runs once per
+    group, not once per token (the official code repeats per cell after the linear, the same)."""
+
+    def __init__(self, *, dim: int, cond_dim: int, n_head: int, ffn_hidden: int, norm_eps: float = 1e-6,
+                 dropout: float = 0.0, attn_dropout: float = 0.0, drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.attention = Attention(dim=dim, n_head=n_head, attn_dropout=attn_dropout, resid_dropout=dropout,
+                                   bias=True)
+        self.feed_forward = FeedForward(dim=dim, hidden=ffn_hidden, dropout=dropout, bias=True)
+        self.norm = RMSNorm(dim, norm_eps, affine=False)
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, x: Tensor, cond: Tensor, index: Tensor, rope: Tensor, *, mask: Tensor | None = None,
+                cache: KVCache | None = None, slots: Tensor | None = None) -> Tensor:
+        """x: (B, N, C); cond: (B, G, D); index: (N,) rows of cond; rope: (N, hd/2, 2); mask: bool
+        (B|1, 1, N, K) over the sequence (no cache) or over the cache's slots (with ``cache`` and ``slots``)."""
+        mod = self.ada_lin(cond).view(cond.shape[0], cond.shape[1], 6, self.dim)[:, index]  # (B, N, 6, C)
+        g1, g2, s1, s2, b1, b2 = mod.unbind(2)
+        h = self.attention(self.norm(x) * (1 + s1) + b1, rope, mask=mask, cache=cache, slots=slots)
+        x = x + drop_path(h * g1, self.drop_path_rate, self.training)
+        h = self.feed_forward(self.norm(x) * (1 + s2) + b2)
         return x + drop_path(h * g2, self.drop_path_rate, self.training)

@@ -52,13 +52,16 @@ def slot_mask(slots: Tensor, total: int, key_valid: Tensor | None = None, levels
 
 
 class Attention(nn.Module):
-    def __init__(self, *, dim: int, n_head: int, attn_dropout: float = 0.0, resid_dropout: float = 0.0) -> None:
+    """bias: biases on the qkv and output projections (LlamaGen has none; xAR/MAR blocks have both)."""
+
+    def __init__(self, *, dim: int, n_head: int, attn_dropout: float = 0.0, resid_dropout: float = 0.0,
+                 bias: bool = False) -> None:
         super().__init__()
         if dim % n_head:
             raise ValueError(f"dim {dim} is not divisible by n_head {n_head}")
         self.dim, self.n_head, self.head_dim = dim, n_head, dim // n_head
-        self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.wo = nn.Linear(dim, dim, bias=False)
+        self.wqkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.wo = nn.Linear(dim, dim, bias=bias)
         self.attn_dropout = attn_dropout
         self.resid_dropout = nn.Dropout(resid_dropout)
 

@@ -24,24 +24,28 @@ def swiglu_hidden(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | 
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+    """``affine=False``: no weight (the normalisation before an adaLN modulation, as in xAR's blocks)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, *, affine: bool = True) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
     def forward(self, x: Tensor) -> Tensor:
         xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        out = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        return out if self.weight is None else out * self.weight
 
 
 class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+    """SwiGLU: w2(silu(w1 x) * w3 x); ``bias``: biases on all three (timm's ``SwiGLU``, as xAR uses it:
+    ``fc1_g`` = w1, ``fc1_x`` = w3, ``fc2`` = w2)."""
 
-    def __init__(self, *, dim: int, hidden: int, dropout: float = 0.0) -> None:
+    def __init__(self, *, dim: int, hidden: int, dropout: float = 0.0, bias: bool = False) -> None:
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w3 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w1 = nn.Linear(dim, hidden, bias=bias)
+        self.w3 = nn.Linear(dim, hidden, bias=bias)
+        self.w2 = nn.Linear(hidden, dim, bias=bias)
         self.ffn_dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:

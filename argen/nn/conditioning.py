@@ -9,6 +9,8 @@ or condition dropout in training) use the null class ``num_classes`` / the fixed
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -136,3 +138,42 @@ class TextConditioner(nn.Module):
         target[:, : self.encoder.num_special] = 0.0  # <pad>, <unk>, <eos>
         rows = logits[keep].float()  # (R, L, W)
         return F.binary_cross_entropy_with_logits(rows, target[:, None].expand_as(rows))
+
+
+def pooled_condition(embedder: nn.Module, cond: Condition) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """What an adaLN generator (VAR, xAR) reads of a condition: -> the adaLN vector (B, C) (a class's
+    embedding, or the masked mean of the caption's slots), the text prefix (B, T, C) or None for a class,
+    and the prefix's validity (B, T) or None (all valid)."""
+    emb, valid = embedder(cond)  # (B, T, C), (B, T) | None
+    if getattr(embedder, "num_classes", None) is not None:
+        return emb[:, 0], None, None
+    if valid is None:
+        return emb.mean(1), emb, None
+    w = valid.to(emb.dtype)[..., None]
+    return (emb * w).sum(1) / w.sum(1).clamp_min(1), emb, valid
+
+
+class TimestepEmbedder(nn.Module):
+    """A flow or diffusion time as a vector (DiT's, as xAR uses it, algorithms.md 4.3): the sinusoidal
+    features [cos, sin] (``frequencies`` of them, periods up to ``max_period``) of ``t * scale`` truncated to
+    an integer (xAR feeds ``long(t * 1000)``), then Linear -> SiLU -> Linear (``mlp.0``, ``mlp.2``)."""
+
+    def __init__(self, *, dim: int, frequencies: int = 256, scale: float = 1000.0, max_period: float = 10000.0,
+                 integer: bool = True) -> None:
+        super().__init__()
+        self.frequencies, self.scale, self.max_period, self.integer = frequencies, scale, max_period, integer
+        self.mlp = nn.Sequential(nn.Linear(frequencies, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def features(self, t: Tensor) -> Tensor:
+        """t (...,) in [0, 1] -> (..., frequencies) sinusoidal features (float32)."""
+        steps = t.float() * self.scale
+        steps = steps.long().float() if self.integer else steps  # the official truncation toward zero
+        half = self.frequencies // 2
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device).float() / half)
+        args = steps[..., None] * freqs
+        out = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return F.pad(out, (0, self.frequencies % 2))
+
+    def forward(self, t: Tensor) -> Tensor:
+        """t (...,) -> (..., dim)."""
+        return self.mlp(self.features(t).to(self.mlp[0].weight.dtype))

@@ -7,6 +7,8 @@ wrapper, a remote model, a test double) serves them by declaring the two propert
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -32,3 +34,26 @@ class GeneratorModule(nn.Module):
     def dtype(self) -> torch.dtype:
         t = self._first_tensor()
         return torch.float32 if t is None else t.dtype
+
+
+class AdaLNConditioned:
+    """What a generator conditioned through ``self.cond_embed`` (a class table or a caption encoder, read by
+    adaLN: VAR, xAR) says about its condition: the class count (None for text), the training dropout of
+    the condition, and the null condition CFG runs beside it."""
+
+    cond_embed: nn.Module
+
+    @property
+    def text(self) -> bool:
+        return getattr(self.cond_embed, "num_classes", None) is None
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.text else int(self.cond_embed.num_classes)  # type: ignore[arg-type]
+
+    @property
+    def condition_dropout(self) -> float:
+        return float(getattr(self.cond_embed, "dropout", 0.0))
+
+    def null_cond(self, cond: Any) -> Any:
+        return cond.as_null()
