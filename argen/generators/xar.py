@@ -107,9 +107,10 @@ class XARGenerator(AdaLNConditioned, GeneratorModule):
         self.register_buffer("order", p.order, persistent=False)  # (L,) layout position per sequence index
         self.register_buffer("inverse", p.inverse(), persistent=False)  # (L,) sequence index per position
         self.register_buffer("entity", p.entity, persistent=False)  # (L,) entity per sequence index
-        self.register_buffer("slot_levels", torch.cat([torch.full((t,), -1), p.entity]), persistent=False)
+        self.register_buffer("slot_levels", torch.cat([torch.full((t,), -1, device=p.entity.device), p.entity]), persistent=False)
         for name, width, heads in (("rope_enc", dim, n_head), ("rope_dec", dec_dim, dec_heads)):
-            table = rope_2d(h, w, width // heads, base=rope_base)[p.order]  # (L, hd/2, 2) in sequence order
+            table = rope_2d(h, w, width // heads, base=rope_base)
+            table = table[p.order.to(table.device)]  # (L, hd/2, 2) in sequence order
             self.register_buffer(name, torch.cat([rope_2d(1, 1, width // heads, prefix=t, zero_prefix=False)[:t],
                                                   table]), persistent=False)  # prefix slots: identity rotation
         self._init_weights()

@@ -44,7 +44,7 @@ class Partition:
     def inverse(self) -> Tensor:
         """(L,) the sequence index of each layout position."""
         inv = torch.empty_like(self.order)
-        inv[self.order] = torch.arange(len(self.order))
+        inv[self.order] = torch.arange(len(self.order), device=self.order.device)
         return inv
 
 
@@ -59,9 +59,10 @@ def grid_partition(kind: str, height: int, width: int, *, cell_size: int | None 
     """The partition of an (height, width) grid (raster layout order) into entities of ``kind``;
     ``cell_size`` (cell; default half the shorter side: 2 x 2 cells, the official setting) and ``stride``
     (subsample; default 2) size the entities."""
-    rows = torch.arange(height)[:, None].expand(height, width)
-    cols = torch.arange(width)[None, :].expand(height, width)
-    pos = torch.arange(height * width).view(height, width)
+    cpu = torch.device("cpu")  # bookkeeping, also when a module is built on the meta device
+    rows = torch.arange(height, device=cpu)[:, None].expand(height, width)
+    cols = torch.arange(width, device=cpu)[None, :].expand(height, width)
+    pos = torch.arange(height * width, device=cpu).view(height, width)
     if kind == "token":
         key = pos  # each position its own entity
     elif kind == "image":
@@ -85,6 +86,6 @@ def grid_partition(kind: str, height: int, width: int, *, cell_size: int | None 
 
 def scale_partition(shapes: tuple[tuple[int, int], ...]) -> Partition:
     """One entity per scale of a coarse-to-fine ``scales`` layout (the identity order)."""
-    entity = torch.cat([torch.full((h * w,), k) for k, (h, w) in enumerate(shapes)])
-    return Partition(order=torch.arange(len(entity)), entity=entity)
+    entity = torch.cat([torch.full((h * w,), k, device="cpu") for k, (h, w) in enumerate(shapes)])
+    return Partition(order=torch.arange(len(entity), device="cpu"), entity=entity)
 
