@@ -154,7 +154,10 @@ def check_vocabulary(tokenizer: Any, generator: Any) -> None:
     if t.vocab_size != g.vocab_size:
         raise ValueError(f"vocabulary mismatch: the tokenizer has {t.vocab_size} codes, the generator predicts "
                          f"{g.vocab_size}; use the tokenizer the generator was trained with")
-    if (t.kind, t.shapes) != (g.kind, g.shapes):
+    if t.channels != g.channels:
+        raise ValueError(f"latent mismatch: the tokenizer's latents have {t.channels} channels, the generator "
+                         f"predicts {g.channels}; use the tokenizer the generator was trained with")
+    if not g.decodes_as(t):
         raise ValueError(f"layout mismatch: the tokenizer makes {t.kind} {list(t.shapes)} tokens, the generator "
                          f"{g.kind} {list(g.shapes)}")
 
@@ -429,6 +432,7 @@ class Pipeline:
         def finished(rows: list[int], tokens: torch.Tensor) -> None:
             t0 = time.perf_counter()
             done = [todo[r] for r in rows]
+            tokens = self.generator.layout.for_decoder(tokens, self.tokenizer.layout)  # a pyramid: its finest scale
             on_images(done, decode(self.tokenizer, tokens, decode_batch_size, decoder_seeds(int(seed), done)))
             outside[0] += time.perf_counter() - t0
 

@@ -72,6 +72,29 @@ class TokenLayout:
             raise TypeError(f"the {owner} takes continuous tokens (..., L, {self.channels}) float latents; got "
                             f"{tokens.dtype} of shape {tuple(tokens.shape)} (codes of a discrete tokenizer?)")
 
+    def _pyramid_of(self, other: TokenLayout) -> bool:
+        """Whether this is a continuous pyramid of scales whose finest scale is ``other``'s grid (FlowAR's and
+        xAR's scale entity: coarse scales are plain downsamplings, the image decodes from the finest)."""
+        return (self.kind == "scales" and not self.discrete and other.kind == "grid"
+                and self.shapes[-1] == other.shapes[0] and self.channels == other.channels)
+
+    def decodes_as(self, other: TokenLayout) -> bool:
+        """Whether tokens of this layout (a generator's) decode with a tokenizer of layout ``other``: the same
+        layout, or a pyramid whose finest scale is ``other``'s grid."""
+        same = (self.kind, self.shapes, self.vocab_size, self.channels) == \
+            (other.kind, other.shapes, other.vocab_size, other.channels)
+        return same or self._pyramid_of(other)
+
+    def for_decoder(self, tokens: torch.Tensor, other: TokenLayout) -> torch.Tensor:
+        """Tokens (B, L[, C]) of this layout as a tokenizer of layout ``other`` decodes them (see
+        :meth:`decodes_as`): themselves, or a pyramid's finest scale."""
+        if self._pyramid_of(other):
+            return tokens[:, -other.length:]
+        if not self.decodes_as(other):
+            raise ValueError(f"{self.kind} {list(self.shapes)} tokens do not decode with a {other.kind} "
+                             f"{list(other.shapes)} tokenizer")
+        return tokens
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["shapes"] = [list(s) for s in self.shapes]

@@ -83,9 +83,10 @@ def check_compatible(sampler: Any, generator: Any) -> None:
     if missing:
         def name(x: Any) -> str:
             return x.__name__ if isinstance(x, type) else type(x).__name__
+        other = "sampler=flow (continuous entities)" if caps.output == "velocity" else "sampler=ancestral"
         raise IncompatibleError(f"sampler {name(sampler)} needs {', '.join(missing)} but generator "
                                 f"{name(generator)} does not provide it (capabilities: {caps}); "
-                                f"pick another sampler, e.g. sampler=ancestral")
+                                f"pick another sampler, e.g. {other}")
 
 
 def needs(module: Any) -> tuple[str, ...]:

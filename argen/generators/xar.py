@@ -43,9 +43,9 @@ from argen.nn.adaln_blocks import AdaLNRopeBlock, level_mask
 from argen.nn.attention import slot_mask
 from argen.nn.blocks import RMSNorm
 from argen.nn.conditioning import TimestepEmbedder, pooled_condition
-from argen.nn.entities import ENTITIES, grid_partition
+from argen.nn.entities import ENTITIES, entity_layout, pyramid, upsampled_previous
 from argen.nn.module import AdaLNConditioned, GeneratorModule
-from argen.nn.rope import rope_2d
+from argen.nn.rope import rope_2d, rope_2d_at
 from tokenizers_vq.layout import TokenLayout
 
 
@@ -61,14 +61,14 @@ class XARGenerator(AdaLNConditioned, GeneratorModule):
 
     def __init__(self, *, grid_size: int | list[int] | tuple[int, int], channels: int,
                  condition: Callable[..., nn.Module], entity: str = "cell", cell_size: int | None = None,
-                 stride: int | None = None, dim: int = 768, n_head: int = 12, encoder_depth: int = 8,
+                 stride: int | None = None, scales: list[int] | None = None, dim: int = 768, n_head: int = 12, encoder_depth: int = 8,
                  decoder_dim: int | None = None, decoder_n_head: int | None = None, decoder_depth: int | None = None,
                  mlp_ratio: float = 4.0, norm_eps: float = 1e-6, dropout: float = 0.0, attn_dropout: float = 0.0,
                  drop_path_rate: float = 0.0, time_mean: float = 0.0, time_std: float = 1.0,
                  rope_base: float = 10000.0) -> None:
         super().__init__()
-        if entity not in ENTITIES or entity == "scale":
-            raise ValueError(f"entity must be one of token, cell, subsample, image, got {entity!r}")
+        if entity not in ENTITIES:
+            raise ValueError(f"entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
         h, w = (grid_size, grid_size) if isinstance(grid_size, int) else (int(grid_size[0]), int(grid_size[1]))
         dec_dim = dim if decoder_dim is None else decoder_dim
         dec_heads = n_head if decoder_n_head is None else decoder_n_head
@@ -79,13 +79,15 @@ class XARGenerator(AdaLNConditioned, GeneratorModule):
         self.grid, self.channels, self.entity_kind = (h, w), int(channels), entity
         self.dim, self.n_head, self.decoder_dim, self.decoder_n_head = dim, n_head, dec_dim, dec_heads
         self.time_mean, self.time_std = float(time_mean), float(time_std)
-        self.layout = TokenLayout(kind="grid", shapes=((h, w),), vocab_size=None, channels=self.channels)
-        self.partition = grid_partition(entity, h, w, cell_size=cell_size, stride=stride)
-        self.cell_size, self.stride = cell_size, stride
+        self.layout, self.partition, coords = entity_layout(entity, h, w, self.channels, cell_size=cell_size,
+                                                            stride=stride, scales=scales)
+        self.source_layout = TokenLayout(kind="grid", shapes=((h, w),), vocab_size=None, channels=self.channels)
         self.cond_embed = condition(dim=dim)
         self.prefix_len = int(self.cond_embed.num_tokens) if self.text else 0
         self.time_embed = TimestepEmbedder(dim=dim)
         self.z_proj = nn.Linear(self.channels, dim)
+        # The scale entity (FlowAR): the previous scale, upsampled, is added to the next scale's inputs.
+        self.up_proj = nn.Linear(self.channels, dim) if entity == "scale" else None
         self.z_proj_ln = RMSNorm(dim, norm_eps)
         length = self.layout.length
         self.encoder_pos_embed = nn.Parameter(torch.zeros(1, length, dim))  # layout (raster) order
@@ -108,9 +110,9 @@ class XARGenerator(AdaLNConditioned, GeneratorModule):
         self.register_buffer("inverse", p.inverse(), persistent=False)  # (L,) sequence index per position
         self.register_buffer("entity", p.entity, persistent=False)  # (L,) entity per sequence index
         self.register_buffer("slot_levels", torch.cat([torch.full((t,), -1, device=p.entity.device), p.entity]), persistent=False)
+        coords = coords[p.order]  # sequence order
         for name, width, heads in (("rope_enc", dim, n_head), ("rope_dec", dec_dim, dec_heads)):
-            table = rope_2d(h, w, width // heads, base=rope_base)
-            table = table[p.order.to(table.device)]  # (L, hd/2, 2) in sequence order
+            table = rope_2d_at(coords[:, 0], coords[:, 1], width // heads, base=rope_base)  # (L, hd/2, 2)
             self.register_buffer(name, torch.cat([rope_2d(1, 1, width // heads, prefix=t, zero_prefix=False)[:t],
                                                   table]), persistent=False)  # prefix slots: identity rotation
         self._init_weights()
@@ -130,9 +132,24 @@ class XARGenerator(AdaLNConditioned, GeneratorModule):
         for p in (self.encoder_pos_embed, self.decoder_pos_embed):
             nn.init.normal_(p, std=0.02)
 
+    @property
+    def scale_shapes(self) -> tuple[tuple[int, int], ...]:
+        return self.layout.shapes if self.layout.kind == "scales" else ()
+
+    def _context(self, tokens: Tensor, positions: Tensor) -> Tensor | int:
+        """The scale entity's extra input at layout ``positions`` (whole scales): each scale's predecessor in
+        ``tokens`` (B, L, C) (the model's own inputs: noisy in training, clean context at inference),
+        upsampled and projected (B, F, D); 0 for the other entities."""
+        if self.up_proj is None:
+            return 0
+        scales = torch.unique_consecutive(self.entity[self.inverse[positions.to(self.inverse.device)]])
+        up = torch.cat([upsampled_previous(tokens, self.scale_shapes, int(k)) for k in scales], dim=1)
+        return self.up_proj(up.to(self.up_proj.weight.dtype))
+
     @classmethod
     def sizes_from_layout(cls, layout: TokenLayout, tokenizer_config: dict[str, Any]) -> dict[str, Any]:
-        """The latent grid and channels of a float latent cache (argen-train fills them in)."""
+        """The latent grid and channels of a float latent cache (argen-train fills them in; the scale
+        entity builds its pyramid from the grid)."""
         if layout.kind != "grid" or layout.channels is None:
             raise ValueError(f"xAR models continuous latents on a grid, but the code cache holds {layout.kind} "
                              f"{'codes' if layout.discrete else 'latents'}: tokenize with a continuous tokenizer "
@@ -178,6 +195,7 @@ class XARGenerator(AdaLNConditioned, GeneratorModule):
         y, prefix, valid = pooled_condition(self.cond_embed, cond)
         b, tl = x_t.shape[0], self.prefix_len
         h = self.z_proj(x_t.to(y.dtype)[:, self.order]) + self.encoder_pos_embed[:, self.order]  # (B, L, D)
+        h = h + self._context(x_t, self.order)  # the scale entity: every scale's upsampled predecessor
         rows = self._rows(y, torch.cat([torch.zeros_like(t[:, :1]), t], dim=1))  # row 0: the prefix, at t = 0
         index = torch.cat([torch.zeros(tl, dtype=torch.long, device=y.device), 1 + self.entity])
         dec_pos = self.decoder_pos_embed[:, self.order]
@@ -192,7 +210,11 @@ class XARGenerator(AdaLNConditioned, GeneratorModule):
     # ---- training -----------------------------------------------------------------------------------
     def loss(self, tokens: Tensor, cond: Condition) -> LossOutput:
         """Noisy Context Learning: draws each entity's t from the logit-normal and the noise, then
-        :meth:`flow_loss`. Condition dropout (the null class / caption) in training."""
+        :meth:`flow_loss`. Condition dropout (the null class / caption) in training. ``tokens``: (B, L, C) of
+        the layout; for the scale entity also the finest latent (B, h*w, C) (a latent cache's), whose pyramid
+        of plain downsamplings is built here."""
+        if self.scale_shapes and tokens.dim() == 3 and tokens.shape[1] == self.source_layout.length:
+            tokens = pyramid(tokens, self.scale_shapes)  # a latent cache holds the finest scale
         self.layout.check_tokens(tokens, owner="xAR generator")
         if self.training:
             cond = cond.with_dropout(self.condition_dropout)
@@ -225,8 +247,11 @@ class XARGenerator(AdaLNConditioned, GeneratorModule):
         caches = allocate_kv(len(self.encoder_blocks), b, self.n_head, total, hd, like=y) + \
             allocate_kv(len(self.decoder_blocks), b, self.decoder_n_head, total, dhd, like=y)
         key_valid = None if valid is None else torch.cat([valid, valid.new_ones(b, self.layout.length)], dim=1)
+        extras = {"cond": y}
+        if self.up_proj is not None:  # committed scales, for the next scale's upsampled context
+            extras["tokens"] = self.layout.empty(b, y.device).to(y.dtype)
         state = DecodeState(caches=caches, batch_size=b, prefix_len=tl, max_len=total, key_valid=key_valid,
-                            extras={"cond": y})
+                            extras=extras)
         if prefix is not None:
             slots = torch.arange(tl, device=y.device).expand(b, tl)
             rows = self._rows(y, torch.zeros(b, 1, device=y.device))
@@ -262,7 +287,10 @@ class XARGenerator(AdaLNConditioned, GeneratorModule):
             self._whole_entities(seq, fed, "the committed positions")
             b, f, y = state.batch_size, len(positions), state.extras["cond"]
             slots = (self.prefix_len + seq).expand(b, f)
-            h = self.z_proj(tokens.to(y.dtype)) + self.encoder_pos_embed[:, positions]
+            if self.up_proj is not None:
+                state.extras["tokens"][:, positions] = tokens.to(y.dtype)
+            h = self.z_proj(tokens.to(y.dtype)) + self.encoder_pos_embed[:, positions] + \
+                self._context(state.extras.get("tokens", tokens), positions)
             rows = self._rows(y, torch.zeros(b, 1, device=y.device))
             index = torch.zeros(f, dtype=torch.long, device=y.device)
             self._run(h, rows, index, self.decoder_pos_embed[:, positions], self._rope(seq),
@@ -285,6 +313,7 @@ class XARGenerator(AdaLNConditioned, GeneratorModule):
             rows, index = self._rows(y, t[:, :1].to(y.device)), torch.zeros(q, dtype=torch.long, device=y.device)
         else:
             rows, index = self._rows(y, t.to(y.device)), torch.arange(q, device=y.device)
-        h = self.z_proj(x_t.to(y.dtype)) + self.encoder_pos_embed[:, query]
+        h = self.z_proj(x_t.to(y.dtype)) + self.encoder_pos_embed[:, query] + \
+            self._context(state.extras.get("tokens", x_t), query)
         return self._run(h, rows, index, self.decoder_pos_embed[:, query], self._rope(seq),
                          mask=self._slot_mask(state, slots), state=state, slots=slots)

@@ -19,7 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from tokenizers_vq.layout import TokenLayout
 
 ENTITIES = ("token", "cell", "subsample", "image", "scale")
 
@@ -89,3 +92,60 @@ def scale_partition(shapes: tuple[tuple[int, int], ...]) -> Partition:
     entity = torch.cat([torch.full((h * w,), k, device="cpu") for k, (h, w) in enumerate(shapes)])
     return Partition(order=torch.arange(len(entity), device="cpu"), entity=entity)
 
+
+
+def doubling_scales(side: int) -> list[int]:
+    """FlowAR's scales for a latent of ``side``: side / 2^k down to 1 (16 -> 1, 2, 4, 8, 16)."""
+    sides = [side]
+    while sides[-1] % 2 == 0 and sides[-1] > 1:
+        sides.append(sides[-1] // 2)
+    return sides[::-1]
+
+
+def entity_layout(kind: str, height: int, width: int, channels: int, *, cell_size: int | None = None,
+                  stride: int | None = None, scales: list[int] | None = None) -> tuple[TokenLayout, Partition, Tensor]:
+    """What a next-X generator of entity ``kind`` produces on a (height, width) latent of ``channels``: its
+    layout (the grid; for ``scale`` the pyramid of square ``scales``, default :func:`doubling_scales`), the
+    partition of that layout into entities, and each layout position's (row, col) (L, 2) in the finest
+    grid's coordinates (a coarse token at the centre of the patch it summarises), for 2D RoPE."""
+    if kind != "scale":
+        layout = TokenLayout(kind="grid", shapes=((height, width),), vocab_size=None, channels=channels)
+        rows = torch.arange(height, device="cpu").repeat_interleave(width)
+        cols = torch.arange(width, device="cpu").repeat(height)
+        part = grid_partition(kind, height, width, cell_size=cell_size, stride=stride)
+        return layout, part, torch.stack([rows, cols], -1).float()
+    if height != width:
+        raise ValueError(f"the scale entity needs a square latent, got {height}x{width}")
+    sides = doubling_scales(height) if scales is None else [int(s) for s in scales]
+    if sides != sorted(set(sides)) or sides[-1] != height:
+        raise ValueError(f"scales must increase strictly up to the latent side {height}, got {sides}")
+    layout = TokenLayout(kind="scales", shapes=tuple((s, s) for s in sides), vocab_size=None, channels=channels)
+    coords = []
+    for s in sides:  # (i + 1/2) height / s - 1/2: the centre of the finest-grid patch coarse token i covers
+        c = (torch.arange(s, device="cpu").float() + 0.5) * (height / s) - 0.5
+        coords.append(torch.stack([c.repeat_interleave(s), c.repeat(s)], -1))
+    return layout, scale_partition(layout.shapes), torch.cat(coords)
+
+
+def pyramid(latent: Tensor, shapes: tuple[tuple[int, int], ...]) -> Tensor:
+    """FlowAR's scales (algorithms.md 9): plain area downsamplings of the finest latent (B, h*w, C) (layout
+    order) to every shape, concatenated coarse to fine -> (B, sum h_k w_k, C); the last scale is the latent."""
+    b, _, c = latent.shape
+    h, w = shapes[-1]
+    grid = latent.transpose(1, 2).reshape(b, c, h, w)
+    parts = [F.interpolate(grid, size=s, mode="area") if s != (h, w) else grid for s in shapes]
+    return torch.cat([p.flatten(2).transpose(1, 2) for p in parts], dim=1)
+
+
+def upsampled_previous(tokens: Tensor, shapes: tuple[tuple[int, int], ...], k: int) -> Tensor:
+    """Scale k - 1 of a pyramid ``tokens`` (B, L, C) upsampled (bilinear) to scale k's shape -> (B, h_k w_k, C):
+    the context FlowAR gives the next scale; zeros for k = 0."""
+    b, _, c = tokens.shape
+    hk, wk = shapes[k]
+    if k == 0:
+        return tokens.new_zeros(b, hk * wk, c)
+    begin = sum(h * w for h, w in shapes[: k - 1])
+    h, w = shapes[k - 1]
+    prev = tokens[:, begin:begin + h * w].transpose(1, 2).reshape(b, c, h, w)
+    up = F.interpolate(prev, size=(hk, wk), mode="bilinear", align_corners=False)
+    return up.flatten(2).transpose(1, 2)

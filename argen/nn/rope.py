@@ -35,15 +35,21 @@ def rope_1d(length: int, head_dim: int, *, base: float = 10000.0, prefix: int = 
 def rope_2d(height: int, width: int, head_dim: int, *, base: float = 10000.0, prefix: int = 0,
             zero_prefix: bool = True) -> Tensor:
     """(prefix + height*width, head_dim // 2, 2) in raster order (row-major)."""
+    rows = torch.arange(height).float()[:, None].expand(height, width).flatten()
+    cols = torch.arange(width).float()[None, :].expand(height, width).flatten()
+    return _prefix(rope_2d_at(rows, cols, head_dim, base=base), prefix, zero_prefix)
+
+
+def rope_2d_at(rows: Tensor, cols: Tensor, head_dim: int, *, base: float = 10000.0) -> Tensor:
+    """(N, head_dim // 2, 2) for N positions at (possibly fractional) coordinates ``rows``, ``cols`` (N,):
+    the first half of the pairs rotate with the row, the second half with the column (a coarse scale's
+    token can sit at its centre in the finest grid's coordinates)."""
     if head_dim % 4:
         raise ValueError(f"2D RoPE needs head_dim divisible by 4, got {head_dim}")
     half = head_dim // 2
     freqs = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))  # (hd/4,)
-    rows = torch.outer(torch.arange(height).float(), freqs)  # (H, hd/4)
-    cols = torch.outer(torch.arange(width).float(), freqs)  # (W, hd/4)
-    angles = torch.cat([rows[:, None, :].expand(-1, width, -1), cols[None, :, :].expand(height, -1, -1)], dim=-1)
-    table = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1).flatten(0, 1)  # (H*W, hd/2, 2)
-    return _prefix(table, prefix, zero_prefix)
+    angles = torch.cat([torch.outer(rows.float(), freqs), torch.outer(cols.float(), freqs)], dim=-1)  # (N, hd/2)
+    return torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
 def apply_rope(x: Tensor, table: Tensor) -> Tensor:

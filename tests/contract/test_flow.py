@@ -37,7 +37,7 @@ def xar(entity: str):  # noqa: ANN201
 
 
 # Every flow generator of the suite: the exact toy and xAR with each grid entity.
-FLOW = {"toy": toy, **{f"xar_{e}": (lambda e=e: xar(e)) for e in ("cell", "token", "subsample", "image")}}
+FLOW = {"toy": toy, **{f"xar_{e}": (lambda e=e: xar(e)) for e in ("cell", "token", "subsample", "image", "scale")}}
 
 
 @pytest.fixture(params=sorted(FLOW))

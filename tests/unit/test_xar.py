@@ -12,7 +12,7 @@ import torch
 from argen.core import Condition
 from argen.generators.xar import XARGenerator
 from argen.nn.conditioning import ClassEmbedder
-from argen.nn.entities import grid_partition
+from argen.nn.entities import grid_partition, pyramid
 from argen.samplers.flow import FlowSampler
 
 # Entity of each position of a 4x4 grid (raster order), written out by hand.
@@ -21,6 +21,7 @@ EXPECTED = {
     "cell": [0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3],  # 2x2 cells of 2x2
     "subsample": [0, 1, 0, 1, 2, 3, 2, 3, 0, 1, 0, 1, 2, 3, 2, 3],  # stride 2: (r % 2, c % 2)
     "image": [0] * 16,
+    "scale": [0] + [1] * 4 + [2] * 16,  # the pyramid 1x1, 2x2, 4x4 (FlowAR's doubling scales), coarse to fine
 }
 
 
@@ -33,13 +34,32 @@ def tiny(entity: str = "cell", seed: int = 0, **kw) -> XARGenerator:  # noqa: AN
 
 @pytest.mark.parametrize("entity", sorted(EXPECTED))
 def test_partitions_are_the_entities_written_out(entity: str) -> None:
-    p = grid_partition(entity, 4, 4)
-    got = torch.empty(16, dtype=torch.long)
+    p = tiny(entity).partition
+    n = len(EXPECTED[entity])
+    got = torch.empty(n, dtype=torch.long)
     got[p.order] = p.entity
     assert got.tolist() == EXPECTED[entity]
     for group in p.groups():  # raster order inside every entity
         assert group.tolist() == sorted(group.tolist())
-    assert torch.equal(p.order[p.inverse()], torch.arange(16))
+    assert torch.equal(p.order[p.inverse()], torch.arange(n))
+
+
+def test_scale_entity_pyramid_and_decoding_layout() -> None:
+    """FlowAR's scales: plain (area) downsamplings of the finest latent; the pyramid decodes from its finest
+    scale, and a latent cache's grid trains the scale entity through its pyramid."""
+    g = tiny("scale").eval()
+    assert g.layout.kind == "scales" and g.layout.shapes == ((1, 1), (2, 2), (4, 4)) and g.layout.length == 21
+    x = torch.randn(3, 16, 2)
+    grid = x.transpose(1, 2).reshape(3, 2, 4, 4)
+    pyr = pyramid(x, g.layout.shapes)
+    torch.testing.assert_close(pyr[:, 0], grid.mean((2, 3)))  # the 1x1 scale: the mean
+    torch.testing.assert_close(pyr[:, 1], grid[:, :, :2, :2].mean((2, 3)))  # the 2x2 scale, top-left
+    assert torch.equal(pyr[:, 5:], x)
+    assert g.layout.decodes_as(g.source_layout) and torch.equal(g.layout.for_decoder(pyr, g.source_layout), x)
+    torch.manual_seed(1)
+    a = g.loss(x, Condition(labels=torch.tensor([0, 1, 2]))).loss
+    torch.manual_seed(1)
+    assert torch.equal(a, g.loss(pyr, Condition(labels=torch.tensor([0, 1, 2]))).loss)
 
 
 def test_official_cells_of_a_16x16_latent() -> None:
@@ -60,7 +80,7 @@ def test_bad_entity_settings_are_refused_clearly() -> None:
 
 def test_linear_path_loss_equals_its_formula_on_fixed_tensors() -> None:
     g = tiny().eval()
-    x, eps = torch.randn(3, 16, 2), torch.randn(3, 16, 2)
+    x, eps = torch.randn(3, 16, 2), torch.randn(3, 16, 2)  # cell entity
     t = torch.tensor([[0.1, 0.5, 0.9, 0.3], [0.7, 0.2, 0.4, 0.6], [0.05, 0.95, 0.5, 0.5]])
     cond = Condition(labels=torch.tensor([0, 1, 2]))
     ent = torch.tensor(EXPECTED["cell"])
@@ -106,13 +126,13 @@ def test_block_causal_mask_position_by_position(entity: str) -> None:
     position of earlier entities keeps its velocity exactly."""
     g = tiny(entity).eval()
     ent = torch.tensor(EXPECTED[entity])
-    cond, m = Condition(labels=torch.tensor([1])), int(ent.max()) + 1
-    x, t = torch.randn(1, 16, 2), torch.rand(1, m)
+    cond, m, n = Condition(labels=torch.tensor([1])), int(ent.max()) + 1, len(ent)
+    x, t = torch.randn(1, n, 2), torch.rand(1, m)
     base = g.predict(x, t, cond)
-    for p in range(16):
+    for p in range(n):
         y = x.clone()
         y[0, p] += 1.0
-        diff = (g.predict(y, t, cond) - base).abs().amax(-1)[0]  # (16,)
+        diff = (g.predict(y, t, cond) - base).abs().amax(-1)[0]  # (L,)
         earlier, same = ent < ent[p], ent == ent[p]
         assert float(diff[earlier].sum()) == 0.0, (entity, p)
         assert bool((diff[same] > 0).all()), (entity, p)  # bidirectional inside the entity
@@ -124,13 +144,14 @@ def test_decoding_with_clean_context_equals_the_full_pass(entity: str) -> None:
     """Committing entities (t = 0) and querying the next one over the KV caches = one block-causal pass with
     the earlier entities clean at t = 0 (later entities masked, whatever they hold)."""
     g = tiny(entity).eval()
-    cond, x = Condition(labels=torch.tensor([2, 0])), torch.randn(2, 16, 2)
+    n = g.layout.length
+    cond, x = Condition(labels=torch.tensor([2, 0])), torch.randn(2, n, 2)
     plan, state = g.plan(), g.start(cond)
     prev = torch.zeros(0, dtype=torch.long)
     for k, group in enumerate(plan):
         g.step(state, x[:, prev], prev, group)
         x_t, tk = torch.randn(2, len(group), 2), torch.tensor([0.3, 0.8])
-        full, t = torch.randn(2, 16, 2), torch.rand(2, len(plan))
+        full, t = torch.randn(2, n, 2), torch.rand(2, len(plan))
         full[:, torch.cat(plan[:k] + [group])] = torch.cat([x[:, torch.cat(plan[:k])], x_t], 1) if k else x_t
         t[:, :k], t[:, k] = 0.0, tk
         want = g.predict(full, t, cond)[:, group]
