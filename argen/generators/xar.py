@@ -45,7 +45,7 @@ from argen.nn.blocks import RMSNorm
 from argen.nn.conditioning import TimestepEmbedder, pooled_condition
 from argen.nn.entities import ENTITIES, entity_layout, pyramid, upsampled_previous
 from argen.nn.module import AdaLNConditioned, GeneratorModule
-from argen.nn.rope import rope_2d, rope_2d_at
+from argen.nn.rope import rope_2d_at
 from tokenizers_vq.layout import TokenLayout
 
 
@@ -113,8 +113,9 @@ class XARGenerator(AdaLNConditioned, GeneratorModule):
         coords = coords[p.order]  # sequence order
         for name, width, heads in (("rope_enc", dim, n_head), ("rope_dec", dec_dim, dec_heads)):
             table = rope_2d_at(coords[:, 0], coords[:, 1], width // heads, base=rope_base)  # (L, hd/2, 2)
-            self.register_buffer(name, torch.cat([rope_2d(1, 1, width // heads, prefix=t, zero_prefix=False)[:t],
-                                                  table]), persistent=False)  # prefix slots: identity rotation
+            identity = torch.zeros(t, *table.shape[1:], device=table.device)
+            identity[..., 0] = 1.0  # prefix slots: the identity rotation (cos 1, sin 0)
+            self.register_buffer(name, torch.cat([identity, table]), persistent=False)
         self._init_weights()
 
     def _init_weights(self) -> None:

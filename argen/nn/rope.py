@@ -47,7 +47,7 @@ def rope_2d_at(rows: Tensor, cols: Tensor, head_dim: int, *, base: float = 10000
     if head_dim % 4:
         raise ValueError(f"2D RoPE needs head_dim divisible by 4, got {head_dim}")
     half = head_dim // 2
-    freqs = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))  # (hd/4,)
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2, device=rows.device)[: half // 2].float() / half))  # (hd/4,)
     angles = torch.cat([torch.outer(rows.float(), freqs), torch.outer(cols.float(), freqs)], dim=-1)  # (N, hd/2)
     return torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
 

@@ -87,4 +87,6 @@ class GeneratorTrainingModule(L.LightningModule):
         out = model.loss(batch["tokens"], batch_condition(batch))
         b = batch["tokens"].shape[0]
         self.log("val/loss", out.logs["loss"], sync_dist=True, batch_size=b, prog_bar=True)
-        self.log("val/token_accuracy", out.logs["token_accuracy"], sync_dist=True, batch_size=b)
+        for key in ("token_accuracy", "loss_entity0"):  # logits generators; flow generators (xAR)
+            if key in out.logs:
+                self.log(f"val/{key}", out.logs[key], sync_dist=True, batch_size=b)

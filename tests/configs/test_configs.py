@@ -75,6 +75,18 @@ def test_var_presets_have_var_sizes(preset: str, millions: int) -> None:
     assert generator.dim == 64 * generator.depth and generator.n_head == generator.depth
 
 
+@pytest.mark.parametrize(("preset", "millions"), [("xar_b", 172), ("xar_l", 608), ("xar_h", 1100)])
+def test_xar_presets_have_the_papers_sizes(preset: str, millions: int) -> None:
+    """xAR-B/L/H 172M / 608M / 1.1B (algorithms.md 4.3) on MAR's KL-16 latents (16x16x16), 1000 classes."""
+    cfg = compose_config("train", [f"generator={preset}", "generator.grid_size=16", "generator.channels=16",
+                                   "generator.condition.num_classes=1000"])
+    with torch.device("meta"):
+        generator = build(cfg.generator, "generator")
+    n = sum(p.numel() for p in generator.parameters()) / 1e6
+    assert abs(n - millions) / millions < 0.08, n
+    assert generator.num_entities == 4 and len(generator.plan()[0]) == 64  # 2x2 cells of 8x8
+
+
 @pytest.mark.filterwarnings("ignore:.*meta parameter")
 def tiny_target(root: Path, cache: list[str]) -> Path:
     """An exported (untrained) tiny shapes_raster generator for the drafter experiments."""
