@@ -18,6 +18,12 @@ over its M entities is ``cfg_schedule=linear`` (argen/configs/sampler/flow.yaml)
 drifts; the drift is affine in v with the same x in both halves, so that is the same mix. The state of the
 solver is float64, as the official code keeps it (the generator runs in its own dtype).
 
+diffusers: ``FlowMatchEulerDiscreteScheduler`` given ``sigmas = linspace(1, 0, steps + 1)[:-1]`` takes exactly
+the ``ode`` steps (tests/unit/test_flow_sampler.py checks it). The loop does not call it: its default grid
+stops at 1 / num_train_timesteps instead of 0, its stochastic mode is not xAR's Euler-Maruyama and draws
+from one ``torch.Generator`` for the whole batch (an image would depend on its batch-mates), and its step
+counter belongs to the scheduler while xAR restarts the schedule for every entity.
+
 Randomness: each row's own streams (:class:`RowRandom`): per group, one normal draw for the starting noise,
 then (sde) one per stochastic step, so a sample does not depend on its batch-mates or the batch size.
 ``temperature`` scales the starting noise (1 = the model's distribution).
@@ -107,7 +113,7 @@ class FlowSampler:
         times, rows = self.times(device), self.policy.rows
         for k in range(self.steps):
             t_cur, dt = float(times[k]), float(times[k + 1] - times[k])
-            t = rows(torch.full(x.shape[:2], t_cur, device=device))  # (B', Q)
+            t = rows(torch.full(x.shape[:2], t_cur, dtype=x.dtype, device=device))  # (B', Q), float64
             v = self.policy.guided(generator.velocity(state, rows(x).to(generator.dtype), t, group), group).double()
             if self.method == "ode":
                 x = x + dt * v
