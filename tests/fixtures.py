@@ -61,3 +61,17 @@ def export_generator(path: Path, config: dict[str, Any], tokenizer: Path, seed: 
     bind_tokenizer(generator, load_pretrained(tokenizer))
     meta = {"kind": "generator", "tokenizer": {"path": str(tokenizer), "sha256": read_meta(tokenizer)["sha256"]}}
     return save_pretrained(generator, path, config=config, meta=meta)
+
+
+KL_TOK = {"_target_": "tokenizers_vq.continuous.ContinuousTokenizer", "image_size": 32, "latent_channels": 4,
+          "block_out_channels": [8, 8, 8], "layers_per_block": 1, "norm_num_groups": 4, "scaling_factor": None}
+
+
+def export_kl_tokenizer(path: Path, seed: int) -> Path:
+    """A tiny random continuous tokenizer export (AutoencoderKL, 8x8 latents of 4 channels at 32 px)."""
+    from tokenizers_vq.continuous import ContinuousTokenizer
+    from tokenizers_vq.io import save_pretrained
+
+    torch.manual_seed(seed)
+    model = ContinuousTokenizer(**{k: v for k, v in KL_TOK.items() if k != "_target_"})  # type: ignore[arg-type]
+    return save_pretrained(model, path, config=KL_TOK, meta={"kind": "tokenizer", "image_size": 32})

@@ -37,7 +37,10 @@ def encode_split(tokenizer: Any, dataset: Dataset, out: Path, *, batch_size: int
         skipped += int(batch.get("num_skipped", 0))
         if "image" not in batch:
             continue
-        tokens = tokenizer.encode(batch["image"].to(device)).cpu()  # (B, L)
+        images = batch["image"].to(device)
+        # a stochastic encoder (a continuous tokenizer's posterior sample) draws from the dataset indices
+        stochastic = bool(getattr(tokenizer, "stochastic_encode", False))
+        tokens = (tokenizer.encode(images, seeds=batch["index"]) if stochastic else tokenizer.encode(images)).cpu()
         rows["tokens"].append(tokens)
         rows["label"].append(batch["label"])
         rows["index"].append(batch["index"])
@@ -86,7 +89,8 @@ def run(cfg: DictConfig) -> Path:
                                      shard_size=cfg.shard_size, device=device, desc=f"tokenize {split}")
     publish_cache(tmp, out, layout=tokenizer.layout.to_dict(),
                   tokenizer={"sha256": meta["sha256"], "path": str(tokenizer_path.resolve()), "name": meta.get("name")},
-                  preprocessing={"datasets": {s: data_cfg.get(s) for s in cfg.splits}, "augmentation": None},
+                  preprocessing={"datasets": {s: data_cfg.get(s) for s in cfg.splits}, "augmentation": None,
+                                 "tokens": getattr(tokenizer, "encoding", "code ids")},
                   splits=splits)
     log.info("wrote code cache %s: %s", out, {s: v["count"] for s, v in splits.items()})
     return out

@@ -31,15 +31,17 @@ def image_root(tmp_path: Path) -> Path:
 
 GENERATOR_EXPERIMENTS = ("shapes_raster", "shapes_raster_quick", "shapes_best", "digits_raster", "shapes_var",
                          "digits_var", "shapes_var_quick", "shapes_nar", "digits_nar", "shapes_ts",
-                         "shapes_ts128")
+                         "shapes_ts128", "shapes_xar", "shapes_xar_token", "shapes_xar_subsample",
+                         "shapes_xar_scale", "shapes_xar_image", "digits_xar")
 
 
-def tiny_code_cache(root: Path, data: str, scales: bool = False) -> list[str]:
+def tiny_code_cache(root: Path, data: str, scales: bool = False, continuous: bool = False) -> list[str]:
     from argen.cli.tokenize import run as tokenize_run
     from tests.e2e.test_tokenize_and_bad_input import export_tokenizer
-    from tests.fixtures import export_msvq_tokenizer
+    from tests.fixtures import export_kl_tokenizer, export_msvq_tokenizer
 
-    tok = (export_msvq_tokenizer if scales else export_tokenizer)(root / "tok", 0)
+    make = export_kl_tokenizer if continuous else export_msvq_tokenizer if scales else export_tokenizer
+    tok = make(root / "tok", 0)
     sizes = ["data.train.size=16", "data.val.size=8"] if data == "shapes" else []
     tokenize_run(compose_config("tokenize", [f"tokenizer_path={tok}", f"output_dir={root / 'codes'}", f"data={data}",
                                              *sizes]))
@@ -109,7 +111,7 @@ def test_experiment_composes_and_instantiates(experiment: str, tmp_path: Path, i
     extra = [f"+data.train.root={image_root}"] if experiment.startswith("folder") else []
     if experiment in GENERATOR_EXPERIMENTS:  # generators need a tokenizer and its code cache
         extra = tiny_code_cache(tmp_path, "digits" if experiment.startswith("digits") else "shapes",
-                                scales="_var" in experiment)
+                                scales="_var" in experiment, continuous="_xar" in experiment)
     if experiment.endswith("_drafter"):  # drafters need the exported target (and its tokenizer's codes)
         cache = tiny_code_cache(tmp_path, "shapes")
         extra = [f"target_path={tiny_target(tmp_path, cache)}", cache[1]]

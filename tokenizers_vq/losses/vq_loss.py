@@ -78,18 +78,24 @@ class VQLoss(nn.Module):
         fn = F.l1_loss if self.reconstruction == "l1" else F.mse_loss
         return fn(recon.float(), images.float())
 
+    def latent_terms(self, rec: Reconstruction) -> tuple[Tensor, dict[str, Tensor]]:
+        """The weighted latent-side terms and their logs: the codebook, commitment and entropy losses."""
+        quant = rec.codebook_loss + rec.commitment_loss + rec.entropy_loss
+        return self.codebook_weight * quant, {"codebook": rec.codebook_loss.detach(),
+                                              "commit": rec.commitment_loss.detach(),
+                                              "entropy": rec.entropy_loss.detach()}
+
     def generator_loss(self, images: Tensor, rec: Reconstruction, *, step: int, last_layer: Tensor) -> LossTerms:
         """images, rec.images: (B, 3, H, W) in [-1, 1]; ``step`` is the global optimisation step."""
         pixel = self._pixel_loss(images, rec.images)
-        quant = rec.codebook_loss + rec.commitment_loss + rec.entropy_loss
         rec_total = self.reconstruction_weight * pixel
-        logs = {"rec": pixel.detach(), "codebook": rec.codebook_loss.detach(),
-                "commit": rec.commitment_loss.detach(), "entropy": rec.entropy_loss.detach()}
+        latent, logs = self.latent_terms(rec)
+        logs["rec"] = pixel.detach()
         if self.perceptual is not None:
             lp = self.perceptual(images.float(), rec.images.float()).mean()
             rec_total = rec_total + self.perceptual_weight * lp
             logs["lpips"] = lp.detach()
-        loss = rec_total + self.codebook_weight * quant
+        loss = rec_total + latent
         if self.disc_active(step):
             assert self.discriminator is not None
             gan = -self.discriminator(rec.images.float()).mean()
