@@ -7,10 +7,15 @@ its mean (``latent="mean"``) or one draw (``latent="sample"``, from per-sample s
 VAE's decoder. A generator sees latents of roughly unit variance, as the official code arranges with
 ``posterior.sample() * 0.2325``.
 
-The scale factor: a number from the config (0.2325 for MAR's KL-16), or ``null`` = computed from data,
-``1 / std`` of the unscaled posterior means seen in training (a running average of their first two
-moments over the training batches, decay ``moment_decay``, kept in the buffers ``latent_moments`` so the
-export carries it and its hash depends on it). The tokenizer harness trains it (:meth:`reconstruct`) with
+The scale factor: a number from the config (0.2325 for MAR's KL-16, i.e. its latents' std is about 4.3),
+or ``null`` = computed from data, ``1 / std`` of the unscaled latents of training images (of the posterior
+means; with ``latent="sample"``, of the draws: the posterior variance is added to the second moment),
+kept in the buffer ``latent_moments`` (mean, mean of squares) so the export carries it and its hash
+depends on it. Two estimates write it: during training a running average over the training batches
+(decay ``moment_decay``; what a mid-run checkpoint carries), and at the end of fit the tokenizer harness
+replaces it with the exact moments of the final (EMA, exported) weights over a few hundred training
+images (:class:`DataScaled`: :meth:`~ContinuousTokenizer.scale_statistics` and
+:meth:`~ContinuousTokenizer.set_scale_statistics`). The tokenizer harness trains it (:meth:`reconstruct`) with
 :class:`~tokenizers_vq.losses.kl_loss.KLLoss`; any pretrained ``AutoencoderKL`` loads from a local folder
 with :meth:`ContinuousTokenizer.from_pretrained`.
 """
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +47,20 @@ class KLReconstruction:
     @property
     def latents(self) -> Tensor:
         return self.mean
+
+
+@runtime_checkable
+class DataScaled(Protocol):
+    """A tokenizer whose latent scale factor is measured on training data: the tokenizer harness sums
+    :meth:`scale_statistics` over a few hundred training images at the end of fit and hands the sum back."""
+
+    def scale_statistics(self, images: Tensor) -> Tensor | None:
+        """(sum, sum of squares, count) of the unscaled latents of ``images``, float64; None if the factor is fixed."""
+        ...
+
+    def set_scale_statistics(self, stats: Tensor) -> None:
+        """Set the factor to 1 / std of the latents that ``stats`` (a sum of :meth:`scale_statistics`) describe."""
+        ...
 
 
 def _vae(**kwargs: Any) -> nn.Module:
@@ -95,7 +114,7 @@ class ContinuousTokenizer(nn.Module):
 
     @property
     def scaling_factor(self) -> float:
-        """The fixed factor, or 1 / std of the latents seen in training (1 before any)."""
+        """The fixed factor, or 1 / std of the training latents (module docstring; 1 before any)."""
         if self.fixed_scale is not None:
             return float(self.fixed_scale)
         mean, square, seen = self.latent_moments.tolist()
@@ -115,19 +134,45 @@ class ContinuousTokenizer(nn.Module):
 
     # ---- training -----------------------------------------------------------------------------------
     def reconstruct(self, images: Tensor) -> KLReconstruction:
-        """images -> reconstruction from a posterior sample (the reparameterisation trick; the VAE's own
-        training path), and, in training with a data-derived factor, the running latent moments."""
+        """images -> reconstruction. In training: from a posterior sample (the reparameterisation trick; the
+        VAE's own training path), and, with a data-derived factor, the running latent moments are updated. In
+        eval mode (validation, reconstruction grids): from the posterior mean, deterministic."""
         self._check_images(images)
         mean, logvar = self._posterior(images)
-        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if self.training else mean
         if self.training and self.fixed_scale is None:
             with torch.no_grad():
                 m = mean.detach().float()
-                step = torch.stack([m.mean(), m.pow(2).mean(), torch.ones((), device=m.device)])
+                step = torch.stack([m.mean(), self._second_moment(m, logvar.detach().float()).mean(),
+                                    torch.ones((), device=m.device)])
                 d = self.moment_decay if float(self.latent_moments[2]) > 0 else 0.0
                 self.latent_moments.copy_(torch.cat([d * self.latent_moments[:2] + (1 - d) * step[:2],
                                                      self.latent_moments[2:] + 1]))
         return KLReconstruction(images=self.vae.decode(z).sample, mean=mean, logvar=logvar)
+
+    @torch.no_grad()
+    def scale_statistics(self, images: Tensor) -> Tensor | None:
+        """(sum, sum of squares, count) of the unscaled posterior means of ``images``, float64 (summable over
+        batches and processes); None when the factor is fixed."""
+        if self.fixed_scale is not None:
+            return None
+        self._check_images(images)
+        mean, logvar = self._posterior(images)
+        m = mean.double()
+        return torch.stack([m.sum(), self._second_moment(m, logvar.double()).sum(),
+                            torch.tensor(float(m.numel()), dtype=torch.float64, device=m.device)])
+
+    def _second_moment(self, mean: Tensor, logvar: Tensor) -> Tensor:
+        """E[z^2] per element of what encode returns: mean^2, plus the posterior variance for a draw."""
+        return mean.pow(2) + logvar.exp() if self.latent == "sample" else mean.pow(2)
+
+    def set_scale_statistics(self, stats: Tensor) -> None:
+        """The data-derived factor becomes 1 / std of the latents that ``stats`` sums describe."""
+        total, square, count = stats.double().tolist()
+        if count <= 0:
+            raise ValueError("no latents to measure the scale factor on")
+        seen = max(float(self.latent_moments[2]), 1.0)
+        self.latent_moments.copy_(torch.tensor([total / count, square / count, seen]))
 
     def last_layer(self) -> Tensor:
         """The decoder's output conv (the adaptive GAN weight's reference layer)."""

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from argen.training.ema import EMA, prepare_ema
+from tokenizers_vq.continuous import DataScaled
 from tokenizers_vq.losses.vq_loss import VQLoss
 from tokenizers_vq.metrics import psnr
 
@@ -41,7 +42,10 @@ class TokenizerTrainingModule(L.LightningModule):
     ``threshold / V`` of the time, every that many steps (0 disables);
     usage_decay: EMA factor of the per-code usage statistics;
     seed: seeds the generator that draws dead-code replacements (with the step), so a
-    resumed run draws the same replacements.
+    resumed run draws the same replacements;
+    scale_images: for a tokenizer whose latent scale factor comes from data
+    (:class:`~tokenizers_vq.continuous.DataScaled`), how many training images measure it with
+    the final (EMA) weights at the end of fit (per process; 0 keeps the running estimate).
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class TokenizerTrainingModule(L.LightningModule):
         dead_code_threshold: float = 0.03,
         usage_decay: float = 0.99,
         seed: int = 0,
+        scale_images: int = 512,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -71,6 +76,7 @@ class TokenizerTrainingModule(L.LightningModule):
         self.dead_code_threshold = dead_code_threshold
         self.usage_decay = usage_decay
         self.seed = seed
+        self.scale_images = scale_images
         self.ema = EMA(tokenizer, decay=ema_decay) if ema_decay is not None else None
         self.skipped_samples = 0
         self._skips_reported = False
@@ -198,6 +204,35 @@ class TokenizerTrainingModule(L.LightningModule):
         # Already summed over processes, so equal on every rank: syncing (a mean) keeps the value.
         self.log("train/skipped_samples", float(skipped), sync_dist=True)
         self.skipped_samples = 0
+
+    def on_train_end(self) -> None:
+        self._measure_latent_scale()
+
+    @torch.no_grad()
+    def _measure_latent_scale(self) -> None:
+        """A data-derived latent scale factor, measured on training images with the weights that get exported."""
+        model = self.ema.module if self.ema is not None else self.tokenizer
+        if not isinstance(model, DataScaled) or self.scale_images <= 0:
+            return
+        was_training, total, seen = model.training, None, 0
+        model.eval()
+        for batch in self.trainer.train_dataloader:
+            if "image" not in batch:
+                continue
+            stats = model.scale_statistics(batch["image"][: self.scale_images - seen].to(self.device))
+            if stats is None:  # a fixed factor
+                break
+            total = stats if total is None else total + stats
+            seen += min(len(batch["image"]), self.scale_images - seen)
+            if seen >= self.scale_images:
+                break
+        model.train(was_training)
+        if total is None:
+            return
+        total = self.trainer.strategy.reduce(total, reduce_op="sum")  # every process: the same factor
+        model.set_scale_statistics(total)
+        log.info("latent scale factor 1/std = %.6g, measured on %d training images", model.scaling_factor,
+                 int(self.trainer.strategy.reduce(torch.tensor(float(seen), device=self.device), reduce_op="sum")))
 
     # ---- validation -----------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
