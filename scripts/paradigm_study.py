@@ -1,15 +1,19 @@
-"""Generation paradigms side by side at equal training CPU time: raster (next-token), NAR (next-neighbour)
-and VAR (next-scale), on the shapes world (ShapesEval with 95% intervals, fd_shapes) or on digits (class
+"""Generation paradigms side by side at equal training CPU time: raster (next-token), NAR (next-neighbour),
+VAR (next-scale) and xAR (next-cell or next-scale with flow matching, on a continuous tokenizer), on the shapes world (ShapesEval with 95% intervals, fd_shapes) or on digits (class
 accuracy of the digits classifier, fd_digits).
 
 On shapes every paradigm trains with the quick start's recipe (lr 3e-3, warmup 50, no EMA, batch 32:
 shapes_raster_quick, shapes_nar, shapes_var_quick); on digits each with its digits experiment's (digits_nar is
-digits_raster's recipe, digits_var has its own); each on its tokenizer's codes. Equal CPU time: the forward +
+digits_raster's recipe, digits_var has its own); xAR always with its own experiment's recipe (shapes_xar,
+shapes_xar_scale, digits_xar: batch 64, lr 1e-3, EMA; a flow model trained at the raster recipe's lr 3e-3
+without EMA is not what the paper does); each on its tokenizer's codes. Equal CPU time: the forward +
 backward + optimiser step of each model is timed on its own batches, in interleaved rounds in one process,
 and each paradigm gets ``ref_steps x (raster's ms per step / its ms per step)`` steps. Sampling is ancestral
-at one CFG scale and temperature 1 for all (samplers: DecodingPolicy), so only the paradigm differs (VAR
-also differs in its tokenizer, a multi-scale VQ trained here for as many steps as the base one; its
-reconstruction figures are in the JSON).
+at one CFG scale and temperature 1 for all (samplers: DecodingPolicy), so only the paradigm differs; xAR
+samples with ``sampler=flow`` (the paper's SDE, 25 steps per entity, CFG ramped linearly over the AR steps
+up to the same scale). VAR also differs in its tokenizer, a multi-scale VQ, and xAR in its, the continuous
+AutoencoderKL (shapes_kl / digits_kl), each trained here for as many steps as the base one; their
+reconstruction figures are in the JSON.
 
     python scripts/paradigm_study.py --out outputs/paradigms --base outputs/quickstart            # shapes
     python scripts/paradigm_study.py --world digits --out outputs/paradigms_digits --ref-steps 1500
@@ -42,17 +46,24 @@ from argen.io.folders import atomic_write_json  # noqa: E402
 # world -> paradigm -> (generator experiment, tokenizer experiment)
 WORLDS: dict[str, dict[str, tuple[str, str]]] = {
     "shapes": {"raster": ("shapes_raster_quick", "shapes_vq"), "nar": ("shapes_nar", "shapes_vq"),
-               "var": ("shapes_var_quick", "shapes_msvq")},
+               "var": ("shapes_var_quick", "shapes_msvq"), "xar": ("shapes_xar", "shapes_kl"),
+               "xar_scale": ("shapes_xar_scale", "shapes_kl")},
     "digits": {"raster": ("digits_raster", "digits_vq"), "nar": ("digits_nar", "digits_vq"),
-               "var": ("digits_var", "digits_msvq")},
+               "var": ("digits_var", "digits_msvq"), "xar": ("digits_xar", "digits_kl")},
 }
+ORDER = ["raster", "nar", "var", "xar", "xar_scale"]
+
+
+def sampler_overrides(paradigm: str) -> list[str]:
+    """xAR predicts velocities: the flow sampler (argen-sample refuses ancestral sampling of it)."""
+    return ["sampler=flow"] if paradigm.startswith("xar") else []
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--world", choices=sorted(WORLDS), default="shapes")
-    p.add_argument("--paradigms", nargs="+", default=["raster", "nar", "var"], choices=["raster", "nar", "var"])
+    p.add_argument("--paradigms", nargs="+", default=["raster", "nar", "var"], choices=ORDER)
     p.add_argument("--base", type=Path, default=None, help="quick start output folder to reuse (shapes)")
     p.add_argument("--ref-steps", type=int, default=800, help="raster's training steps; the others get its CPU time")
     p.add_argument("--tokenizer-steps", type=int, default=400, help="steps of each tokenizer trained here")
@@ -126,14 +137,14 @@ def ms_per_step(configs: dict[str, list[str]], steps: int, rounds: int = 3) -> d
     return {name: 1e3 * sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-def evaluate_digits(args: argparse.Namespace, export: str, name: str) -> dict[str, Any]:
+def evaluate_digits(args: argparse.Namespace, export: str, name: str, extra: list[str]) -> dict[str, Any]:
     from argen.cli.sample import run as sample_run
     from argen.eval.feature_nets import build_and_export
 
     net = args.out / "feature_nets" / "digits"
     if not (net / "model.safetensors").is_file():
         build_and_export("digits", net, overwrite=True)
-    out = sample_run(compose_config("sample", [f"generator_path={export}", f"paths.output_root={args.out}",
+    out = sample_run(compose_config("sample", [f"generator_path={export}", f"paths.output_root={args.out}", *extra,
                                                "overwrite=true", "classes=all", f"n_per_condition={args.digits_per_class}",
                                                f"sampler.cfg_scale={args.cfg_scale}", "eval=fd_digits",
                                                f"eval.extractor.path={net}", f"output_dir={args.out}/samples/{name}"]))
@@ -145,8 +156,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    order = ["raster", "nar", "var"]  # the JSON is written with sorted keys
-    rows = {k: report["paradigms"][k] for k in sorted(report["paradigms"], key=order.index)}
+    rows = {k: report["paradigms"][k] for k in sorted(report["paradigms"], key=ORDER.index)}  # JSON keys are sorted
     fig, ax = plt.subplots(figsize=(9, 3.6))
     if report["world"] == "shapes":
         tasks = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
@@ -218,9 +228,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
                 build_and_export("shapes", net, overwrite=True)
             row.update(sampling_stage(args.out / f"study_{paradigm}", row["export"], suite_per_tag=args.suite_per_tag,
-                                      fd_samples=args.fd_samples, cfg_scale=args.cfg_scale, feature_net=net))
+                                      fd_samples=args.fd_samples, cfg_scale=args.cfg_scale, feature_net=net,
+                                      extra=sampler_overrides(paradigm)))
         else:
-            row.update(evaluate_digits(args, row["export"], paradigm))
+            row.update(evaluate_digits(args, row["export"], paradigm, sampler_overrides(paradigm)))
         report["paradigms"][paradigm] = row
         atomic_write_json(args.out / "paradigms.json", report)
     plot(report, args.out / "paradigms.png")

@@ -198,13 +198,14 @@ def generator_stage(out: Path, tokenizer_export: str, steps: int | None, overrid
 
 
 def sampling_stage(out: Path, generator_export: str, *, suite_per_tag: int, fd_samples: int, cfg_scale: float,
-                   seed: int = 0, feature_net: Path | None = None) -> dict[str, Any]:
+                   seed: int = 0, feature_net: Path | None = None, extra: list[str] | None = None) -> dict[str, Any]:
     """ShapesEval of the prompt suite's samples, and fd_shapes of samples for held-out test captions (on the
-    shapes feature network ``feature_net``, default ``out/feature_nets/shapes``)."""
+    shapes feature network ``feature_net``, default ``out/feature_nets/shapes``); ``extra``: more argen-sample
+    overrides (``sampler=flow`` for a flow generator)."""
     from argen.cli.sample import run as sample_run
 
     common = [f"generator_path={generator_export}", f"paths.output_root={out}", "overwrite=true", f"seed={seed}",
-              f"sampler.cfg_scale={cfg_scale}"]
+              *(extra or []), f"sampler.cfg_scale={cfg_scale}"]
     suite = sample_run(compose_config("sample", [*common, "suite=shapes", f"suite_per_tag={suite_per_tag}", "suite_fill=true",
                                                  "n_per_condition=4", f"output_dir={out}/samples/shapes_suite",
                                                  "eval=shapes"]))
