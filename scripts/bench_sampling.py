@@ -35,6 +35,17 @@ under ``torch.inference_mode``. Generators (``--generators``):
   counterparts also get ``train_step_s``: the median seconds of one training step (forward, backward, AdamW)
   at batch ``--train-batch`` on random codes.
 
+- xAR (next-X with flow matching, :class:`XARGenerator`): ``xar`` = ``xar_nano`` on an 8x8 latent grid with 4
+  channels (the shapes_kl tokenizer's) for each entity: ``xar8_cell`` (2x2 cells of 4x4: 4 AR steps),
+  ``xar8_subsample`` (stride 2: 4), ``xar8_scale`` (scales 1, 2, 4, 8: 4), ``xar8_image`` (1) and ``xar8_token``
+  (64; not in ``xar``: slow); ``xar_b`` = the xAR-B dimensions (172M) at the official 16x16x16 latents, 2x2
+  cells (a step-time record; batches 1 and 8 only on the CPU). Sampling is :class:`FlowSampler` (SDE,
+  ``--flow-steps`` per entity, default 25). Records: ``generator: xar``, ``family: xar``, ``preset``,
+  ``entity``, ``grid``, ``ar_steps``, ``flow_steps``, ``forward_passes_per_image`` = ar_steps x (flow_steps + 1)
+  (each entity's integration plus the pass that commits it to the KV cache), ``step_ms`` (median wall time of
+  one velocity pass of the first entity at that batch) and ``flops_per_image`` (model FLOPs of every pass:
+  the entity's tokens through both stacks, attending over the condition and the entities up to it).
+
 Default set: ``tiny,gpt_b,var,nar,nar_b`` (plus ``var_d16`` on CUDA); ``--quick``: ``tiny8,var8,nar8``.
 
 Measures
@@ -99,9 +110,11 @@ if str(REPO) not in sys.path:
 from argen.cli.common import CONFIG_DIR, build  # noqa: E402
 from argen.core import Condition  # noqa: E402
 from argen.generators.nar import NARGenerator  # noqa: E402
+from argen.generators.xar import XARGenerator  # noqa: E402
 from argen.generators.token_shuffle import TokenShuffleGenerator  # noqa: E402
 from argen.generators.raster import RasterGenerator  # noqa: E402
 from argen.samplers.ancestral import AncestralSampler  # noqa: E402
+from argen.samplers.flow import FlowSampler  # noqa: E402
 from argen.samplers.random import RowRandom, sample_seeds  # noqa: E402
 from tokenizers_vq.msvq import MultiScaleQuantizer  # noqa: E402
 
@@ -110,7 +123,8 @@ log = logging.getLogger("argen.bench")
 # A record's identity for merging: records agreeing on all of these (missing = None) replace each
 # other. Later samplers add their own knobs here (window, k, delta, ...).
 IDENTITY_KEYS = ("generator", "family", "preset", "scales", "tokens_per_image", "sampler", "batch", "device",
-                 "dtype", "cfg_scale", "window", "k", "delta", "draft", "num_steps", "drafter", "s")
+                 "dtype", "cfg_scale", "window", "k", "delta", "draft", "num_steps", "drafter", "s", "entity",
+                 "flow_steps")
 # A VAR run and its raster counterpart agree on these (besides the final grid) for speedup_vs_raster.
 MATCH_KEYS = ("sampler", "batch", "device", "dtype", "cfg_scale", "cfg_schedule", "window", "k", "delta", "draft",
               "num_steps", "threads")
@@ -137,6 +151,8 @@ class Spec:
     family: str = "raster"
     scales: tuple[int, ...] = ()
     window: int = 0  # Token-Shuffle's s
+    entity: str = ""  # xAR's entity kind
+    channels: int = 0  # xAR's latent channels
 
     @property
     def trains(self) -> bool:
@@ -154,7 +170,11 @@ SPECS: dict[str, tuple[Spec, ...]] = {
     "nar8": (Spec("nar8", "nar_tiny", 8, 1024, 10, "nar"),),
     "nar16": (Spec("nar16", "nar_tiny", 16, 1024, 10, "nar"),),
     "nar_b": (Spec("nar_b", "nar_b", 16, 16384, 1000, "nar"),),
+    "xar_b": (Spec("xar_b", "xar_b", 16, 0, 1000, "xar", entity="cell", channels=16),),
 }
+for _entity in ("cell", "subsample", "scale", "image", "token"):
+    SPECS[f"xar8_{_entity}"] = (Spec(f"xar8_{_entity}", "xar_nano", 8, 0, 10, "xar", entity=_entity, channels=4),)
+SPECS["xar"] = tuple(SPECS[f"xar8_{e}"][0] for e in ("cell", "subsample", "scale", "image"))
 for _grid, _px in ((16, 64), (32, 128)):
     SPECS[f"nano{_px}"] = (Spec(f"nano{_px}", "raster_nano", _grid, 1024, 10),)
     for _s in (1, 2, 4):
@@ -182,6 +202,7 @@ class Settings:
     cfg_scale: float
     cfg_batch: int
     train_batch: int = 32
+    flow_steps: int = 25
 
     @property
     def dtype(self) -> torch.dtype:
@@ -205,6 +226,10 @@ def build_generator(spec: Spec, device: torch.device, dtype: torch.dtype) -> nn.
     """A randomly initialised generator in eval mode. Raster: output head re-drawn from N(0, 0.02).
     VAR: its own (non-zero) init, with a random scale-residual quantizer attached (fp32, as the
     tokenizer's accumulate step runs in fp32 whatever the generator's dtype)."""
+    if spec.family == "xar":  # its own init (xavier linears, N(0, 0.02) positions): not degenerate
+        node = compose_generator(spec.preset, [f"grid_size={spec.grid}", f"channels={spec.channels}",
+                                               f"entity={spec.entity}", f"condition.num_classes={spec.classes}"])
+        return build(node, "generator").to(device=device, dtype=dtype).eval()
     if spec.family == "var":
         scales = ",".join(str(s) for s in spec.scales)
         node = compose_generator(spec.preset, [f"vocab_size={spec.vocab}", f"scales=[{scales}]",
@@ -230,10 +255,31 @@ def flops_per_image(gen: nn.Module) -> float:
     if isinstance(gen, TokenShuffleGenerator):  # window k attends over prefix + k slots, shared by its s^2 tokens
         return sum(gen.flops_per_token(context=gen.prefix_len + k) * gen.tokens_per_slot
                    for k in range(gen.num_windows))
+    if isinstance(gen, XARGenerator):
+        return xar_flops_per_image(gen, passes_per_entity=1)
     if isinstance(gen, NARGenerator):
         levels = gen.levels[gen.prefix_len:]
         return sum(gen.flops_per_token(context=gen.prefix_len + int((levels <= lv).sum())) for lv in levels)
     return gen.flops_per_token() * gen.layout.length  # type: ignore[operator]
+
+
+def xar_flops_per_image(gen: XARGenerator, passes_per_entity: int) -> float:
+    """Model FLOPs of ``passes_per_entity`` passes per entity: each of the entity's tokens through both stacks
+    (2 x the block weights, the input and output projections) plus attention over the condition prefix and
+    every token up to its entity (QK^T and AV: 4 x width x context per layer)."""
+    def weights(blocks: nn.ModuleList) -> int:
+        return sum(p.numel() for b in blocks for n, p in b.named_parameters() if "ada_lin" not in n and p.dim() > 1)
+
+    enc, dec = gen.encoder_blocks, gen.decoder_blocks
+    per_token = 2 * (weights(enc) + weights(dec) + gen.z_proj.weight.numel() + gen.decoder_embed.weight.numel()
+                     + gen.pred.weight.numel())
+    entity = gen.partition.entity
+    total = 0.0
+    for e in range(gen.num_entities):
+        n, context = int((entity == e).sum()), gen.prefix_len + int((entity <= e).sum())
+        attention = 4 * context * (gen.dim * len(enc) + gen.decoder_dim * len(dec))
+        total += passes_per_entity * n * (per_token + attention)
+    return total
 
 
 def sync(device: torch.device) -> None:
@@ -289,8 +335,28 @@ def check_not_degenerate(spec: Spec, tokens: Tensor) -> None:
         log.warning("%s sampled an image with %d distinct token(s): degenerate sampling", spec.name, distinct)
 
 
+def xar_step_ms(gen: XARGenerator, sampler: FlowSampler, cond: Condition, repeats: int = 5) -> float:
+    """Median ms of one velocity pass of the first entity (the sampler's rows: doubled under CFG)."""
+    policy = sampler.policy
+    policy.begin(gen)
+    state = gen.start(policy.conditions(gen, cond))
+    query = gen.plan()[0]
+    x = torch.randn(state.batch_size, len(query), gen.channels, device=query.device)
+    t = torch.ones(state.batch_size, len(query), device=query.device)
+    walls = []
+    for _ in range(repeats + 1):
+        sync(x.device)
+        t0 = time.perf_counter()
+        gen.velocity(state, x, t, query)
+        sync(x.device)
+        walls.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(walls[1:])
+
+
 def measure_run(gen: nn.Module, spec: Spec, batch: int, cfg_scale: float, settings: Settings) -> dict[str, Any]:
-    """One run record: throughput of ancestral sampling of ``batch`` images."""
+    """One run record: throughput of ancestral sampling of ``batch`` images (xAR: flow sampling)."""
+    if spec.family == "xar":
+        return measure_xar_run(gen, spec, batch, cfg_scale, settings)
     sampler = AncestralSampler(cfg_scale=cfg_scale)
     cond, seeds = make_batch(spec, batch, settings.device)
     warm_up(gen, sampler, cond, seeds)
@@ -325,6 +391,30 @@ def measure_run(gen: nn.Module, spec: Spec, batch: int, cfg_scale: float, settin
     if spec.family in PARALLEL:  # filled by fill_speedups once the raster runs are in
         record.update(speedup_vs_raster=None, raster_images_per_s=None, raster_counterpart=None)
     return record
+
+
+def measure_xar_run(gen: XARGenerator, spec: Spec, batch: int, cfg_scale: float, settings: Settings) -> dict[str, Any]:
+    """xAR's record: :class:`FlowSampler` (SDE, ``settings.flow_steps`` per entity, CFG ramped as the paper)."""
+    sampler = FlowSampler(method="sde", steps=settings.flow_steps, cfg_scale=cfg_scale, cfg_schedule="linear")
+    cond, seeds = make_batch(spec, batch, settings.device)
+    FlowSampler(method="sde", steps=2, cfg_scale=cfg_scale).sample(gen, cond, seeds=seeds)  # warm-up
+    walls, passes, _ = time_sampling(gen, sampler, cond, seeds, settings)
+    wall = statistics.median(walls)
+    rows = 2 if sampler.policy.doubled else 1
+    flops = xar_flops_per_image(gen, passes_per_entity=settings.flow_steps + 1) * rows
+    return {
+        "generator": "xar", "family": "xar", "preset": spec.preset, "entity": spec.entity,
+        "grid": f"{spec.grid}x{spec.grid}", "channels": spec.channels, **sampler.settings(),
+        "ar_steps": gen.num_entities, "flow_steps": settings.flow_steps,
+        "batch": batch, "tokens_per_image": gen.layout.length, "forward_passes_per_image": passes,
+        "rows_per_pass": batch * rows, "images_per_s": batch / wall, "tokens_per_s": batch * gen.layout.length / wall,
+        "seconds_per_image": wall / batch, "wall_s": wall, "wall_s_best": min(walls), "wall_s_all": walls,
+        "repeats": len(walls), "images_per_s_best": batch / min(walls), "device": str(settings.device),
+        "dtype": settings.dtype_name, "threads": torch.get_num_threads() if settings.device.type == "cpu" else None,
+        "parameters": sum(p.numel() for p in gen.parameters()), "vocab_size": None, "num_classes": spec.classes,
+        "flops_per_image": flops, "achieved_gflops": flops * batch / wall / 1e9,
+        "step_ms": xar_step_ms(gen, sampler, cond),
+    }
 
 
 def train_step_seconds(spec: Spec, batch: int, settings: Settings, steps: int = 3) -> float:
@@ -484,6 +574,9 @@ def run_label(r: dict[str, Any]) -> str:
         label = f"{r['generator']} (trained) {r['setting']}"
     elif r.get("family") == "var":
         label = f"VAR {r.get('preset')} {r.get('grid')} ({len(r.get('scales') or ())} scales), {r['sampler']}"
+    elif r.get("family") == "xar":
+        label = f"xAR {r.get('preset')} {r.get('entity')} {r.get('grid')} ({r.get('ar_steps')} x {r.get('flow_steps')} " \
+                f"steps), {r['sampler']}"
     elif r.get("family") == "nar":
         label = f"NAR {r.get('preset')} {r.get('grid')} ({r.get('forward_passes_per_image')} passes), {r['sampler']}"
     elif r.get("family") == "token_shuffle":
@@ -534,8 +627,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for label, (r, points) in sorted(series.items()):
         xs, ys = zip(*sorted(points))
         family, cfg = r.get("family"), r.get("cfg_scale", 1.0) != 1.0
-        left.plot(xs, ys, marker={"var": "s", "nar": "^", "token_shuffle": "D"}.get(family, "o"),
-                  ls={"var": "--", "nar": ":", "token_shuffle": "-."}.get(family, "-"), color=colours[run_pair(r)],
+        left.plot(xs, ys, marker={"var": "s", "nar": "^", "token_shuffle": "D", "xar": "v"}.get(family, "o"),
+                  ls={"var": "--", "nar": ":", "token_shuffle": "-.", "xar": (0, (1, 3))}.get(family, "-"), color=colours[run_pair(r)],
                   fillstyle="none" if cfg else "full", label=label)
     left.set(xscale="log", yscale="log", xlabel="batch", ylabel="images / s", title="sampling throughput")
     log_axes(left, sorted({r["batch"] for r in runs}))
@@ -549,8 +642,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
         for label, (r, points) in sorted(ratios.items()):
             xs, ys = zip(*sorted(points))
             family = r.get("family")
-            middle.plot(xs, ys, marker={"var": "s", "nar": "^", "token_shuffle": "D"}.get(family, "o"),
-                        ls={"var": "--", "nar": ":", "token_shuffle": "-."}.get(family, "-"), color=colours[run_pair(r)],
+            middle.plot(xs, ys, marker={"var": "s", "nar": "^", "token_shuffle": "D", "xar": "v"}.get(family, "o"),
+                        ls={"var": "--", "nar": ":", "token_shuffle": "-.", "xar": (0, (1, 3))}.get(family, "-"), color=colours[run_pair(r)],
                         fillstyle="none" if r.get("cfg_scale", 1.0) != 1.0 else "full", label=label)
         middle.axhline(1.0, color="grey", lw=0.8)
         middle.set(xscale="log", yscale="log", xlabel="batch", ylabel="images/s / raster images/s",
@@ -630,6 +723,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg-batch", type=int, default=8, help="batch of the extra CFG run (0 = skip it)")
     p.add_argument("--train-batch", type=int, default=32,
                    help="batch of the training-step timing (Token-Shuffle and raster_nano runs)")
+    p.add_argument("--flow-steps", type=int, default=25, help="xAR: flow (SDE) steps per entity")
     p.add_argument("--matmul-budget", type=float, default=None, help="seconds for the matmul peak probe")
     t = p.add_argument_group("trained-model sampler sweep (scripts/bench_speculative.py): replaces the runs above")
     t.add_argument("--trained", default=None, help="exported shapes generator: sweep samplers on it (speed + quality)")
@@ -663,7 +757,8 @@ def make_settings(args: argparse.Namespace) -> Settings:
                     kv_repeats=args.kv_repeats or (2 if args.quick else 3), kv_batch=args.kv_batch,
                     matmul_sizes=(256, 512) if args.quick else sizes,
                     matmul_budget_s=args.matmul_budget or (1.0 if args.quick else 12.0),
-                    cfg_scale=args.cfg_scale, cfg_batch=args.cfg_batch, train_batch=args.train_batch)
+                    cfg_scale=args.cfg_scale, cfg_batch=args.cfg_batch, train_batch=args.train_batch,
+                    flow_steps=args.flow_steps)
 
 
 def select(args: argparse.Namespace) -> tuple[list[Spec], list[int]]:
@@ -675,6 +770,11 @@ def select(args: argparse.Namespace) -> tuple[list[Spec], list[int]]:
     specs = list(dict.fromkeys(s for n in names.split(",") for s in SPECS[n]))
     batches = [int(b) for b in (args.batches or ("1,8" if args.quick else "1,8,64")).split(",")]
     return specs, batches
+
+
+def too_big(spec: Spec, batch: int, settings: Settings) -> bool:
+    """xAR-B beyond batch 8 on a CPU: minutes per run (its step time at batch 1 and 8 is the record wanted)."""
+    return spec.preset == "xar_b" and settings.device.type == "cpu" and batch > 8
 
 
 def run_all(specs: list[Spec], batches: list[int], settings: Settings,
@@ -692,7 +792,7 @@ def run_all(specs: list[Spec], batches: list[int], settings: Settings,
         gen = build_generator(spec, settings.device, settings.dtype)
         train_s = train_step_seconds(spec, settings.train_batch, settings) if spec.trains else None
         with torch.inference_mode():
-            for batch, scale in [(b, 1.0) for b in batches] + cfg:
+            for batch, scale in [(b, 1.0) for b in batches if not too_big(spec, b, settings)] + cfg:
                 bar.set_postfix_str(f"{spec.name} b{batch} cfg{scale:g}")
                 record = measure_run(gen, spec, batch, scale, settings)
                 if train_s is not None:
@@ -727,6 +827,8 @@ def utilisation(runs: list[dict[str, Any]], peak: float) -> dict[str, Any]:
 
 def log_record(r: dict[str, Any]) -> None:
     name = f"{r['family']} {r['preset']}" if r.get("family") in PARALLEL else r["generator"]
+    if r.get("family") == "xar":
+        name = f"xar {r['entity']} {r['preset']}"
     log.info("%-15s %3d tok %2d passes batch %3d cfg %-3g: %8.3f images/s %9.1f tokens/s %7.3f s/image, "
              "%6.2f GFLOP/s (%d repeats)", name, r["tokens_per_image"], r["forward_passes_per_image"], r["batch"],
              r["cfg_scale"], r["images_per_s"], r["tokens_per_s"], r["seconds_per_image"], r["achieved_gflops"],

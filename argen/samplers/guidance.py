@@ -44,7 +44,8 @@ class Guidance:
 
     @property
     def active(self) -> bool:
-        return self.scale != 1.0 or self.schedule != "constant"
+        """Every schedule is 1 throughout at scale 1: no guidance, so no doubled rows (whatever the schedule)."""
+        return self.scale != 1.0
 
     def double(self, generator: object, cond: Condition) -> Condition:
         """[cond; null(cond)] when guidance is active, else cond."""

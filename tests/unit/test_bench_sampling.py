@@ -162,3 +162,26 @@ def test_token_shuffle_records_carry_the_window_positions_and_speedup(tmp_path: 
         assert r["speedup_vs_raster"] == r["images_per_s"] / raster["images_per_s"]
         assert r["raster_counterpart"] == "raster_nano 16x16"
     assert (tmp_path / "token_shuffle.png").stat().st_size > 0
+
+
+def test_xar_records_carry_the_entity_and_ar_steps_times_flow_steps(tmp_path: Path) -> None:
+    """xAR on the 8x8x4 latent grid: cell and scale entities are 4 AR steps, image 1; passes = AR steps x (flow
+    steps + 1 commit pass), doubled rows under CFG; a per-pass step time and model FLOPs that grow with them."""
+    bench = load_script()
+    bench.main(["--out", str(tmp_path), "--generators", "xar8_cell,xar8_scale,xar8_image", "--batches", "1,2",
+                "--cfg-batch", "2", "--flow-steps", "3", "--repeats", "1", "--matmul-budget", "0.2"])
+    runs = json.loads((tmp_path / "sampling.json").read_text())["runs"]
+    xar = [r for r in runs if r["family"] == "xar"]
+    assert {(r["entity"], r["batch"], r["cfg_scale"]) for r in xar} == {
+        (e, b, c) for e in ("cell", "scale", "image") for b, c in ((1, 1.0), (2, 1.0), (2, 4.0))}
+    for r in xar:
+        steps = {"cell": 4, "scale": 4, "image": 1}[r["entity"]]
+        assert r["generator"] == "xar" and r["preset"] == "xar_nano" and r["grid"] == "8x8"
+        assert r["ar_steps"] == steps and r["flow_steps"] == 3 and r["forward_passes_per_image"] == steps * 4
+        assert r["sampler"] == "flow" and r["images_per_s"] > 0 and r["step_ms"] > 0
+        assert r["rows_per_pass"] == r["batch"] * (2 if r["cfg_scale"] != 1.0 else 1)
+    cell = {(r["batch"], r["cfg_scale"]): r["flops_per_image"] for r in xar if r["entity"] == "cell"}
+    assert cell[(2, 4.0)] == 2 * cell[(2, 1.0)] > 0  # CFG doubles the rows
+    image = next(r for r in xar if r["entity"] == "image" and r["cfg_scale"] == 1.0)
+    assert image["flops_per_image"] > cell[(1, 1.0)]  # one entity attends over all 64 tokens: more attention
+    assert (tmp_path / "sampling.png").stat().st_size > 0
