@@ -221,3 +221,29 @@ def convert_xar(path: str | Path, out_dir: str | Path, *, entry: str | None = No
     describe = f"width {c['dim']}, depth {c['encoder_depth']}+{c['decoder_depth']}, cells of {c['cell_size']}"
     return save_conversion(conversion, path, out_dir, kind="generator", source="xar", describe=describe,
                            overwrite=overwrite, **extra)
+
+
+def export_to_xar(export_dir: str | Path, out_path: str | Path, *, overwrite: bool = False) -> Path:
+    """An argen xAR export (cell entity, class-conditional) -> an official-format checkpoint (a raw state dict
+    with the official keys and buffers, written atomically with ``torch.save``): the way back."""
+    import yaml
+
+    from argen.generators.xar import XARGenerator
+    from argen.io.folders import atomic_write
+    from tokenizers_vq.io import load_pretrained
+
+    export_dir, out_path = Path(export_dir), Path(out_path)
+    if out_path.exists() and not overwrite:
+        raise FileExistsError(f"{out_path} exists; pass overwrite=True (--overwrite) to replace it")
+    config_file = export_dir / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{export_dir} is not an argen export (no config.yaml)")
+    config = dict(yaml.safe_load(config_file.read_text()))
+    config.setdefault("cell_size", None)
+    model = load_pretrained(export_dir)
+    if not isinstance(model, XARGenerator):
+        raise TypeError(f"{export_dir} holds a {type(model).__name__}, not an XARGenerator")
+    config["grid_size"] = list(model.grid)
+    state = argen_to_xar(model.state_dict(), config)
+    return atomic_write(out_path, lambda f: torch.save(state, f))
+

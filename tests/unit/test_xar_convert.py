@@ -242,3 +242,30 @@ def test_a_wrong_checkpoint_is_refused_naming_the_problem() -> None:
     extra = {**sd, "diffloss.net.weight": torch.zeros(1)}
     with pytest.raises(KeyError, match="diffloss.net.weight"):
         xar_from_state_dict(extra)
+
+
+def test_the_script_converts_a_file_to_an_export_and_back(tmp_path) -> None:  # noqa: ANN001
+    """scripts/convert_xar.py both ways: official .pth -> argen export -> official .pth: the weights bit for bit,
+    the recomputed buffers (RoPE tables: argen's float32 trigonometry vs the formula above) to 1e-6."""
+    import importlib.util
+
+    from argen import load
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("convert_xar", REPO / "scripts" / "convert_xar.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    sd = official_state_dict(2)
+    torch.save(sd, tmp_path / "xar.pth")
+    export = script.main(["--ckpt", str(tmp_path / "xar.pth"), "--out", str(tmp_path / "export")])
+    assert isinstance(load(export), type(xar_from_state_dict(sd)))
+    back = script.main(["--to-official", str(export), "--out", str(tmp_path / "back.pth")])
+    restored = torch.load(back, weights_only=True)
+    assert set(restored) == set(sd)
+    for key, value in sd.items():
+        if "rope" in key or key == "mask":
+            torch.testing.assert_close(restored[key], value, atol=1e-6, rtol=0, msg=key)
+        else:
+            assert torch.equal(restored[key], value), key
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        script.main(["--to-official", str(export), "--out", str(back)])
