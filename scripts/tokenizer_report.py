@@ -3,7 +3,8 @@
     python scripts/tokenizer_report.py outputs/runs/digits_vq [--out report.json] [--grid grid.png]
 
 Reads the run's resolved config to rebuild the test dataset exactly as configured, loads the
-exported tokenizer (``<run>/export``), and prints / writes PSNR, SSIM, codebook usage and perplexity.
+exported tokenizer (``<run>/export``), and prints / writes PSNR, SSIM, codebook usage and perplexity (a
+continuous tokenizer: the mean / std of its scaled latents and its scale factor instead).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def main() -> None:
     report["grid"] = str(grid)
     out = args.out or args.run_dir / "reconstruction.json"
     out.write_text(json.dumps(report, indent=2, sort_keys=True))
-    print(json.dumps({k: report[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity", "num_images",
-                                             "per_scale")}))  # noqa: T201
+    keys = ("psnr", "ssim", "codebook_usage", "perplexity", "num_images", "per_scale", "latent_mean", "latent_std",
+            "scaling_factor")
+    print(json.dumps({k: report[k] for k in keys if report.get(k) is not None}))  # noqa: T201
 
 
 if __name__ == "__main__":

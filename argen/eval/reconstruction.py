@@ -1,4 +1,5 @@
-"""Tokenizer reconstruction quality on held-out images: PSNR, SSIM, codebook usage."""
+"""Tokenizer reconstruction quality on held-out images: PSNR, SSIM, codebook usage (discrete tokenizers) or
+latent statistics (continuous ones)."""
 
 from __future__ import annotations
 
@@ -26,19 +27,26 @@ class ReconstructionReport:
     in nats of their codes given that colour, H(code | colour): 0 when identical patches get one code.
     A generator pays it on every such token it predicts, so it bounds how low the generator's loss can go
     (issue 14: the quick start's tokenizer spent 6.35 nats on a grey background patch, 874 codes for it).
-    ``flat_codes`` counts the distinct codes of the most common flat colour."""
+    ``flat_codes`` counts the distinct codes of the most common flat colour.
+
+    Continuous tokenizers (``layout.vocab_size`` None) have no codes: the code fields are None and
+    ``latent_mean`` / ``latent_std`` are the statistics of what ``encode`` returns (scaled latents: a std near 1
+    means the scale factor does its job) with ``scaling_factor`` the tokenizer's."""
 
     psnr: float
     ssim: float
-    codebook_usage: float
-    perplexity: float
+    codebook_usage: float | None
+    perplexity: float | None
     num_images: int
-    vocab_size: int
+    vocab_size: int | None
     tokens_per_image: int
     per_scale: list[dict[str, Any]] | None = None
     flat_tokens: float | None = None
     flat_code_entropy: float | None = None
     flat_codes: int | None = None
+    latent_mean: float | None = None
+    latent_std: float | None = None
+    scaling_factor: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,6 +58,8 @@ def evaluate_reconstruction(tokenizer: Any, dataset: Dataset, *, batch_size: int
     """Encode then decode every image of ``dataset`` (the round trip a generator's samples take)."""
     tokenizer = tokenizer.to(device).eval()
     layout = tokenizer.layout
+    if layout.vocab_size is None:
+        return _continuous_reconstruction(tokenizer, dataset, batch_size=batch_size, device=device, progress=progress)
     vocab = int(layout.vocab_size)
     # position -> scale (one group for a grid or sequence); per-scale histograms (K, V)
     groups = torch.cat([torch.full((h * w,), k) for k, (h, w) in enumerate(layout.shapes)])
@@ -82,6 +92,34 @@ def evaluate_reconstruction(tokenizer: Any, dataset: Dataset, *, batch_size: int
                                 perplexity=_perplexity(total), num_images=n, vocab_size=vocab,
                                 tokens_per_image=layout.length, per_scale=per_scale,
                                 **(synonyms.summary() if synonyms is not None else {}))
+
+
+def _continuous_reconstruction(tokenizer: Any, dataset: Dataset, *, batch_size: int, device: str | torch.device,
+                               progress: bool) -> ReconstructionReport:
+    layout = tokenizer.layout
+    psnr_sum = ssim_sum = 0.0
+    moments = torch.zeros(3, dtype=torch.float64)  # sum, sum of squares, count of the latents
+    n = 0
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
+    for batch in progress_bar(loader, desc="reconstruction eval", unit="batch", enabled=progress, leave=False):
+        if "image" not in batch:
+            continue
+        images = batch["image"].to(device)
+        latents = tokenizer.encode(images)  # (B, L, C), scaled
+        recon = tokenizer.decode(latents).clamp(-1, 1)
+        z = latents.double().cpu()
+        moments += torch.stack([z.sum(), z.pow(2).sum(), torch.tensor(float(z.numel()), dtype=torch.float64)])
+        psnr_sum += float(psnr(recon, images).sum())
+        ssim_sum += float(ssim(recon, images).sum())
+        n += images.shape[0]
+    if n == 0:
+        raise ValueError("no readable images to evaluate")
+    mean = float(moments[0] / moments[2])
+    std = float((moments[1] / moments[2] - mean * mean) ** 0.5)
+    factor = getattr(tokenizer, "scaling_factor", None)
+    return ReconstructionReport(psnr=psnr_sum / n, ssim=ssim_sum / n, codebook_usage=None, perplexity=None,
+                                num_images=n, vocab_size=None, tokens_per_image=layout.length, latent_mean=mean,
+                                latent_std=std, scaling_factor=None if factor is None else float(factor))
 
 
 class FlatPatchCodes:

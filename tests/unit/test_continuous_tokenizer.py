@@ -205,3 +205,18 @@ def test_a_sample_cache_is_seeded_by_the_dataset_index_and_says_so(tmp_path: Pat
     shapes = ShapesDataset(split="train", size=6, image_size=32, seed=0)
     images = torch.stack([shapes[i]["image"] for i in range(6)])
     assert not torch.allclose(a.tokens, tiny(scaling_factor=0.5).encode(images), atol=1e-3)  # draws, not the mean
+
+
+def test_the_reconstruction_report_gives_latent_statistics_instead_of_codes() -> None:
+    from argen.eval.reconstruction import evaluate_reconstruction
+    from tokenizers_vq.metrics import psnr
+
+    t = tiny()
+    x = images(6)
+    t.set_scale_statistics(t.scale_statistics(x))
+    data = [{"image": img} for img in x]
+    report = evaluate_reconstruction(t, data, batch_size=4, progress=False)
+    assert report.codebook_usage is None and report.vocab_size is None and report.num_images == 6
+    assert report.latent_std == pytest.approx(float(t.encode(x).std(unbiased=False)), rel=1e-5)
+    assert report.latent_std == pytest.approx(1.0, rel=1e-4) and report.scaling_factor == t.scaling_factor
+    assert report.psnr == pytest.approx(float(psnr(t.decode(t.encode(x)).clamp(-1, 1), x).mean()), rel=1e-5)
