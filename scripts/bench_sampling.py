@@ -255,8 +255,6 @@ def flops_per_image(gen: nn.Module) -> float:
     if isinstance(gen, TokenShuffleGenerator):  # window k attends over prefix + k slots, shared by its s^2 tokens
         return sum(gen.flops_per_token(context=gen.prefix_len + k) * gen.tokens_per_slot
                    for k in range(gen.num_windows))
-    if isinstance(gen, XARGenerator):
-        return xar_flops_per_image(gen, passes_per_entity=1)
     if isinstance(gen, NARGenerator):
         levels = gen.levels[gen.prefix_len:]
         return sum(gen.flops_per_token(context=gen.prefix_len + int((levels <= lv).sum())) for lv in levels)
@@ -354,29 +352,38 @@ def xar_step_ms(gen: XARGenerator, sampler: FlowSampler, cond: Condition, repeat
 
 
 def measure_run(gen: nn.Module, spec: Spec, batch: int, cfg_scale: float, settings: Settings) -> dict[str, Any]:
-    """One run record: throughput of ancestral sampling of ``batch`` images (xAR: flow sampling)."""
-    if spec.family == "xar":
-        return measure_xar_run(gen, spec, batch, cfg_scale, settings)
-    sampler = AncestralSampler(cfg_scale=cfg_scale)
+    """One run record: throughput of ancestral sampling of ``batch`` images; xAR: :class:`FlowSampler` (SDE,
+    ``settings.flow_steps`` per entity, CFG ramped over the AR steps as the paper)."""
+    xar = spec.family == "xar"
     cond, seeds = make_batch(spec, batch, settings.device)
-    warm_up(gen, sampler, cond, seeds)
+    if xar:
+        sampler: Any = FlowSampler(method="sde", steps=settings.flow_steps, cfg_scale=cfg_scale, cfg_schedule="linear")
+        FlowSampler(method="sde", steps=2, cfg_scale=cfg_scale).sample(gen, cond, seeds=seeds)  # warm-up
+    else:
+        sampler = AncestralSampler(cfg_scale=cfg_scale)
+        warm_up(gen, sampler, cond, seeds)
     walls, passes, tokens = time_sampling(gen, sampler, cond, seeds, settings)
-    check_not_degenerate(spec, tokens)
+    if not xar:
+        check_not_degenerate(spec, tokens)
     wall = statistics.median(walls)
     rows = 2 if sampler.policy.doubled else 1
-    flops = flops_per_image(gen) * rows
+    per_image = xar_flops_per_image(gen, passes_per_entity=settings.flow_steps + 1) if xar else flops_per_image(gen)
+    flops = per_image * rows
     length = gen.layout.length
+    grid = f"{spec.grid}x{spec.grid}"
     if spec.family == "var":
-        head: dict[str, Any] = {"generator": "var", "family": "var", "preset": spec.preset,
-                                "grid": f"{spec.grid}x{spec.grid}", "scales": list(spec.scales)}
+        head: dict[str, Any] = {"generator": "var", "family": "var", "preset": spec.preset, "grid": grid,
+                                "scales": list(spec.scales)}
     elif spec.family == "nar":
-        head = {"generator": "nar", "family": "nar", "preset": spec.preset, "grid": f"{spec.grid}x{spec.grid}"}
+        head = {"generator": "nar", "family": "nar", "preset": spec.preset, "grid": grid}
     elif spec.family == "token_shuffle":
-        head = {"generator": "token_shuffle", "family": "token_shuffle", "preset": spec.preset,
-                "grid": f"{spec.grid}x{spec.grid}", "px": spec.grid * 4, "s": spec.window,
-                "trunk_positions_per_image": length // (spec.window * spec.window)}
+        head = {"generator": "token_shuffle", "family": "token_shuffle", "preset": spec.preset, "grid": grid,
+                "px": spec.grid * 4, "s": spec.window, "trunk_positions_per_image": length // (spec.window * spec.window)}
+    elif xar:
+        head = {"generator": "xar", "family": "xar", "preset": spec.preset, "entity": spec.entity, "grid": grid,
+                "channels": spec.channels, "ar_steps": gen.num_entities, "flow_steps": settings.flow_steps}
     else:
-        head = {"generator": spec.preset, "family": "raster", "grid": f"{spec.grid}x{spec.grid}"}
+        head = {"generator": spec.preset, "family": "raster", "grid": grid}
     record = {
         **head, **sampler.settings(),
         "batch": batch, "tokens_per_image": length, "forward_passes_per_image": passes,
@@ -385,36 +392,14 @@ def measure_run(gen: nn.Module, spec: Spec, batch: int, cfg_scale: float, settin
         "repeats": len(walls), "images_per_s_best": batch / min(walls), "device": str(settings.device),
         "dtype": settings.dtype_name, "threads": torch.get_num_threads() if settings.device.type == "cpu" else None,
         "parameters": sum(p.numel() for p in gen.parameters()),
-        "vocab_size": gen.vocab_size, "num_classes": spec.classes, "flops_per_image": flops,
+        "vocab_size": getattr(gen, "vocab_size", None), "num_classes": spec.classes, "flops_per_image": flops,
         "achieved_gflops": flops * batch / wall / 1e9,
     }
+    if xar:
+        record["step_ms"] = xar_step_ms(gen, sampler, cond)
     if spec.family in PARALLEL:  # filled by fill_speedups once the raster runs are in
         record.update(speedup_vs_raster=None, raster_images_per_s=None, raster_counterpart=None)
     return record
-
-
-def measure_xar_run(gen: XARGenerator, spec: Spec, batch: int, cfg_scale: float, settings: Settings) -> dict[str, Any]:
-    """xAR's record: :class:`FlowSampler` (SDE, ``settings.flow_steps`` per entity, CFG ramped as the paper)."""
-    sampler = FlowSampler(method="sde", steps=settings.flow_steps, cfg_scale=cfg_scale, cfg_schedule="linear")
-    cond, seeds = make_batch(spec, batch, settings.device)
-    FlowSampler(method="sde", steps=2, cfg_scale=cfg_scale).sample(gen, cond, seeds=seeds)  # warm-up
-    walls, passes, _ = time_sampling(gen, sampler, cond, seeds, settings)
-    wall = statistics.median(walls)
-    rows = 2 if sampler.policy.doubled else 1
-    flops = xar_flops_per_image(gen, passes_per_entity=settings.flow_steps + 1) * rows
-    return {
-        "generator": "xar", "family": "xar", "preset": spec.preset, "entity": spec.entity,
-        "grid": f"{spec.grid}x{spec.grid}", "channels": spec.channels, **sampler.settings(),
-        "ar_steps": gen.num_entities, "flow_steps": settings.flow_steps,
-        "batch": batch, "tokens_per_image": gen.layout.length, "forward_passes_per_image": passes,
-        "rows_per_pass": batch * rows, "images_per_s": batch / wall, "tokens_per_s": batch * gen.layout.length / wall,
-        "seconds_per_image": wall / batch, "wall_s": wall, "wall_s_best": min(walls), "wall_s_all": walls,
-        "repeats": len(walls), "images_per_s_best": batch / min(walls), "device": str(settings.device),
-        "dtype": settings.dtype_name, "threads": torch.get_num_threads() if settings.device.type == "cpu" else None,
-        "parameters": sum(p.numel() for p in gen.parameters()), "vocab_size": None, "num_classes": spec.classes,
-        "flops_per_image": flops, "achieved_gflops": flops * batch / wall / 1e9,
-        "step_ms": xar_step_ms(gen, sampler, cond),
-    }
 
 
 def train_step_seconds(spec: Spec, batch: int, settings: Settings, steps: int = 3) -> float:

@@ -152,8 +152,9 @@ class ContinuousTokenizer(nn.Module):
 
     @torch.no_grad()
     def scale_statistics(self, images: Tensor) -> Tensor | None:
-        """(sum, sum of squares, count) of the unscaled posterior means of ``images``, float64 (summable over
-        batches and processes); None when the factor is fixed."""
+        """(sum, sum of squares, count) of the unscaled latents ``encode`` returns for ``images`` (posterior means;
+        for ``latent="sample"`` the second moment adds the posterior variance), float64, summable over batches and
+        processes; None when the factor is fixed."""
         if self.fixed_scale is not None:
             return None
         self._check_images(images)

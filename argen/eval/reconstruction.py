@@ -58,24 +58,28 @@ def evaluate_reconstruction(tokenizer: Any, dataset: Dataset, *, batch_size: int
     """Encode then decode every image of ``dataset`` (the round trip a generator's samples take)."""
     tokenizer = tokenizer.to(device).eval()
     layout = tokenizer.layout
-    if layout.vocab_size is None:
-        return _continuous_reconstruction(tokenizer, dataset, batch_size=batch_size, device=device, progress=progress)
-    vocab = int(layout.vocab_size)
-    # position -> scale (one group for a grid or sequence); per-scale histograms (K, V)
+    discrete = layout.vocab_size is not None
+    vocab = int(layout.vocab_size) if discrete else 0
+    # discrete: position -> scale (one group for a grid or sequence); per-scale histograms (K, V)
     groups = torch.cat([torch.full((h * w,), k) for k, (h, w) in enumerate(layout.shapes)])
     counts = torch.zeros(len(layout.shapes), vocab, dtype=torch.float64)
+    moments = torch.zeros(3, dtype=torch.float64)  # continuous: sum, sum of squares, count of the latents
     psnr_sum = ssim_sum = 0.0
     n = 0
-    synonyms = FlatPatchCodes(vocab) if layout.kind == "grid" and len(layout.shapes) == 1 else None
+    synonyms = FlatPatchCodes(vocab) if discrete and layout.kind == "grid" and len(layout.shapes) == 1 else None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
     for batch in progress_bar(loader, desc="reconstruction eval", unit="batch", enabled=progress, leave=False):
         if "image" not in batch:
             continue
         images = batch["image"].to(device)
-        tokens = tokenizer.encode(images)  # (B, L)
+        tokens = tokenizer.encode(images)  # (B, L) codes or (B, L, C) scaled latents
         recon = tokenizer.decode(tokens).clamp(-1, 1)
-        flat = (groups[None] * vocab + tokens.cpu()).flatten()
-        counts += torch.bincount(flat, minlength=counts.numel()).double().view_as(counts)
+        if discrete:
+            flat = (groups[None] * vocab + tokens.cpu()).flatten()
+            counts += torch.bincount(flat, minlength=counts.numel()).double().view_as(counts)
+        else:
+            z = tokens.double().cpu()
+            moments += torch.stack([z.sum(), z.pow(2).sum(), torch.tensor(float(z.numel()), dtype=torch.float64)])
         if synonyms is not None:
             synonyms.add(images.cpu(), tokens.cpu().view(-1, *layout.shapes[0]))
         psnr_sum += float(psnr(recon, images).sum())
@@ -83,43 +87,21 @@ def evaluate_reconstruction(tokenizer: Any, dataset: Dataset, *, batch_size: int
         n += images.shape[0]
     if n == 0:
         raise ValueError("no readable images to evaluate")
+    common = {"psnr": psnr_sum / n, "ssim": ssim_sum / n, "num_images": n, "tokens_per_image": layout.length}
+    if not discrete:
+        mean = float(moments[0] / moments[2])
+        factor = getattr(tokenizer, "scaling_factor", None)
+        return ReconstructionReport(**common, codebook_usage=None, perplexity=None, vocab_size=None,
+                                    latent_mean=mean, latent_std=float((moments[1] / moments[2] - mean * mean) ** 0.5),
+                                    scaling_factor=None if factor is None else float(factor))
     total = counts.sum(0)
     per_scale = None
     if layout.kind == "scales":
         per_scale = [{"scale": f"{h}x{w}", "codebook_usage": float((c > 0).double().mean()),
                       "perplexity": _perplexity(c)} for (h, w), c in zip(layout.shapes, counts)]
-    return ReconstructionReport(psnr=psnr_sum / n, ssim=ssim_sum / n, codebook_usage=float((total > 0).double().mean()),
-                                perplexity=_perplexity(total), num_images=n, vocab_size=vocab,
-                                tokens_per_image=layout.length, per_scale=per_scale,
+    return ReconstructionReport(**common, codebook_usage=float((total > 0).double().mean()),
+                                perplexity=_perplexity(total), vocab_size=vocab, per_scale=per_scale,
                                 **(synonyms.summary() if synonyms is not None else {}))
-
-
-def _continuous_reconstruction(tokenizer: Any, dataset: Dataset, *, batch_size: int, device: str | torch.device,
-                               progress: bool) -> ReconstructionReport:
-    layout = tokenizer.layout
-    psnr_sum = ssim_sum = 0.0
-    moments = torch.zeros(3, dtype=torch.float64)  # sum, sum of squares, count of the latents
-    n = 0
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
-    for batch in progress_bar(loader, desc="reconstruction eval", unit="batch", enabled=progress, leave=False):
-        if "image" not in batch:
-            continue
-        images = batch["image"].to(device)
-        latents = tokenizer.encode(images)  # (B, L, C), scaled
-        recon = tokenizer.decode(latents).clamp(-1, 1)
-        z = latents.double().cpu()
-        moments += torch.stack([z.sum(), z.pow(2).sum(), torch.tensor(float(z.numel()), dtype=torch.float64)])
-        psnr_sum += float(psnr(recon, images).sum())
-        ssim_sum += float(ssim(recon, images).sum())
-        n += images.shape[0]
-    if n == 0:
-        raise ValueError("no readable images to evaluate")
-    mean = float(moments[0] / moments[2])
-    std = float((moments[1] / moments[2] - mean * mean) ** 0.5)
-    factor = getattr(tokenizer, "scaling_factor", None)
-    return ReconstructionReport(psnr=psnr_sum / n, ssim=ssim_sum / n, codebook_usage=None, perplexity=None,
-                                num_images=n, vocab_size=None, tokens_per_image=layout.length, latent_mean=mean,
-                                latent_std=std, scaling_factor=None if factor is None else float(factor))
 
 
 class FlatPatchCodes:

@@ -77,6 +77,7 @@ class XARGenerator(AdaLNConditioned, GeneratorModule):
             if width % heads or (width // heads) % 4:
                 raise ValueError(f"{what} {width} over {heads} heads must give a head width divisible by 4 (2D RoPE)")
         self.grid, self.channels, self.entity_kind = (h, w), int(channels), entity
+        self.cell_size = None if cell_size is None else int(cell_size)  # as configured (None: the default)
         self.dim, self.n_head, self.decoder_dim, self.decoder_n_head = dim, n_head, dec_dim, dec_heads
         self.time_mean, self.time_std = float(time_mean), float(time_std)
         self.layout, self.partition, coords = entity_layout(entity, h, w, self.channels, cell_size=cell_size,

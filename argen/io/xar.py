@@ -226,24 +226,19 @@ def convert_xar(path: str | Path, out_dir: str | Path, *, entry: str | None = No
 def export_to_xar(export_dir: str | Path, out_path: str | Path, *, overwrite: bool = False) -> Path:
     """An argen xAR export (cell entity, class-conditional) -> an official-format checkpoint (a raw state dict
     with the official keys and buffers, written atomically with ``torch.save``): the way back."""
-    import yaml
-
     from argen.generators.xar import XARGenerator
     from argen.io.folders import atomic_write
     from tokenizers_vq.io import load_pretrained
 
-    export_dir, out_path = Path(export_dir), Path(out_path)
+    out_path = Path(out_path)
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path} exists; pass overwrite=True (--overwrite) to replace it")
-    config_file = export_dir / "config.yaml"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{export_dir} is not an argen export (no config.yaml)")
-    config = dict(yaml.safe_load(config_file.read_text()))
-    config.setdefault("cell_size", None)
     model = load_pretrained(export_dir)
     if not isinstance(model, XARGenerator):
         raise TypeError(f"{export_dir} holds a {type(model).__name__}, not an XARGenerator")
-    config["grid_size"] = list(model.grid)
+    config = {"grid_size": list(model.grid), "entity": model.entity_kind, "cell_size": model.cell_size,
+              "dim": model.dim, "n_head": model.n_head, "encoder_depth": len(model.encoder_blocks),
+              "decoder_dim": model.decoder_dim, "decoder_n_head": model.decoder_n_head,
+              "decoder_depth": len(model.decoder_blocks)}
     state = argen_to_xar(model.state_dict(), config)
     return atomic_write(out_path, lambda f: torch.save(state, f))
-

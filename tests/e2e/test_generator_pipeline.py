@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +39,17 @@ def train_generator(root: Path, tokenizer: Path, codes: Path, experiment: str, *
     return Path(train_run(cfg)["export_dir"])
 
 
-@pytest.fixture(scope="module")
-def text_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("text")
-    tok = export_tokenizer(root / "tok", 0)
+def shapes_pipeline(root: Path, export: Callable[[Path, int], Path], experiment: str, *extra: str) -> dict[str, Path]:
+    """A tokenizer export (``export(path, seed)``), its shapes codes, and ``experiment`` trained a few steps on them."""
+    tok = export(root / "tok", 0)
     codes = tokenize(root, tok)
     return {"root": root, "tokenizer": tok, "codes": codes,
-            "generator": train_generator(root, tok, codes, "shapes_raster", *TEXT_TINY)}
+            "generator": train_generator(root, tok, codes, experiment, *extra)}
+
+
+@pytest.fixture(scope="module")
+def text_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return shapes_pipeline(tmp_path_factory.mktemp("text"), export_tokenizer, "shapes_raster", *TEXT_TINY)
 
 
 @pytest.fixture(scope="module")
@@ -184,11 +189,7 @@ VAR_TINY = ["generator=var_nano", "generator.depth=1", "generator.width=16", "ge
 def var_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from tests.fixtures import export_msvq_tokenizer
 
-    root = tmp_path_factory.mktemp("var")
-    tok = export_msvq_tokenizer(root / "tok", 0)
-    codes = tokenize(root, tok)
-    return {"root": root, "tokenizer": tok, "codes": codes,
-            "generator": train_generator(root, tok, codes, "shapes_var", *TEXT_TINY, *VAR_TINY)}
+    return shapes_pipeline(tmp_path_factory.mktemp("var"), export_msvq_tokenizer, "shapes_var", *TEXT_TINY, *VAR_TINY)
 
 
 def test_var_trains_on_scale_codes_exports_and_samples(var_pipeline: dict[str, Path], tmp_path: Path) -> None:

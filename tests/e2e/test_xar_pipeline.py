@@ -16,8 +16,7 @@ from argen.core import IncompatibleError
 from argen.cli.evaluate import run as evaluate_run
 from argen.cli.tokenize import run as tokenize_run
 from argen.data.codes import CodeDataset
-from tests.e2e.test_generator_pipeline import TEXT_TINY, sample, train_generator
-from tests.e2e.test_tokenize_and_bad_input import tokenize
+from tests.e2e.test_generator_pipeline import TEXT_TINY, sample, shapes_pipeline, train_generator
 from tests.fixtures import export_kl_tokenizer
 from tokenizers_vq.io import load_pretrained
 
@@ -27,11 +26,7 @@ FLOW = ["sampler=flow", "sampler.steps=3"]
 
 @pytest.fixture(scope="module")
 def xar_text(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("xar_text")
-    tok = export_kl_tokenizer(root / "tok", 0)
-    codes = tokenize(root, tok)
-    return {"root": root, "tokenizer": tok, "codes": codes,
-            "generator": train_generator(root, tok, codes, "shapes_xar", *TEXT_TINY, *XAR_TINY)}
+    return shapes_pipeline(tmp_path_factory.mktemp("xar_text"), export_kl_tokenizer, "shapes_xar", *TEXT_TINY, *XAR_TINY)
 
 
 def test_the_latent_cache_is_float_and_the_generator_reads_its_layout(xar_text: dict[str, Path]) -> None:

@@ -100,3 +100,16 @@ def test_bad_settings_are_refused_naming_the_fix() -> None:
         FlowSampler(method="sde", steps=1)
     with pytest.raises(ValueError, match="t_min must be in"):
         FlowSampler(t_min=0.0)
+
+
+def test_guidance_at_scale_one_does_not_double_the_rows_under_any_schedule() -> None:
+    """Every schedule is 1 throughout at scale 1: no second (null-condition) row, so no doubled batch."""
+    from argen.samplers.guidance import SCHEDULES, Guidance
+
+    for schedule in SCHEDULES:
+        g = Guidance(scale=1.0, schedule=schedule)
+        assert not g.active
+        x = torch.randn(3, 4, 2)
+        assert torch.equal(g.mix(x, torch.linspace(0, 1, 4)), x)
+        assert Guidance(scale=2.0, schedule=schedule).active
+    assert FlowSampler(cfg_scale=1.0, cfg_schedule="linear").policy.doubled is False
