@@ -214,13 +214,16 @@ class FlexTokTokenizer(nn.Module):
     # ---- encoder --------------------------------------------------------------------------------------
     def encode_latent(self, latent: Tensor) -> tuple[Tensor, Tensor]:
         """latent (B, C, s, s) -> (codes (B, K, D) in [-1, 1] with a straight-through gradient, indices (B, K))."""
+        return self.fsq(self.register_features(latent))
+
+    def register_features(self, latent: Tensor) -> Tensor:
+        """latent (B, C, s, s) -> the encoder's projected registers (B, K, D) before FSQ."""
         b = latent.shape[0]
         x = self.enc_patch(self.patchify(latent)) + self._posemb(self.enc_posemb)
         x = torch.cat([x, self.registers[None].expand(b, -1, -1)], dim=1)
         for blk in self.enc_blocks:
             x = blk(x, self._encoder_mask)
-        z = self.enc_out(layer_norm(x[:, self.num_patches:]))
-        return self.fsq(z)
+        return self.enc_out(layer_norm(x[:, self.num_patches:]))
 
     # ---- decoder (the velocity model) -----------------------------------------------------------------
     def decoder_registers(self, codes: Tensor, keep_k: Tensor, uncond: Tensor | None = None) -> Tensor:
