@@ -373,24 +373,33 @@ class Samples:
 class Pipeline:
     """A generator, the tokenizer its codes came from (bound to it where the generator needs it) and a
     sampler (a name from ``configs/sampler/``, a config node or a sampler; ``sampler_options`` set over a
-    name or node). ``info``: where the models came from (:meth:`from_export` fills it)."""
+    name or node). ``info``: where the models came from (:meth:`from_export` fills it). ``num_tokens``: a 1D
+    sequence generator stops after that many tokens and the tokenizer decodes the prefix
+    (:class:`~argen.generators.prefix.PrefixGenerator`; FlexTok)."""
 
     def __init__(self, generator: nn.Module, tokenizer: nn.Module, *, sampler: SamplerSpec = "ancestral",
-                 sampler_options: Mapping[str, Any] | None = None, info: ExportInfo | None = None) -> None:
+                 sampler_options: Mapping[str, Any] | None = None, info: ExportInfo | None = None,
+                 num_tokens: int | None = None) -> None:
         check_vocabulary(tokenizer, generator)
         bind_tokenizer(generator, tokenizer)
+        if num_tokens is not None:
+            from argen.generators.prefix import PrefixGenerator
+
+            generator = PrefixGenerator(generator, int(num_tokens))  # type: ignore[assignment]
+            check_vocabulary(tokenizer, generator)
         self.generator, self.tokenizer, self.info = generator, tokenizer, info
         self.sampler = build_sampler(sampler, generator, tokenizer=tokenizer, info=info, **dict(sampler_options or {}))
 
     @classmethod
     def from_export(cls, path: str | Path, *, tokenizer: str | Path | nn.Module | None = None,
                     sampler: SamplerSpec = "ancestral", sampler_options: Mapping[str, Any] | None = None,
-                    device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32) -> Pipeline:
+                    device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32,
+                    num_tokens: int | None = None) -> Pipeline:
         """Load the exported generator at ``path`` and its tokenizer (``tokenizer=``: another folder or
         module; a folder must have the sha256 the generator recorded); see :func:`load_models`."""
         models = load_models(path, tokenizer=tokenizer, device=device, dtype=dtype)
         return cls(models.generator, models.tokenizer, sampler=sampler, sampler_options=sampler_options,
-                   info=models.info)
+                   info=models.info, num_tokens=num_tokens)
 
     def with_sampler(self, sampler: SamplerSpec, **options: Any) -> Pipeline:
         """The same models with another sampler, e.g. ``pipe.with_sampler("sjd", window=8)``."""

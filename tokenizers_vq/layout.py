@@ -80,10 +80,13 @@ class TokenLayout:
 
     def decodes_as(self, other: TokenLayout) -> bool:
         """Whether tokens of this layout (a generator's) decode with a tokenizer of layout ``other``: the same
-        layout, or a pyramid whose finest scale is ``other``'s grid."""
+        layout, a pyramid whose finest scale is ``other``'s grid, or a prefix of ``other``'s 1D sequence (a
+        sequence tokenizer such as FlexTok decodes any prefix 1..L of its tokens)."""
         same = (self.kind, self.shapes, self.vocab_size, self.channels) == \
             (other.kind, other.shapes, other.vocab_size, other.channels)
-        return same or self._pyramid_of(other)
+        prefix = (self.kind == other.kind == "sequence" and self.length <= other.length
+                  and (self.vocab_size, self.channels) == (other.vocab_size, other.channels))
+        return same or prefix or self._pyramid_of(other)
 
     def for_decoder(self, tokens: torch.Tensor, other: TokenLayout) -> torch.Tensor:
         """Tokens (B, L[, C]) of this layout as a tokenizer of layout ``other`` decodes them (see

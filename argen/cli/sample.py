@@ -145,6 +145,8 @@ def image_settings(cfg: DictConfig, info: ExportInfo, conds: Conditions, device:
                 "sampler": to_plain(cfg.sampler), "seed": int(cfg.seed), "n_per_condition": int(cfg.n_per_condition),
                 "conditions": conds.fingerprint(), "dtype": str(cfg.dtype),
                 "decode_batch_size": int(cfg.decode_batch_size), "device": device.type}
+    if cfg.get("num_tokens") is not None:
+        settings["num_tokens"] = int(cfg.num_tokens)
     return json.loads(json.dumps(settings, default=str))  # as they read back from the marker
 
 
@@ -379,7 +381,8 @@ def _run_locked(cfg: DictConfig, device: torch.device, out: Path, rank: int, wor
     """Load, check, prepare the folder (rank 0), sample every process's shard, finish (rank 0)."""
     models = load_models(cfg.generator_path, tokenizer=cfg.tokenizer_path, device=device, dtype=str(cfg.dtype),
                          option="tokenizer_path")
-    pipe = Pipeline(models.generator, models.tokenizer, sampler=cfg.sampler, info=models.info)
+    pipe = Pipeline(models.generator, models.tokenizer, sampler=cfg.sampler, info=models.info,
+                    num_tokens=cfg.get("num_tokens"))
     info = models.info
     conds = build_conditions(cfg, pipe.generator, info)
     settings = image_settings(cfg, info, conds, device)

@@ -53,6 +53,19 @@ def raster(vocab: int, *, grid: int | None, length: int | None) -> dict[str, Any
             "condition": _class_condition()}
 
 
+def flextok(vocab: int) -> dict[str, Any]:
+    """AR over a FlexTok-style 1D sequence, stopped after k tokens (:class:`~argen.generators.prefix.PrefixGenerator`
+    over the raster generator's 1D mode): k = 3 of 4 in the toy (3^3 sequences), 7 of 12 otherwise."""
+    return {"_target_": "argen.generators.prefix.PrefixGenerator",
+            "generator": raster(vocab, grid=None, length=4 if vocab <= 3 else 12), "length": 3 if vocab <= 3 else 7}
+
+
+def _heads_of_inner(g: Any, vocab: int) -> None:  # build() perturbs g.output; the view's head is its inner's
+    torch.manual_seed(2)
+    with torch.no_grad():
+        g.inner.output.weight.normal_(0, 0.5)
+
+
 def nar(vocab: int) -> dict[str, Any]:
     return {"_target_": "argen.generators.nar.NARGenerator", "vocab_size": vocab, "dim": 32, "n_layer": 2,
             "n_head": 2, "multiple_of": 16, "grid_size": 2 if vocab <= 3 else 4, "condition": _class_condition()}
@@ -86,6 +99,7 @@ CASES: list[Case] = [
     Case("var", var, bind=bind_var),
     Case("nar", nar),  # the toy: a 2x2 grid in 3 anti-diagonals (3^4 sequences)
     Case("token_shuffle", token_shuffle),
+    Case("flextok", flextok, bind=_heads_of_inner),
 ]
 TOY_VOCAB = 3
 
