@@ -73,7 +73,8 @@ def evaluate_reconstruction(tokenizer: Any, dataset: Dataset, *, batch_size: int
             continue
         images = batch["image"].to(device)
         tokens = tokenizer.encode(images)  # (B, L) codes or (B, L, C) scaled latents
-        recon = tokenizer.decode(tokens).clamp(-1, 1)
+        seeds = torch.arange(n, n + images.shape[0])  # a stochastic decoder (FlexTok): image i draws from seed i
+        recon = tokenizer.decode(tokens, seeds).clamp(-1, 1)
         if discrete:
             flat = (groups[None] * vocab + tokens.cpu()).flatten()
             counts += torch.bincount(flat, minlength=counts.numel()).double().view_as(counts)
@@ -153,7 +154,7 @@ def save_reconstruction_grid(tokenizer: Any, images: torch.Tensor, path: str | P
     """Rows of originals interleaved with rows of their reconstructions, as one PNG."""
     device = next(tokenizer.parameters()).device
     images = images.to(device)
-    recon = tokenizer.decode(tokenizer.encode(images)).clamp(-1, 1)
+    recon = tokenizer.decode(tokenizer.encode(images), torch.arange(len(images))).clamp(-1, 1)
     rows = []
     for start in range(0, len(images), nrow):
         rows += [images[start:start + nrow], recon[start:start + nrow]]

@@ -28,7 +28,8 @@ def _roundtrip(tokenizer: Any, images: np.ndarray, batch_size: int = 128) -> np.
     out = []
     for start in range(0, len(images), batch_size):
         x = torch.stack([uint8_to_tensor(a) for a in images[start:start + batch_size]])
-        out.append(tensor_to_uint8(tokenizer.decode(tokenizer.encode(x))))
+        seeds = torch.arange(start, start + len(x))  # a stochastic decoder (FlexTok): one seed per image
+        out.append(tensor_to_uint8(tokenizer.decode(tokenizer.encode(x), seeds)))
     return np.concatenate(out)
 
 

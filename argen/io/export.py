@@ -71,6 +71,8 @@ def export_run(run_dir: str | Path, *, ckpt: str = "last", out: str | Path | Non
         state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     module: nn.Module = instantiate(node, _convert_="all")
     module.load_state_dict(state, strict=True)
+    if hasattr(module, "export_config"):  # a config that does not point at training-time folders (FlexTok's VAE)
+        node = module.export_config(node)
     layout = getattr(module, "layout", None)
     meta: dict[str, Any] = {
         "argen_version": __version__, "git_sha": _git_sha(), "kind": stage, "name": cfg.get("name"),

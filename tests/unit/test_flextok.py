@@ -443,3 +443,33 @@ def test_export_round_trip(tmp_path):
     assert torch.equal(loaded.encode(images), model.encode(images))
     assert torch.equal(loaded.decode(model.encode(images)[:, :4], seeds), model.decode(model.encode(images)[:, :4], seeds))
     assert loaded.layout.kind == "sequence" and loaded.layout.vocab_size == 15
+
+
+def test_flextok_on_an_exported_continuous_tokenizer(tmp_path):
+    """vae_path: the frozen AutoencoderKL of an argen continuous tokenizer; the export config drops the path."""
+    from tokenizers_vq.continuous import ContinuousTokenizer
+    from tokenizers_vq.io import load_pretrained, save_pretrained
+
+    torch.manual_seed(0)
+    kl_config = {"_target_": "tokenizers_vq.continuous.ContinuousTokenizer", "image_size": 16, "latent_channels": 4,
+                 "block_out_channels": [8, 8], "layers_per_block": 1, "norm_num_groups": 4, "scaling_factor": 0.5}
+    kl = ContinuousTokenizer(**{k: v for k, v in kl_config.items() if k != "_target_"})
+    save_pretrained(kl, tmp_path / "kl", config=kl_config)
+    model = _tiny(vae_path=str(tmp_path / "kl"), patch_size=1)
+    assert model.channels == 4 and model.num_patches == 64 and model.scaling_factor == 0.5
+    assert not any(p.requires_grad for p in model.vae.parameters())
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        want = kl.vae.encode(images).latent_dist.mode() * 0.5
+    assert torch.allclose(model.to_latent(images), want, atol=1e-6)
+    node = model.export_config({"_target_": "tokenizers_vq.flextok.FlexTokTokenizer", "image_size": 16, "patch_size": 1,
+                                "dim": 32, "head_dim": 16, "encoder_depth": 1, "decoder_depth": 1, "num_registers": 8,
+                                "levels": [5, 3], "decode_steps": 3, "vae_path": str(tmp_path / "kl")})
+    assert "vae_path" not in node and node["vae_config"]["latent_channels"] == 4
+    save_pretrained(model, tmp_path / "ft", config=node)
+    (tmp_path / "kl" / "model.safetensors").unlink()  # the export stands alone
+    loaded = load_pretrained(tmp_path / "ft")
+    seeds = torch.tensor([3, 4])
+    assert torch.equal(loaded.decode(model.encode(images), seeds), model.decode(model.encode(images), seeds))
+    with pytest.raises(ValueError, match="not both"):
+        FlexTokTokenizer(image_size=16, vae_path=str(tmp_path / "kl"), vae_config={})

@@ -61,6 +61,20 @@ class FlowReconstruction:
     t: Tensor | None = None
 
 
+def _continuous_vae(path: str, image_size: int) -> tuple[nn.Module, float]:
+    """The AutoencoderKL and latent scale factor of an exported argen continuous tokenizer (experiment=shapes_kl)."""
+    from tokenizers_vq.io import load_pretrained
+
+    tok = load_pretrained(path)
+    vae = getattr(tok, "vae", None)
+    if vae is None or not hasattr(tok, "scaling_factor"):
+        raise ValueError(f"vae_path '{path}' is not an exported continuous (AutoencoderKL) tokenizer; train one with "
+                         f"argen-train experiment=shapes_kl")
+    if int(getattr(tok, "image_size", image_size)) != image_size:
+        raise ValueError(f"vae_path '{path}' was trained on {tok.image_size} px images, FlexTok is set to {image_size}")
+    return vae, float(tok.scaling_factor)
+
+
 def _powers_of_two(n: int) -> list[int]:
     return [1 << i for i in range(n.bit_length()) if (1 << i) <= n]
 
@@ -74,7 +88,7 @@ class FlexTokTokenizer(nn.Module):
     decoding defaults (:meth:`decode` takes overrides); max_timestep: the time embedder's t range."""
 
     def __init__(self, *, image_size: int = 32, patch_size: int = 4, vae_config: dict[str, Any] | None = None,
-                 scaling_factor: float = 1.0, dim: int = 128, head_dim: int = 32, mlp_ratio: float = 4.0,
+                 vae_path: str | None = None, scaling_factor: float = 1.0, dim: int = 128, head_dim: int = 32, mlp_ratio: float = 4.0,
                  encoder_depth: int = 3, decoder_depth: int = 4, num_registers: int = 32,
                  levels: list[int] | tuple[int, ...] = (8, 8, 8, 5, 5, 5), register_mask: str = "causal",
                  keep_k: str = "uniform", cond_dropout: float = 0.1, drop_quant_p: float = 0.0,
@@ -94,6 +108,12 @@ class FlexTokTokenizer(nn.Module):
         if decode_steps < 1:
             raise ValueError(f"decode_steps must be >= 1, got {decode_steps}")
         self.image_size, self.patch_size = int(image_size), int(patch_size)
+        pretrained_vae = None
+        if vae_path is not None:
+            if vae_config is not None:
+                raise ValueError("give vae_path (an exported argen continuous tokenizer) or vae_config, not both")
+            pretrained_vae, scaling_factor = _continuous_vae(vae_path, self.image_size)
+            vae_config = {k: v for k, v in dict(pretrained_vae.config).items() if not k.startswith("_")}
         self.vae_config = dict(vae_config) if vae_config is not None else None
         self.scaling_factor = float(scaling_factor)
         if self.vae_config is None:
@@ -103,7 +123,9 @@ class FlexTokTokenizer(nn.Module):
             from diffusers import AutoencoderKL
 
             self.vae = AutoencoderKL(**self.vae_config)
-            self.vae.requires_grad_(False)
+            if pretrained_vae is not None:
+                self.vae.load_state_dict(pretrained_vae.state_dict())
+            self.vae.requires_grad_(False)  # frozen, as the official StableDiffusionVAE in FlexTok training
             self.channels = int(self.vae.config.latent_channels)
             factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         if self.image_size % (factor * self.patch_size):
@@ -139,6 +161,21 @@ class FlexTokTokenizer(nn.Module):
         self.head = nn.Linear(dim, patch_dim)
         self._init_weights()
         self.register_buffer("_encoder_mask", self._build_encoder_mask(), persistent=False)
+
+    def export_config(self, node: dict[str, Any]) -> dict[str, Any]:
+        """The export's config: ``vae_path`` replaced by the VAE's architecture (its weights are in the state dict),
+        so an exported FlexTok loads without the folder it was trained from."""
+        node = dict(node)
+        if node.pop("vae_path", None) is not None:
+            node["vae_config"] = self.vae_config
+            node["scaling_factor"] = self.scaling_factor
+        return node
+
+    def train(self, mode: bool = True) -> FlexTokTokenizer:
+        super().train(mode)
+        if self.vae is not None:
+            self.vae.eval()  # frozen
+        return self
 
     # ---- construction ---------------------------------------------------------------------------------
     def _init_weights(self) -> None:
@@ -346,6 +383,25 @@ class FlexTokTokenizer(nn.Module):
                 v = self.velocity(x, t, cond)
             x = x - v / steps
         return self.from_latent(x)
+
+
+class TokenPrefix(nn.Module):
+    """A FlexTok tokenizer that keeps the first k tokens: ``encode`` returns (B, k), ``decode`` renders them; for
+    evaluating reconstructions at each k with the tools that take any tokenizer."""
+
+    def __init__(self, tokenizer: FlexTokTokenizer, k: int) -> None:
+        super().__init__()
+        if not 1 <= int(k) <= tokenizer.num_registers:
+            raise ValueError(f"k must be in 1..{tokenizer.num_registers}, got {k}")
+        self.tokenizer, self.k = tokenizer, int(k)
+        self.image_size = tokenizer.image_size
+        self.layout = TokenLayout(kind="sequence", shapes=((1, self.k),), vocab_size=tokenizer.fsq.codebook_size)
+
+    def encode(self, images: Tensor, seeds: Tensor | None = None) -> Tensor:
+        return self.tokenizer.encode(images)[:, :self.k]
+
+    def decode(self, tokens: Tensor, seeds: Tensor | None = None, **kwargs: Any) -> Tensor:
+        return self.tokenizer.decode(tokens, seeds, **kwargs)
 
 
 def apg(v_cond: Tensor, v_uncond: Tensor, scale: float, running: Tensor, *, momentum: float = -0.5,
