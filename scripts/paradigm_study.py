@@ -1,5 +1,6 @@
 """Generation paradigms side by side at equal training CPU time: raster (next-token), NAR (next-neighbour),
-VAR (next-scale) and xAR (next-cell or next-scale with flow matching, on a continuous tokenizer), on the shapes world (ShapesEval with 95% intervals, fd_shapes) or on digits (class
+VAR (next-scale), xAR (next-cell or next-scale with flow matching, on a continuous tokenizer) and AR over
+FlexTok's 1D tokens (sampled at several token counts k), on the shapes world (ShapesEval with 95% intervals, fd_shapes) or on digits (class
 accuracy of the digits classifier, fd_digits).
 
 On shapes every paradigm trains with the quick start's recipe (lr 3e-3, warmup 50, no EMA, batch 32:
@@ -47,11 +48,26 @@ from argen.io.folders import atomic_write_json  # noqa: E402
 WORLDS: dict[str, dict[str, tuple[str, str]]] = {
     "shapes": {"raster": ("shapes_raster_quick", "shapes_vq"), "nar": ("shapes_nar", "shapes_vq"),
                "var": ("shapes_var_quick", "shapes_msvq"), "xar": ("shapes_xar", "shapes_kl"),
-               "xar_scale": ("shapes_xar_scale", "shapes_kl")},
+               "xar_scale": ("shapes_xar_scale", "shapes_kl"), "flextok": ("shapes_flextok_ar", "shapes_flextok_kl")},
     "digits": {"raster": ("digits_raster", "digits_vq"), "nar": ("digits_nar", "digits_vq"),
                "var": ("digits_var", "digits_msvq"), "xar": ("digits_xar", "digits_kl")},
 }
-ORDER = ["raster", "nar", "var", "xar", "xar_scale"]
+ORDER = ["raster", "nar", "var", "xar", "xar_scale", "flextok"]
+# a tokenizer experiment built on another's export (FlexTok on the shapes_kl AutoencoderKL's latents)
+NEEDS = {"shapes_flextok_kl": "shapes_kl"}
+
+
+def rows_of(paradigm: str, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(row name, argen-sample overrides) of each evaluated row: FlexTok's AR model is one training run sampled
+    at several token counts k (``num_tokens``, k passes per image); every other paradigm is one row."""
+    if paradigm == "flextok":
+        return [(f"flextok_k{k}", [f"num_tokens={k}"]) for k in args.flextok_k]
+    return [(paradigm, sampler_overrides(paradigm))]
+
+
+def order_key(name: str) -> tuple[int, int]:
+    base, _, k = name.partition("_k")
+    return (ORDER.index(base), int(k or 0)) if base in ORDER else (ORDER.index(name), 0)
 
 
 def sampler_overrides(paradigm: str) -> list[str]:
@@ -74,6 +90,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--digits-per-class", type=int, default=50)
     p.add_argument("--replot", action="store_true", help="only redraw paradigms.png from paradigms.json")
     p.add_argument("--timing-steps", type=int, default=8, help="timed steps per model per round (3 rounds)")
+    p.add_argument("--flextok-k", type=int, nargs="+", default=[4, 8, 16, 32],
+                   help="FlexTok: the token counts k each image is sampled with (num_tokens)")
+    p.add_argument("--flextok-tokenizer-steps", type=int, default=2000,
+                   help="FlexTok's tokenizer (a rectified-flow decoder) trains its experiment's 2000 steps, not "
+                        "--tokenizer-steps")
     return p.parse_args(argv)
 
 
@@ -83,11 +104,16 @@ def tokenizer_for(args: argparse.Namespace, experiment: str) -> tuple[str, Path,
     if base is not None and experiment == "shapes_vq" and (base / "runs" / "shapes_vq" / "export").is_dir():
         export = str(base / "runs" / "shapes_vq" / "export")
         return export, base / "codes" / "shapes", {"export": export, "reused_from": str(base)}
+    needed = NEEDS.get(experiment)
+    if needed is not None and not (args.out / "runs" / needed / "export" / "model.safetensors").is_file():
+        train_run(compose_config("train", [f"experiment={needed}", f"paths.output_root={args.out}", "resume=auto",
+                                           f"trainer.max_steps={args.tokenizer_steps}"]))
+    steps = args.flextok_tokenizer_steps if "flextok" in experiment else args.tokenizer_steps
     cfg = compose_config("train", [f"experiment={experiment}", f"paths.output_root={args.out}", "resume=auto",
-                                   f"trainer.max_steps={args.tokenizer_steps}"])
+                                   f"trainer.max_steps={steps}"])
     start = time.perf_counter()
     result = train_run(cfg)
-    record = {"export": str(result["export_dir"]), "steps": args.tokenizer_steps,
+    record = {"export": str(result["export_dir"]), "steps": steps,
               "train_seconds": round(time.perf_counter() - start, 1),
               **{k.replace("/", "_"): v for k, v in result["metrics"].items() if k.startswith("val/")}}
     if args.world == "shapes":
@@ -156,7 +182,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = {k: report["paradigms"][k] for k in sorted(report["paradigms"], key=ORDER.index)}  # JSON keys are sorted
+    rows = {k: report["paradigms"][k] for k in sorted(report["paradigms"], key=order_key)}  # JSON keys are sorted
     fig, ax = plt.subplots(figsize=(9, 3.6))
     if report["world"] == "shapes":
         tasks = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
@@ -221,19 +247,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "train_seconds": round(time.perf_counter() - start, 1), "export": str(result["export_dir"]),
                                **count_parameters(load(result["export_dir"])),
                                **{k.replace("/", "_"): v for k, v in result["metrics"].items() if k.startswith("val/")}}
-        if args.world == "shapes":
-            net = (args.base or args.out) / "feature_nets" / "shapes"
-            if not (net / "model.safetensors").is_file():
-                from argen.eval.feature_nets import build_and_export
+        for name, extra in rows_of(paradigm, args):
+            entry = dict(row)
+            if args.world == "shapes":
+                net = (args.base or args.out) / "feature_nets" / "shapes"
+                if not (net / "model.safetensors").is_file():
+                    from argen.eval.feature_nets import build_and_export
 
-                build_and_export("shapes", net, overwrite=True)
-            row.update(sampling_stage(args.out / f"study_{paradigm}", row["export"], suite_per_tag=args.suite_per_tag,
-                                      fd_samples=args.fd_samples, cfg_scale=args.cfg_scale, feature_net=net,
-                                      extra=sampler_overrides(paradigm)))
-        else:
-            row.update(evaluate_digits(args, row["export"], paradigm, sampler_overrides(paradigm)))
-        report["paradigms"][paradigm] = row
-        atomic_write_json(args.out / "paradigms.json", report)
+                    build_and_export("shapes", net, overwrite=True)
+                entry.update(sampling_stage(args.out / f"study_{name}", row["export"], suite_per_tag=args.suite_per_tag,
+                                            fd_samples=args.fd_samples, cfg_scale=args.cfg_scale, feature_net=net,
+                                            extra=extra))
+            else:
+                entry.update(evaluate_digits(args, row["export"], name, extra))
+            report["paradigms"][name] = entry
+            atomic_write_json(args.out / "paradigms.json", report)
     plot(report, args.out / "paradigms.png")
     return report
 

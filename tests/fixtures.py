@@ -75,3 +75,20 @@ def export_kl_tokenizer(path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model = ContinuousTokenizer(**{k: v for k, v in KL_TOK.items() if k != "_target_"})  # type: ignore[arg-type]
     return save_pretrained(model, path, config=KL_TOK, meta={"kind": "tokenizer", "image_size": 32})
+
+
+FLEXTOK_TOK = {"_target_": "tokenizers_vq.flextok.FlexTokTokenizer", "image_size": 32, "patch_size": 8, "dim": 32,
+               "head_dim": 16, "encoder_depth": 1, "decoder_depth": 1, "num_registers": 8, "levels": [5, 3],
+               "decode_steps": 2}
+
+
+def export_flextok_tokenizer(path: Path, seed: int) -> Path:
+    """A tiny random FlexTok export (pixel space, 8 register tokens of a 15-code FSQ, 2 Euler steps)."""
+    from tokenizers_vq.flextok import FlexTokTokenizer
+    from tokenizers_vq.io import save_pretrained
+
+    torch.manual_seed(seed)
+    model = FlexTokTokenizer(**{k: v for k, v in FLEXTOK_TOK.items() if k != "_target_"})  # type: ignore[arg-type]
+    with torch.no_grad():  # non-zero encoder head: varied codes
+        model.enc_out.weight.normal_(0, 1.0)
+    return save_pretrained(model, path, config=FLEXTOK_TOK, meta={"kind": "tokenizer", "image_size": 32})
