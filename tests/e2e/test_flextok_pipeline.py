@@ -20,7 +20,8 @@ from tokenizers_vq.io import load_pretrained
 
 @pytest.fixture(scope="module")
 def flextok(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return shapes_pipeline(tmp_path_factory.mktemp("flextok"), export_flextok_tokenizer, "shapes_flextok_ar", *TEXT_TINY)
+    return shapes_pipeline(tmp_path_factory.mktemp("flextok"), export_flextok_tokenizer, "shapes_flextok_ar", *TEXT_TINY,
+                           "generator.readout_layer=null")
 
 
 def test_the_generator_learns_the_1d_layout(flextok: dict[str, Path]) -> None:

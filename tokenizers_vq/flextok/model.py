@@ -85,7 +85,10 @@ class FlexTokTokenizer(nn.Module):
     dim / head_dim / mlp_ratio / encoder_depth / decoder_depth: the two transformers; num_registers: K;
     levels: FSQ levels; register_mask: 'causal' | 'full'; keep_k: 'uniform' | 'pow2'; cond_dropout:
     training probability of the null condition; decode_steps / guidance_scale / guidance ('cfg' | 'apg'):
-    decoding defaults (:meth:`decode` takes overrides); max_timestep: the time embedder's t range."""
+    decoding defaults (:meth:`decode` takes overrides); max_timestep: the time embedder's t range;
+    time_mean: location of the logit-normal training t (official 0; > 0 trains more at high noise, where only
+    the registers tell the decoder what to draw); zero_init_encoder_head: the official zero init of the
+    register projection (False: Xavier, codes that differ from step 0)."""
 
     def __init__(self, *, image_size: int = 32, patch_size: int = 4, vae_config: dict[str, Any] | None = None,
                  vae_path: str | None = None, scaling_factor: float = 1.0, dim: int = 128, head_dim: int = 32, mlp_ratio: float = 4.0,
@@ -93,7 +96,7 @@ class FlexTokTokenizer(nn.Module):
                  levels: list[int] | tuple[int, ...] = (8, 8, 8, 5, 5, 5), register_mask: str = "causal",
                  keep_k: str = "uniform", cond_dropout: float = 0.1, drop_quant_p: float = 0.0,
                  decode_steps: int = 25, guidance_scale: float = 1.0, guidance: str = "cfg",
-                 max_timestep: float = 1.0) -> None:
+                 max_timestep: float = 1.0, time_mean: float = 0.0, zero_init_encoder_head: bool = True) -> None:
         super().__init__()
         if register_mask not in REGISTER_MASKS:
             raise ValueError(f"register_mask must be one of {REGISTER_MASKS}, got {register_mask!r}")
@@ -138,6 +141,7 @@ class FlexTokTokenizer(nn.Module):
         self.dim = int(dim)
         self.register_mask, self.keep_k_mode = register_mask, keep_k
         self.cond_dropout = float(cond_dropout)
+        self.time_mean, self.zero_init_encoder_head = float(time_mean), bool(zero_init_encoder_head)
         self.decode_steps, self.guidance_scale, self.guidance = int(decode_steps), float(guidance_scale), guidance
         patch_dim = self.channels * self.patch_size ** 2
 
@@ -187,7 +191,8 @@ class FlexTokTokenizer(nn.Module):
         for blk in self.dec_blocks:
             nn.init.zeros_(blk.adaLN_modulation[-1].weight)
             nn.init.zeros_(blk.adaLN_modulation[-1].bias)
-        for m in (self.enc_out, self.head_modulation[-1], self.head):  # the official zero-initialised heads
+        heads = [self.head_modulation[-1], self.head] + ([self.enc_out] if self.zero_init_encoder_head else [])
+        for m in heads:  # the official zero-initialised heads
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
         for p in (self.registers, self.mask_token, self.null_token, self.dec_register_posemb):
@@ -308,7 +313,7 @@ class FlexTokTokenizer(nn.Module):
         b, device = x.shape[0], x.device
         keep = self.sample_keep_k(b, device)
         uncond = torch.rand(b, device=device) < self.cond_dropout
-        t = torch.sigmoid(torch.randn(b, device=device))
+        t = torch.sigmoid(torch.randn(b, device=device) + self.time_mean)
         eps = torch.randn_like(x)
         x_t = t[:, None, None, None] * eps + (1 - t[:, None, None, None]) * x
         v = self.velocity(x_t, t, self.decoder_registers(codes, keep, uncond))
