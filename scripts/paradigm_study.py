@@ -48,7 +48,7 @@ from argen.io.folders import atomic_write_json  # noqa: E402
 WORLDS: dict[str, dict[str, tuple[str, str]]] = {
     "shapes": {"raster": ("shapes_raster_quick", "shapes_vq"), "nar": ("shapes_nar", "shapes_vq"),
                "var": ("shapes_var_quick", "shapes_msvq"), "xar": ("shapes_xar", "shapes_kl"),
-               "xar_scale": ("shapes_xar_scale", "shapes_kl"), "flextok": ("shapes_flextok_ar", "shapes_flextok_kl")},
+               "xar_scale": ("shapes_xar_scale", "shapes_kl"), "flextok": ("shapes_flextok_ar", "shapes_flextok")},
     "digits": {"raster": ("digits_raster", "digits_vq"), "nar": ("digits_nar", "digits_vq"),
                "var": ("digits_var", "digits_msvq"), "xar": ("digits_xar", "digits_kl")},
 }
@@ -92,8 +92,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timing-steps", type=int, default=8, help="timed steps per model per round (3 rounds)")
     p.add_argument("--flextok-k", type=int, nargs="+", default=[4, 8, 16, 32],
                    help="FlexTok: the token counts k each image is sampled with (num_tokens)")
-    p.add_argument("--flextok-tokenizer-steps", type=int, default=2000,
-                   help="FlexTok's tokenizer (a rectified-flow decoder) trains its experiment's 2000 steps, not "
+    p.add_argument("--flextok-tokenizer-steps", type=int, default=3000,
+                   help="FlexTok's tokenizer (a rectified-flow decoder) trains its experiment's 3000 steps, not "
                         "--tokenizer-steps")
     return p.parse_args(argv)
 
