@@ -473,3 +473,22 @@ def test_flextok_on_an_exported_continuous_tokenizer(tmp_path):
     assert torch.equal(loaded.decode(model.encode(images), seeds), model.decode(model.encode(images), seeds))
     with pytest.raises(ValueError, match="not both"):
         FlexTokTokenizer(image_size=16, vae_path=str(tmp_path / "kl"), vae_config={})
+
+
+def test_convert_script_writes_a_loadable_export(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from tokenizers_vq.io import load_pretrained
+
+    sd = _official_state()
+    ckpt = _write(tmp_path, sd, _official_config())
+    spec = importlib.util.spec_from_file_location("convert_flextok", Path(__file__).parents[2] / "scripts" / "convert_flextok.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "export"), "--steps", "3"])
+    loaded = load_pretrained(out)
+    direct = load_official(ckpt)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert torch.equal(loaded.encode(images), direct.encode(images))
+    assert loaded.decode_steps == 3 and loaded.vae is not None

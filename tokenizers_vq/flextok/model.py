@@ -98,6 +98,7 @@ class FlexTokTokenizer(nn.Module):
                  decode_steps: int = 25, guidance_scale: float = 1.0, guidance: str = "cfg",
                  max_timestep: float = 1.0, time_mean: float = 0.0, zero_init_encoder_head: bool = True) -> None:
         super().__init__()
+        settings = dict(locals())
         if register_mask not in REGISTER_MASKS:
             raise ValueError(f"register_mask must be one of {REGISTER_MASKS}, got {register_mask!r}")
         if keep_k not in KEEP_MODES:
@@ -165,6 +166,13 @@ class FlexTokTokenizer(nn.Module):
         self.head = nn.Linear(dim, patch_dim)
         self._init_weights()
         self.register_buffer("_encoder_mask", self._build_encoder_mask(), persistent=False)
+        settings = {k: v for k, v in settings.items() if k not in ("self", "__class__", "vae_path")}
+        settings.update(vae_config=self.vae_config, scaling_factor=self.scaling_factor, levels=list(self.fsq.levels))
+        self.settings = settings  # what rebuilds this model (a pretrained VAE by its architecture, not its folder)
+
+    def config_node(self) -> dict[str, Any]:
+        """The export config that rebuilds this tokenizer (``scripts/convert_flextok.py`` writes it)."""
+        return {"_target_": "tokenizers_vq.flextok.FlexTokTokenizer", **self.settings}
 
     def export_config(self, node: dict[str, Any]) -> dict[str, Any]:
         """The export's config: ``vae_path`` replaced by the VAE's architecture (its weights are in the state dict),
