@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import subprocess
 from pathlib import Path
 
@@ -32,15 +34,17 @@ def image_root(tmp_path: Path) -> Path:
 GENERATOR_EXPERIMENTS = ("shapes_raster", "shapes_raster_quick", "shapes_best", "digits_raster", "shapes_var",
                          "digits_var", "shapes_var_quick", "shapes_nar", "digits_nar", "shapes_ts",
                          "shapes_ts128", "shapes_xar", "shapes_xar_token", "shapes_xar_subsample",
-                         "shapes_xar_scale", "shapes_xar_image", "digits_xar")
+                         "shapes_xar_scale", "shapes_xar_image", "digits_xar", "shapes_flextok_ar")
 
 
-def tiny_code_cache(root: Path, data: str, scales: bool = False, continuous: bool = False) -> list[str]:
+def tiny_code_cache(root: Path, data: str, scales: bool = False, continuous: bool = False,
+                    flextok: bool = False) -> list[str]:
     from argen.cli.tokenize import run as tokenize_run
     from tests.e2e.test_tokenize_and_bad_input import export_tokenizer
-    from tests.fixtures import export_kl_tokenizer, export_msvq_tokenizer
+    from tests.fixtures import export_flextok_tokenizer, export_kl_tokenizer, export_msvq_tokenizer
 
-    make = export_kl_tokenizer if continuous else export_msvq_tokenizer if scales else export_tokenizer
+    make = export_kl_tokenizer if continuous else export_msvq_tokenizer if scales else \
+        export_flextok_tokenizer if flextok else export_tokenizer
     tok = make(root / "tok", 0)
     sizes = ["data.train.size=16", "data.val.size=8"] if data == "shapes" else []
     tokenize_run(compose_config("tokenize", [f"tokenizer_path={tok}", f"output_dir={root / 'codes'}", f"data={data}",
@@ -111,14 +115,22 @@ def test_experiment_composes_and_instantiates(experiment: str, tmp_path: Path, i
     extra = [f"+data.train.root={image_root}"] if experiment.startswith("folder") else []
     if experiment in GENERATOR_EXPERIMENTS:  # generators need a tokenizer and its code cache
         extra = tiny_code_cache(tmp_path, "digits" if experiment.startswith("digits") else "shapes",
-                                scales="_var" in experiment, continuous="_xar" in experiment)
+                                scales="_var" in experiment, continuous="_xar" in experiment,
+                                flextok="flextok" in experiment)
+    if experiment == "shapes_flextok_kl":  # FlexTok on the latents of an exported shapes_kl tokenizer
+        from tests.fixtures import export_kl_tokenizer
+
+        export_kl_tokenizer(tmp_path / "runs" / "shapes_kl" / "export", 0)
     if experiment.endswith("_drafter"):  # drafters need the exported target (and its tokenizer's codes)
         cache = tiny_code_cache(tmp_path, "shapes")
         extra = [f"target_path={tiny_target(tmp_path, cache)}", cache[1]]
     cfg = compose_config("train", [f"experiment={experiment}", f"paths.output_root={tmp_path}",
                                    f"paths.weights_dir={weights}", *extra])
     assert cfg.name == experiment
-    with torch.device("meta"):  # full-size presets (VQ-16) without allocating their weights
+    # full-size presets (VQ-16) without allocating their weights; FlexTok on shapes_kl reads that export's
+    # weights while it is built, which meta tensors cannot hold (and it is tiny)
+    loads_weights = experiment == "shapes_flextok_kl"
+    with contextlib.nullcontext() if loads_weights else torch.device("meta"):
         module, datamodule = build_stage(cfg)
     model = module.generator if experiment in GENERATOR_EXPERIMENTS or "drafter" in experiment else module.tokenizer
     assert model.layout.length > 0

@@ -39,7 +39,7 @@ def target_pairs(g: object, case: DrafterCase, b: int, seed: int = 0) -> tuple[t
 
 
 def test_every_feature_target_case_has_a_drafter() -> None:
-    assert IDS == ["eagle-raster_grid", "eagle-raster_1d"]  # VAR decides a scale a pass: nothing to draft
+    assert IDS == ["eagle-raster_grid", "eagle-raster_1d", "eagle-flextok"]  # VAR decides a scale a pass: nothing to draft
     for case in DRAFTERS:  # each speaks the protocol the speculative loop types its draft source against
         assert isinstance(case.build()[1], Drafter)
     with pytest.raises(TypeError, match="needs a drafter"):

@@ -81,7 +81,7 @@ def test_the_pairs_cover_every_sampler_and_generator() -> None:
     assert {s for s, _ in PAIRS} == set(SAMPLERS) and {c.name for _, c in PAIRS} == {c.name for c in CASES}
     # VAR (one pass decides a scale) and NAR (one pass decides an anti-diagonal): no chain to verify;
     # Token-Shuffle has a chain (window after window) but no per-position features for a drafter
-    assert len(PAIRS) == 17 and len(ILLEGAL) == 13
+    assert len(PAIRS) == 23 and len(ILLEGAL) == 13
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=pair_id)
